@@ -1,0 +1,1 @@
+"""Convergence, goodness of fit, VPC, predictive checks."""

@@ -1,0 +1,1 @@
+"""Individual posteriors, targets, regimen search, recommendations."""

@@ -1,0 +1,1 @@
+"""Fitting (nutpie / PyMC NUTS, pathfinder, MAP), the Fit object, save/load."""

@@ -1,0 +1,1 @@
+"""SUNDIALS CVODES engine: bindings, code generation, PyTensor Op."""

@@ -1,0 +1,322 @@
+"""Covariate effects on a typical parameter value, registered by the names used in specs.
+
+Each effect multiplies the typical value. Values given in a spec (``exponent``,
+``coefficient``, per-level ``effects``) are the prior medians of the effect, and the truth
+used by ``popkin.simulate``.
+
+========== ============================================================== =====================
+kind        multiplier                                                     spec keys
+========== ============================================================== =====================
+power       ``(x / reference) ** exponent``                                exponent, estimate
+linear      ``1 + coefficient * (x - reference)``                           coefficient, estimate
+exponential ``exp(coefficient * (x - reference))``                          coefficient, estimate
+categorical one factor per level, the reference level = 1                   effects, estimate
+genotype    one factor per genotype, the reference genotype = 1             effects, frequencies
+alleles     mean of per-allele activities (Hamberg 2010), reference = 1     effects, frequencies
+========== ============================================================== =====================
+
+Genotype labels are normalised (``"*3/*1"`` is ``"*1/*3"``), so data may list the alleles in
+either order. A label the spec does not know is an error that lists the known labels.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+__all__ = ["CovariateEffect", "covariate_kinds", "make_effect", "normalise_genotype"]
+
+
+class SpecError(ValueError):
+    """A model spec that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class CovariateEffect:
+    """One covariate effect on one parameter.
+
+    ``values`` holds the named effect values (e.g. ``{"exponent": 0.75}`` or one factor per
+    level); ``estimate`` says whether a fit estimates them (``False`` fixes them, as for
+    allometric exponents).
+    """
+
+    kind: str
+    covariate: str
+    parameter: str
+    reference: Any = None
+    values: Mapping[str, float] = field(default_factory=dict)
+    estimate: bool = True
+    levels: tuple[str, ...] = ()              # known levels for categorical kinds
+    frequencies: Mapping[str, float] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the effect's values in fit summaries (``CL:WT``, ``CL:CYP3A5[*1/*1]``)."""
+        if self.kind in ("power", "linear", "exponential"):
+            return [f"{self.parameter}:{self.covariate}"]
+        return [f"{self.parameter}:{self.covariate}[{k}]" for k in self.values]
+
+    def multiplier(self, ops, column, values: Mapping[str, Any] | None = None):
+        """Multiplier of the typical value for covariate ``column`` (one value per subject)."""
+        return _KINDS[self.kind].multiplier(self, ops, column, dict(values or self.values))
+
+    def encode(self, column, *, where: str):
+        """Check and encode a data column; returns floats (continuous) or level indices."""
+        return _KINDS[self.kind].encode(self, column, where)
+
+
+# -- kinds --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Kind:
+    parse: Callable
+    multiplier: Callable
+    encode: Callable
+
+
+_KINDS: dict[str, _Kind] = {}
+
+
+def _register(name):
+    def deco(cls):
+        _KINDS[name] = _Kind(cls.parse, cls.multiplier, cls.encode)
+        return cls
+    return deco
+
+
+def covariate_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+def _number(table, key, where, default=None):
+    if key not in table:
+        if default is None:
+            raise SpecError(f"{where}: missing key {key!r}")
+        return default
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{where}: {key} must be a number, not {value!r}")
+    return float(value)
+
+
+def _continuous_encode(effect, column, where):
+    try:
+        x = np.asarray(column, dtype=float)
+    except (TypeError, ValueError):
+        raise SpecError(f"{where}: covariate {effect.covariate!r} must be numeric for a "
+                        f"{effect.kind} effect") from None
+    return x
+
+
+class _Continuous:
+    key = "coefficient"
+
+    @classmethod
+    def parse(cls, table, parameter, where):
+        ref = _number(table, "reference", where)
+        if cls.key == "exponent" and ref <= 0:
+            raise SpecError(f"{where}: reference must be positive for a power effect")
+        value = _number(table, cls.key, where, default=0.75 if cls.key == "exponent" else 0.0)
+        return dict(reference=ref, values={cls.key: value})
+
+    encode = staticmethod(_continuous_encode)
+
+
+@_register("power")
+class _Power(_Continuous):
+    key = "exponent"
+
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        return ops.exp(values["exponent"] * np.log(column / effect.reference))
+
+    @staticmethod
+    def encode(effect, column, where):
+        x = _continuous_encode(effect, column, where)
+        if np.any(x[~np.isnan(x)] <= 0):
+            raise SpecError(f"{where}: a power effect needs {effect.covariate} > 0")
+        return x
+
+
+@_register("linear")
+class _Linear(_Continuous):
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        return 1.0 + values["coefficient"] * (column - effect.reference)
+
+
+@_register("exponential")
+class _Exponential(_Continuous):
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        return ops.exp(values["coefficient"] * (column - effect.reference))
+
+
+def normalise_genotype(label) -> str:
+    """``"*3/*1"`` -> ``"*1/*3"``; ``"*1 / *1"`` -> ``"*1/*1"``. Non-diplotypes are stripped only."""
+    text = str(label).strip()
+    parts = [p.strip() for p in re.split(r"[/|]", text)]
+    if len(parts) != 2 or not all(parts):
+        return text
+    return "/".join(sorted(parts, key=_allele_key))
+
+
+def _allele_key(allele: str):
+    digits = re.findall(r"\d+", allele)
+    return (int(digits[0]) if digits else math.inf, allele)
+
+
+def _levels_of(effect_kind, table, where, normalise):
+    effects = table.get("effects", {})
+    if not isinstance(effects, dict):
+        raise SpecError(f"{where}: effects must be a table of level = factor")
+    ref = table.get("reference")
+    if ref is None:
+        raise SpecError(f"{where}: missing key 'reference' (the level whose factor is 1)")
+    ref = normalise(ref)
+    values = {}
+    for level, factor in effects.items():
+        f = _number({"f": factor}, "f", f"{where}, effects.{level}")
+        if f <= 0:
+            raise SpecError(f"{where}: effects.{level} must be a positive factor")
+        values[normalise(level)] = f
+    if ref in values:
+        raise SpecError(f"{where}: the reference level {ref!r} has factor 1 by definition; "
+                        "remove it from effects")
+    freqs = table.get("frequencies")
+    if freqs is not None:
+        freqs = {normalise(k): _number({"f": v}, "f", f"{where}, frequencies.{k}")
+                 for k, v in freqs.items()}
+        total = sum(freqs.values())
+        if any(v < 0 for v in freqs.values()) or not math.isclose(total, 1.0, abs_tol=1e-3):
+            raise SpecError(f"{where}: frequencies must be >= 0 and sum to 1 (they sum to {total:g})")
+        freqs = MappingProxyType({k: v / total for k, v in freqs.items()})
+    return ref, values, freqs
+
+
+def _level_encode(effect, column, where, levels, normalise, label):
+    out = np.full(len(column), -1, dtype=np.int64)
+    index = {lv: i for i, lv in enumerate(levels)}
+    unknown = set()
+    for i, v in enumerate(column):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        key = normalise(v)
+        if key not in index:
+            unknown.add(str(v))
+        else:
+            out[i] = index[key]
+    if unknown:
+        raise SpecError(f"{where}: unknown {label} {', '.join(sorted(unknown))} in column "
+                        f"{effect.covariate!r}; the model knows: {', '.join(levels)}")
+    return out
+
+
+def _factors(ops, effect, values):
+    """Factor per level in ``effect.levels`` order, the reference first (= 1)."""
+    return ops.stack([ops.asarray(1.0)] + [ops.asarray(values[k]) for k in effect.levels[1:]])
+
+
+def _str_level(v):
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip()
+
+
+@_register("categorical")
+class _Categorical:
+    normalise = staticmethod(_str_level)
+    label = "level(s)"
+
+    @classmethod
+    def parse(cls, table, parameter, where):
+        ref, values, freqs = _levels_of("categorical", table, where, cls.normalise)
+        return dict(reference=ref, values=values, levels=(ref, *values), frequencies=freqs)
+
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        # column: level index per subject (0 = reference)
+        return ops.take(_factors(ops, effect, values), column)
+
+    @classmethod
+    def encode(cls, effect, column, where):
+        return _level_encode(effect, column, where, effect.levels, cls.normalise, cls.label)
+
+
+@_register("genotype")
+class _Genotype(_Categorical):
+    normalise = staticmethod(normalise_genotype)
+    label = "genotype(s)"
+
+
+@_register("alleles")
+class _Alleles:
+    """Clearance as the sum of two allele contributions, relative to two reference alleles."""
+
+    @staticmethod
+    def parse(table, parameter, where):
+        ref, values, freqs = _levels_of("alleles", table, where, lambda v: str(v).strip())
+        return dict(reference=ref, values=values, levels=(ref, *values), frequencies=freqs)
+
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        # column: (n, 2) allele indices; activity of the reference allele is 1
+        act = _factors(ops, effect, values)
+        return 0.5 * (ops.take(act, column[:, 0]) + ops.take(act, column[:, 1]))
+
+    @staticmethod
+    def encode(effect, column, where):
+        index = {lv: i for i, lv in enumerate(effect.levels)}
+        out = np.full((len(column), 2), -1, dtype=np.int64)
+        unknown = set()
+        for i, v in enumerate(column):
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                continue
+            parts = normalise_genotype(v).split("/")
+            if len(parts) != 2 or any(p not in index for p in parts):
+                unknown.add(str(v))
+                continue
+            out[i] = [index[p] for p in parts]
+        if unknown:
+            raise SpecError(f"{where}: unknown genotype(s) {', '.join(sorted(unknown))} in column "
+                            f"{effect.covariate!r}; known alleles: {', '.join(effect.levels)} "
+                            "(write diplotypes as *1/*3)")
+        return out
+
+
+_COMMON_KEYS = {"kind", "covariate", "reference", "estimate"}
+_KIND_KEYS = {
+    "power": {"exponent"}, "linear": {"coefficient"}, "exponential": {"coefficient"},
+    "categorical": {"effects", "frequencies"}, "genotype": {"effects", "frequencies"},
+    "alleles": {"effects", "frequencies"},
+}
+
+
+def make_effect(table: Mapping, parameter: str, where: str) -> CovariateEffect:
+    """Build a :class:`CovariateEffect` from one entry of a spec's ``covariates`` list."""
+    if not isinstance(table, Mapping):
+        raise SpecError(f"{where}: each covariate effect must be a table like "
+                        "{ kind = \"power\", covariate = \"WT\", reference = 70 }")
+    kind = table.get("kind")
+    if kind not in _KINDS:
+        raise SpecError(f"{where}: unknown covariate kind {kind!r}; known kinds: "
+                        f"{', '.join(covariate_kinds())}")
+    cov = table.get("covariate")
+    if not isinstance(cov, str) or not cov:
+        raise SpecError(f"{where}: missing key 'covariate' (the data column)")
+    extra = set(table) - _COMMON_KEYS - _KIND_KEYS[kind]
+    if extra:
+        raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(extra))} for a {kind} effect "
+                        f"(allowed: {', '.join(sorted(_COMMON_KEYS | _KIND_KEYS[kind]))})")
+    estimate = table.get("estimate", True)
+    if not isinstance(estimate, bool):
+        raise SpecError(f"{where}: estimate must be true or false")
+    fields = _KINDS[kind].parse(table, parameter, where)
+    return CovariateEffect(kind=kind, covariate=cov, parameter=parameter, estimate=estimate,
+                           **{k: (MappingProxyType(v) if isinstance(v, dict) else v)
+                              for k, v in fields.items()})

@@ -1,0 +1,343 @@
+"""Model specs: the TOML format of DESIGN.md, read into frozen dataclasses.
+
+A spec names a registered structure (or defines an ODE system), gives each structural
+parameter a typical value (the prior median), a between-subject SD on the log scale (``iiv``)
+and covariate effects, and a residual error model per output. Specs are immutable; the
+``with_*`` methods return new ones.
+
+Examples
+--------
+>>> spec = load_model('''
+... [model]
+... name = "example"
+... structure = "one_compartment_oral"
+... [parameters.CL]
+... typical = 3.0
+... iiv = 0.3
+... covariates = [{ kind = "power", covariate = "WT", reference = 70, exponent = 0.75, estimate = false }]
+... [parameters.V]
+... typical = 30
+... [parameters.KA]
+... typical = 1.5
+... [error]
+... model = "proportional"
+... sigma_prop = 0.1
+... ''')
+>>> spec.parameter("CL").covariates[0].names
+['CL:WT']
+>>> spec.covariate_columns
+('WT',)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..data.reader import Dataset
+from ..data.schema import DatasetError, Problem
+from ..structural import Structure, get_structure
+from ..structural.backend import NumpyOps
+from .covariates import CovariateEffect, SpecError, make_effect
+from .error import ErrorModel
+
+__all__ = ["ModelSpec", "ParameterSpec", "SpecError", "load_model", "library_models"]
+
+LIBRARY = Path(__file__).resolve().parents[2] / "models"
+
+_TOP_KEYS = {"model", "parameters", "error", "ode"}
+_MODEL_KEYS = {"name", "structure", "units", "description", "reference"}
+_PARAM_KEYS = {"typical", "iiv", "covariates", "centered"}
+_UNIT_KEYS = {"time", "amount", "volume", "concentration"}
+_MASS = {"g": 1.0, "mg": 1e-3, "ug": 1e-6, "µg": 1e-6, "mcg": 1e-6, "ng": 1e-9, "pg": 1e-12}
+_VOLUME = {"l": 1.0, "dl": 0.1, "ml": 1e-3}
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """Typical value (prior median), log-scale between-subject SD, covariate effects."""
+
+    name: str
+    typical: float
+    iiv: float = 0.0
+    covariates: tuple[CovariateEffect, ...] = ()
+    centered: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    structure: Structure
+    parameters: tuple[ParameterSpec, ...]
+    errors: tuple[ErrorModel, ...]                 # one per output, in DVID order
+    units: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+    reference: str = ""
+    source: str = "<spec>"
+
+    def parameter(self, name: str) -> ParameterSpec:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        raise KeyError(f"model {self.name!r} has no parameter {name!r}; "
+                       f"its parameters: {', '.join(p.name for p in self.parameters)}")
+
+    @property
+    def covariate_columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(e.covariate for p in self.parameters for e in p.covariates))
+
+    @property
+    def output_scale(self) -> tuple[float, ...]:
+        """Factor from the structure's amount/volume to the spec's concentration unit, per output."""
+        factor = _concentration_factor(self.units, self.source)
+        return tuple(factor if o == "concentration" else 1.0 for o in self.structure.outputs)
+
+    def with_covariate(self, parameter: str, effect: Mapping) -> "ModelSpec":
+        """A new spec with one more covariate effect on ``parameter``."""
+        p = self.parameter(parameter)
+        new = make_effect(effect, parameter, f"{self.source}: [parameters.{parameter}].covariates")
+        return self._replace_parameter(replace(p, covariates=p.covariates + (new,)))
+
+    def with_error(self, model: str, output: int = 1, **sigmas: float) -> "ModelSpec":
+        """A new spec with error ``model`` (and its sigmas) on output ``output`` (1-based DVID)."""
+        err = ErrorModel.from_table({"model": model, **sigmas}, f"{self.source}: [error]")
+        errors = list(self.errors)
+        errors[output - 1] = err
+        return replace(self, errors=tuple(errors))
+
+    def with_parameter(self, name: str, **changes) -> "ModelSpec":
+        """A new spec with ``typical``, ``iiv`` or ``centered`` of one parameter changed."""
+        return self._replace_parameter(replace(self.parameter(name), **changes))
+
+    def _replace_parameter(self, new: ParameterSpec) -> "ModelSpec":
+        return replace(self, parameters=tuple(new if p.name == new.name else p for p in self.parameters))
+
+    # -- covariates and individual parameters -------------------------------------------------
+
+    def covariate_design(self, data: Dataset) -> dict[tuple[str, str], np.ndarray]:
+        """Encoded covariate values per subject for every effect, keyed ``(parameter, covariate)``.
+
+        Missing values stay marked (NaN for continuous, -1 for levels) for the caller to
+        marginalise, impute or reject.
+        """
+        data.require_covariates(self.covariate_columns, needed_by=f"model {self.name!r}")
+        base = data.baseline(self.covariate_columns)
+        design = {}
+        for p in self.parameters:
+            for e in p.covariates:
+                where = f"{self.source}: [parameters.{p.name}] {e.kind} effect of {e.covariate}"
+                try:
+                    design[(p.name, e.covariate)] = e.encode(base[e.covariate].to_numpy(object)
+                                                             if e.kind in ("categorical", "genotype", "alleles")
+                                                             else base[e.covariate].to_numpy(float),
+                                                             where=where)
+                except SpecError as exc:
+                    raise DatasetError([Problem(str(exc), column=e.covariate)], data.source) from None
+        return design
+
+    def check_time_constant(self, data: Dataset) -> None:
+        """Closed forms need parameters constant within a subject: reject time-varying covariates."""
+        varying = [c for c in self.covariate_columns if c in data.time_varying]
+        if varying and not getattr(self.structure, "time_varying_parameters", False):
+            r = data.records
+            problems = []
+            for c in varying:
+                counts = r.groupby("ID", sort=False)[c].nunique()
+                first = counts[counts > 1].index[0]
+                problems.append(Problem(
+                    f"covariate {c} changes within the subject, but structure "
+                    f"{self.structure.name!r} superposes doses with parameters constant per "
+                    "subject; use the subject's baseline (e.g. keep the first value) or an ODE "
+                    "structure", subject=first, column=c))
+            raise DatasetError(problems, data.source)
+
+    def individual_parameters(self, design, etas: Mapping[str, np.ndarray] | None = None,
+                              ops=NumpyOps):
+        """Parameters per subject: ``typical * prod(covariate multipliers) * exp(eta)``."""
+        out = {}
+        for p in self.parameters:
+            value = p.typical
+            for e in p.covariates:
+                value = value * e.multiplier(ops, design[(p.name, e.covariate)])
+            if etas is not None and p.name in etas:
+                value = value * ops.exp(etas[p.name])
+            out[p.name] = value
+        return out
+
+
+# -- loading --------------------------------------------------------------------------------
+
+def library_models() -> list[str]:
+    """Names of the models in the shipped model library."""
+    return sorted(p.stem for p in LIBRARY.glob("*.toml"))
+
+
+def load_model(source: "str | os.PathLike | ModelSpec") -> ModelSpec:
+    """Load a model spec from a TOML file, a TOML string, or the model library by name."""
+    if isinstance(source, ModelSpec):
+        return source
+    text = os.fspath(source)
+    if "\n" in text or text.lstrip().startswith("["):
+        return _parse(text, "<string>")
+    path = Path(text)
+    if path.is_file():
+        return _parse(path.read_text(encoding="utf-8"), path.name)
+    candidate = LIBRARY / f"{text}.toml"
+    if candidate.is_file():
+        return _parse(candidate.read_text(encoding="utf-8"), f"models/{candidate.name}")
+    raise SpecError(f"model {text!r} is neither a TOML file nor a library model (library: "
+                    f"{', '.join(library_models()) or 'empty'})")
+
+
+def _parse(text: str, source: str) -> ModelSpec:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{source}: invalid TOML: {exc}") from None
+    extra = set(doc) - _TOP_KEYS
+    if extra:
+        raise SpecError(f"{source}: unknown section(s) {', '.join(sorted(extra))} "
+                        f"(allowed: {', '.join(sorted(_TOP_KEYS))})")
+    model = _table(doc, "model", source, required=True)
+    extra = set(model) - _MODEL_KEYS
+    if extra:
+        raise SpecError(f"{source}: [model]: unknown key(s) {', '.join(sorted(extra))} "
+                        f"(allowed: {', '.join(sorted(_MODEL_KEYS))})")
+    name = str(model.get("name", Path(source).stem))
+    structure = _structure(model, doc, name, source)
+    units = _table(model, "units", f"{source}: [model]", required=False)
+    extra = set(units) - _UNIT_KEYS
+    if extra:
+        raise SpecError(f"{source}: [model.units]: unknown key(s) {', '.join(sorted(extra))} "
+                        f"(allowed: {', '.join(sorted(_UNIT_KEYS))})")
+    _concentration_factor(units, source)
+    params_doc = _table(doc, "parameters", source, required=True)
+    allowed = tuple(structure.parameters) + tuple(structure.optional_parameters)
+    parameters = []
+    for pname, table in params_doc.items():
+        where = f"{source}: [parameters.{pname}]"
+        if pname not in allowed:
+            raise SpecError(f"{where}: structure {structure.name!r} has no parameter {pname!r} "
+                            f"(its parameters: {', '.join(allowed)})")
+        parameters.append(_parameter(pname, table, where))
+    missing = [p for p in structure.parameters if p not in params_doc]
+    if missing:
+        raise SpecError(f"{source}: [parameters]: structure {structure.name!r} needs "
+                        f"{', '.join(missing)}; add a [parameters.{missing[0]}] table")
+    errors = _errors(doc, structure, source)
+    return ModelSpec(name=name, structure=structure, parameters=tuple(parameters), errors=errors,
+                     units=MappingProxyType(dict(units)), description=str(model.get("description", "")),
+                     reference=str(model.get("reference", "")), source=source)
+
+
+def _table(doc, key, where, *, required):
+    if key not in doc:
+        if required:
+            raise SpecError(f"{where}: missing [{key}] section")
+        return {}
+    value = doc[key]
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: {key} must be a table")
+    return value
+
+
+def _structure(model, doc, name, source) -> Structure:
+    sname = model.get("structure")
+    if not isinstance(sname, str):
+        raise SpecError(f"{source}: [model]: missing key 'structure' (a registered structure or \"ode\")")
+    if sname == "ode":
+        if "ode" not in doc:
+            raise SpecError(f"{source}: structure = \"ode\" needs an [ode] section")
+        try:
+            from ..ode.parse import ode_structure_from_block
+        except ImportError as exc:
+            raise SpecError(f"{source}: ODE structures need the ODE engine: {exc}") from None
+        try:
+            return ode_structure_from_block(doc["ode"], name=name)
+        except (ValueError, KeyError) as exc:
+            raise SpecError(f"{source}: [ode]: {exc}") from None
+    if "ode" in doc:
+        raise SpecError(f"{source}: an [ode] section needs structure = \"ode\" in [model]")
+    try:
+        return get_structure(sname)
+    except KeyError as exc:
+        raise SpecError(f"{source}: [model].structure: {exc.args[0]}") from None
+
+
+def _parameter(pname, table, where) -> ParameterSpec:
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: must be a table with typical, iiv, covariates")
+    extra = set(table) - _PARAM_KEYS
+    if extra:
+        raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(extra))} "
+                        f"(allowed: {', '.join(sorted(_PARAM_KEYS))})")
+    if "typical" not in table:
+        raise SpecError(f"{where}: missing key 'typical' (the prior median of the typical value)")
+    typical = table["typical"]
+    if isinstance(typical, bool) or not isinstance(typical, (int, float)) or not (
+            math.isfinite(typical) and typical > 0):
+        raise SpecError(f"{where}: typical must be a positive number, not {typical!r}")
+    iiv = table.get("iiv", 0.0)
+    if isinstance(iiv, bool) or not isinstance(iiv, (int, float)) or not (math.isfinite(iiv) and iiv >= 0):
+        raise SpecError(f"{where}: iiv must be a number >= 0 (0 = no random effect), not {iiv!r}")
+    centered = table.get("centered", False)
+    if not isinstance(centered, bool):
+        raise SpecError(f"{where}: centered must be true or false")
+    covs = table.get("covariates", [])
+    if not isinstance(covs, list):
+        raise SpecError(f"{where}: covariates must be a list of tables")
+    effects = tuple(make_effect(c, pname, f"{where}.covariates[{i}]") for i, c in enumerate(covs))
+    seen = set()
+    for e in effects:
+        if e.covariate in seen:
+            raise SpecError(f"{where}: two effects of covariate {e.covariate!r}")
+        seen.add(e.covariate)
+    return ParameterSpec(pname, float(typical), float(iiv), effects, centered)
+
+
+def _errors(doc, structure, source) -> tuple[ErrorModel, ...]:
+    table = _table(doc, "error", source, required=True)
+    outputs = structure.outputs
+    if "model" in table:
+        if len(outputs) > 1:
+            raise SpecError(f"{source}: [error]: structure {structure.name!r} has outputs "
+                            f"{', '.join(outputs)}; give one table per output, e.g. "
+                            f"[error.{outputs[0]}]")
+        return (ErrorModel.from_table(table, f"{source}: [error]"),)
+    extra = set(table) - set(outputs)
+    if extra:
+        raise SpecError(f"{source}: [error]: unknown output(s) {', '.join(sorted(extra))} "
+                        f"(outputs: {', '.join(outputs)}); a single-output model uses model = ...")
+    missing = [o for o in outputs if o not in table]
+    if missing:
+        raise SpecError(f"{source}: [error]: no error model for output(s) {', '.join(missing)}")
+    return tuple(ErrorModel.from_table(table[o], f"{source}: [error.{o}]") for o in outputs)
+
+
+def _concentration_factor(units, source) -> float:
+    conc = units.get("concentration")
+    if conc is None:
+        return 1.0
+    amount = units.get("amount", "mg")
+    volume = units.get("volume", "L")
+    m = re.fullmatch(r"\s*([^/\s]+)\s*/\s*([^/\s]+)\s*", conc)
+    try:
+        num, den = (m.group(1), m.group(2)) if m else (None, None)
+        got = _MASS[num] / _VOLUME[den.lower()]
+        given = _MASS[amount] / _VOLUME[volume.lower()]
+    except (KeyError, AttributeError, TypeError):
+        if conc == f"{amount}/{volume}":
+            return 1.0
+        raise SpecError(f"{source}: [model.units]: cannot convert amount {amount!r} per volume "
+                        f"{volume!r} to concentration {conc!r} (known masses: "
+                        f"{', '.join(_MASS)}; volumes: L, dL, mL)") from None
+    return given / got
