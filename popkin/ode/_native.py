@@ -1,0 +1,773 @@
+"""The compiled core of the ODE engine: CVODES callbacks and the event-driven solve.
+
+Everything here is numba nopython code and is cached on disk (``cache=True``). It does not
+depend on the model: the model's right-hand side, Jacobian, parameter derivatives, initial
+state and outputs are compiled separately (:mod:`popkin.ode.codegen`) and reached through
+their C addresses, as are the SUNDIALS entry points (:func:`popkin.ode._sundials.api_addresses`).
+So one compiled solver serves every model, and a new model costs only its own small functions.
+
+Model functions share one C signature, ``void f(double t, double *y, double *p, double *out)``:
+
+* ``rhs``: ``out[i] = dy_i/dt`` without dose input;
+* ``jac``: ``out[i + n*j] = d rhs_i / d y_j`` (column-major, as SUNDIALS stores it);
+* ``dfdp``: ``out[i + n*k] = d rhs_i / d p_k``;
+* ``init`` and ``dinit``: the initial state and ``d y0_i / d p_k`` (same layout);
+* ``output``, ``doutput_dy`` (``out[o + m*i]``) and ``doutput_dp`` (``out[o + m*k]``).
+
+Sensitivities are kept for a chosen subset of the *extended parameters*: the model's
+parameters ``0..P-1``, then ``F`` (index ``P``) and ``ALAG`` (index ``P+1``). Parameters move
+the right-hand side; ``F`` moves bolus sizes, infusion rates (``RATE=-2``) and infusion ends
+(``RATE>0``); ``ALAG`` moves dose times. A change of state or of input at a time ``tau`` that
+depends on a parameter ``theta`` adds ``(f(tau-) - f(tau+)) d tau / d theta`` to that
+parameter's sensitivity (the standard jump condition), so derivatives stay exact across doses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.extending import intrinsic
+
+# indices into the API address table (see _sundials.API)
+(_CTX_CREATE, _CTX_FREE, _NV_NEW, _NV_DESTROY, _NV_DATA, _NV_CLONE_ARRAY, _NV_DESTROY_ARRAY,
+ _MAT_NEW, _MAT_DATA, _MAT_DESTROY, _LS_NEW, _LS_FREE, _CV_CREATE, _CV_INIT, _CV_REINIT,
+ _CV_TOLERANCES, _CV_USER_DATA, _CV_MAX_STEPS, _CV_STOP_TIME, _CV_LINEAR_SOLVER, _CV_JAC_FN,
+ _CV_SOLVE, _CV_SENS_INIT, _CV_SENS_REINIT, _CV_SENS_EE, _CV_SENS_ERRCON, _CV_GET_SENS,
+ _CV_FREE, _SILENCE) = range(29)
+# indices of the addresses the caller adds after the API table
+_CB_RHS, _CB_JAC, _CB_SENS, _CB_ERRORS = 29, 30, 31, 32
+# model function table
+_M_RHS, _M_JAC, _M_DFDP, _M_INIT, _M_DINIT, _M_OUT, _M_DOUT_DY, _M_DOUT_DP = range(8)
+# sensitivity forcing codes (besides a parameter's column of dfdp)
+_FORCE_RATE_F = -1     # d(infusion rates)/dF
+_FORCE_NONE = -2       # initial-condition and lag sensitivities: no forcing term
+
+# status codes per subject
+OK, SOLVER_FAILED, STEADY_STATE_FAILED, INFUSION_LONGER_THAN_INTERVAL, LAG_LONGER_THAN_INTERVAL = (
+    0, 1, 2, 3, 4)
+STATUS_MESSAGES = {
+    SOLVER_FAILED: "CVODES failed (too many steps, or the error test or corrector failed "
+                   "repeatedly)",
+    STEADY_STATE_FAILED: "the steady state did not converge",
+    INFUSION_LONGER_THAN_INTERVAL: "a steady-state infusion lasts longer than its dosing "
+                                   "interval II (not supported by the ODE engine)",
+    LAG_LONGER_THAN_INTERVAL: "ALAG is not shorter than the interval II of a steady-state dose "
+                              "(not supported by the ODE engine)",
+}
+
+# ---------------------------------------------------------------------------------------------
+# calling C through raw addresses
+
+
+def _foreign(restype, *argtypes):
+    """An intrinsic ``call(address, *args)`` calling a C function of the given signature."""
+
+    def typer(typingctx, addr, *args):
+        sig = restype(types.uintp, *argtypes)
+
+        def codegen(context, builder, signature, llargs):
+            ret = ir.VoidType() if restype is types.void else context.get_value_type(restype)
+            fnty = ir.FunctionType(ret, [context.get_value_type(a) for a in argtypes])
+            fn = builder.inttoptr(llargs[0], fnty.as_pointer())
+            result = builder.call(fn, llargs[1:])
+            return context.get_dummy_value() if restype is types.void else result
+
+        return sig, codegen
+
+    # numba intrinsics need a fixed arity, so spell it out
+    names = ", ".join(f"a{i}" for i in range(len(argtypes)))
+    namespace = {"typer": typer}
+    exec(f"def call(typingctx, addr, {names}):\n    return typer(typingctx, addr, {names})",
+         namespace)
+    return intrinsic(namespace["call"])
+
+
+def _pointer_cast(target):
+    def typer(typingctx, addr):
+        def codegen(context, builder, signature, llargs):
+            return builder.inttoptr(llargs[0], context.get_value_type(target))
+
+        return target(types.uintp), codegen
+
+    return intrinsic(typer)
+
+
+_f64_ptr = _pointer_cast(types.CPointer(types.float64))
+_u64_ptr = _pointer_cast(types.CPointer(types.uint64))
+_i64_ptr = _pointer_cast(types.CPointer(types.int64))
+
+_u, _i, _d, _l = types.uintp, types.intc, types.float64, types.int64
+_call_u = _foreign(_u, _u)                       # N_VGetArrayPointer, SUNDenseMatrix_Data
+_call_model = _foreign(types.void, _d, _u, _u, _u)
+_call_i_uu = _foreign(_i, _u, _u)                # SUNContext_Create, CVodeSetUserData, ...
+_call_i_u = _foreign(_i, _u)                     # SUNContext_Free, SUNLinSolFree, ...
+_call_i_uuu = _foreign(_i, _u, _u, _u)           # CVodeSetLinearSolver, CVodeGetSens, v6 silence
+_call_v_u = _foreign(types.void, _u)             # N_VDestroy, SUNMatDestroy, CVodeFree
+_call_u_lu = _foreign(_u, _l, _u)                # N_VNew_Serial
+_call_u_iu = _foreign(_u, _i, _u)                # N_VCloneVectorArray, CVodeCreate
+_call_v_ui = _foreign(types.void, _u, _i)        # N_VDestroyVectorArray
+_call_u_llu = _foreign(_u, _l, _l, _u)           # SUNDenseMatrix
+_call_u_uuu = _foreign(_u, _u, _u, _u)           # SUNLinSol_Dense
+_call_i_uudu = _foreign(_i, _u, _u, _d, _u)      # CVodeInit
+_call_i_udu = _foreign(_i, _u, _d, _u)           # CVodeReInit
+_call_i_udd = _foreign(_i, _u, _d, _d)           # CVodeSStolerances
+_call_i_ul = _foreign(_i, _u, _l)                # CVodeSetMaxNumSteps
+_call_i_ud = _foreign(_i, _u, _d)                # CVodeSetStopTime
+_call_i_ui = _foreign(_i, _u, _i)                # CVodeSetSensErrCon
+_call_i_udu_u_i = _foreign(_i, _u, _d, _u, _u, _i)   # CVode
+_call_i_uiiuu = _foreign(_i, _u, _i, _i, _u, _u)     # CVodeSensInit
+_call_i_uiu = _foreign(_i, _u, _i, _u)               # CVodeSensReInit
+
+# ---------------------------------------------------------------------------------------------
+# CVODES callbacks: generic, reading the model through the user-data block
+#
+# user data (uint64 array): model rhs, jac, dfdp addresses; n states; P parameters; Ns
+# sensitivities; addresses of p (P), rates (n), drate/dF (n), forcing codes (Ns, int64),
+# a Jacobian buffer (n*n), a dfdp buffer (n*P); N_VGetArrayPointer; SUNDenseMatrix_Data.
+_UD_RHS, _UD_JAC, _UD_DFDP, _UD_N, _UD_P, _UD_NS, _UD_PARAMS, _UD_RATES, _UD_DRATE_DF = range(9)
+_UD_CODES, _UD_JBUF, _UD_PBUF, _UD_NV_DATA, _UD_MAT_DATA = range(9, 14)
+_UD_SIZE = 14
+
+
+@cfunc(types.intc(types.float64, types.uintp, types.uintp, types.uintp), cache=True)
+def _cvodes_rhs(t, y, ydot, user_data):
+    ud = carray(_u64_ptr(user_data), _UD_SIZE)
+    n = np.int64(ud[_UD_N])
+    ydot_ptr = _call_u(ud[_UD_NV_DATA], ydot)
+    _call_model(ud[_UD_RHS], t, _call_u(ud[_UD_NV_DATA], y), ud[_UD_PARAMS], ydot_ptr)
+    out = carray(_f64_ptr(ydot_ptr), n)
+    rates = carray(_f64_ptr(ud[_UD_RATES]), n)
+    for i in range(n):
+        out[i] += rates[i]
+        if not np.isfinite(out[i]):
+            return 1        # recoverable: CVODES retries with a smaller step
+    return 0
+
+
+@cfunc(types.intc(types.float64, types.uintp, types.uintp, types.uintp, types.uintp,
+                  types.uintp, types.uintp, types.uintp), cache=True)
+def _cvodes_jac(t, y, fy, jac, user_data, tmp1, tmp2, tmp3):
+    ud = carray(_u64_ptr(user_data), _UD_SIZE)
+    _call_model(ud[_UD_JAC], t, _call_u(ud[_UD_NV_DATA], y), ud[_UD_PARAMS],
+                _call_u(ud[_UD_MAT_DATA], jac))
+    return 0
+
+
+@cfunc(types.intc(types.intc, types.float64, types.uintp, types.uintp, types.uintp, types.uintp,
+                  types.uintp, types.uintp, types.uintp), cache=True)
+def _cvodes_sens(ns, t, y, ydot, ys, ysdot, user_data, tmp1, tmp2):
+    ud = carray(_u64_ptr(user_data), _UD_SIZE)
+    n = np.int64(ud[_UD_N])
+    n_par = np.int64(ud[_UD_P])
+    yp = _call_u(ud[_UD_NV_DATA], y)
+    _call_model(ud[_UD_JAC], t, yp, ud[_UD_PARAMS], ud[_UD_JBUF])
+    if n_par > 0:
+        _call_model(ud[_UD_DFDP], t, yp, ud[_UD_PARAMS], ud[_UD_PBUF])
+    jac = carray(_f64_ptr(ud[_UD_JBUF]), n * n)
+    dfdp = carray(_f64_ptr(ud[_UD_PBUF]), max(n * n_par, 1))
+    drate = carray(_f64_ptr(ud[_UD_DRATE_DF]), n)
+    codes = carray(_i64_ptr(ud[_UD_CODES]), ns)
+    vs = carray(_u64_ptr(ys), ns)
+    vds = carray(_u64_ptr(ysdot), ns)
+    for k in range(ns):
+        s = carray(_f64_ptr(_call_u(ud[_UD_NV_DATA], vs[k])), n)
+        ds = carray(_f64_ptr(_call_u(ud[_UD_NV_DATA], vds[k])), n)
+        code = codes[k]
+        for i in range(n):
+            acc = 0.0
+            for j in range(n):
+                acc += jac[i + n * j] * s[j]
+            if code >= 0:
+                acc += dfdp[i + n * code]
+            elif code == _FORCE_RATE_F:
+                acc += drate[i]
+            ds[i] = acc
+    return 0
+
+
+@cfunc(types.void(types.intc, types.uintp, types.uintp, types.uintp, types.uintp), cache=True)
+def _cvodes_quiet(error_code, module, function, message, data):
+    return
+
+
+def callback_addresses():
+    """Addresses of the CVODES callbacks, appended to the API table by the caller."""
+    return np.array([_cvodes_rhs.address, _cvodes_jac.address, _cvodes_sens.address,
+                     _cvodes_quiet.address], dtype=np.uint64)
+
+
+# ---------------------------------------------------------------------------------------------
+# one CVODES integrator: handles (mem, y, yS, A, LS), user data and buffers
+#
+# buffers: rates (n), drate/dF (n), scratch f- and f+ (2n), Jacobian (n*n), dfdp (n*P), p (P)
+
+_ISM_STAGGERED = 2
+_CV_BDF = 2
+_CV_NORMAL = 1
+
+
+@njit(cache=True)
+def _integrator_new(api, ctx, model, n, n_par, codes, rtol, atol, max_steps, sundials_major):
+    ns = codes.shape[0]
+    handles = np.zeros(5, dtype=np.uint64)
+    y = _call_u_lu(api[_NV_NEW], n, ctx)
+    a = _call_u_llu(api[_MAT_NEW], n, n, ctx)
+    ls = _call_u_uuu(api[_LS_NEW], y, a, ctx)
+    # BDF with a dense Newton solve: PK/PD systems are often stiff (fast absorption, turnover)
+    mem = _call_u_iu(api[_CV_CREATE], _CV_BDF, ctx)
+    buffers = np.zeros(4 * n + n * n + max(n * n_par, 1) + max(n_par, 1), dtype=np.float64)
+    ud = np.zeros(_UD_SIZE, dtype=np.uint64)
+    base = buffers.ctypes.data
+    ud[_UD_RHS] = model[_M_RHS]
+    ud[_UD_JAC] = model[_M_JAC]
+    ud[_UD_DFDP] = model[_M_DFDP]
+    ud[_UD_N] = n
+    ud[_UD_P] = n_par
+    ud[_UD_NS] = ns
+    ud[_UD_RATES] = base
+    ud[_UD_DRATE_DF] = base + 8 * n
+    ud[_UD_JBUF] = base + 8 * 4 * n
+    ud[_UD_PBUF] = base + 8 * (4 * n + n * n)
+    ud[_UD_PARAMS] = base + 8 * (4 * n + n * n + max(n * n_par, 1))
+    ud[_UD_CODES] = codes.ctypes.data
+    ud[_UD_NV_DATA] = api[_NV_DATA]
+    ud[_UD_MAT_DATA] = api[_MAT_DATA]
+    flag = _call_i_uudu(api[_CV_INIT], mem, api[_CB_RHS], 0.0, y)
+    flag |= _call_i_udd(api[_CV_TOLERANCES], mem, rtol, atol)
+    flag |= _call_i_uu(api[_CV_USER_DATA], mem, ud.ctypes.data)
+    flag |= _call_i_uuu(api[_CV_LINEAR_SOLVER], mem, ls, a)
+    flag |= _call_i_uu(api[_CV_JAC_FN], mem, api[_CB_JAC])
+    flag |= _call_i_ul(api[_CV_MAX_STEPS], mem, max_steps)
+    if sundials_major == 6:
+        flag |= _call_i_uuu(api[_SILENCE], mem, api[_CB_ERRORS], 0)
+    ys = np.uint64(0)
+    if ns > 0:
+        ys = _call_u_iu(api[_NV_CLONE_ARRAY], ns, y)
+        vs = carray(_u64_ptr(ys), ns)
+        for k in range(ns):
+            carray(_f64_ptr(_call_u(api[_NV_DATA], vs[k])), n)[:] = 0.0
+        flag |= _call_i_uiiuu(api[_CV_SENS_INIT], mem, ns, _ISM_STAGGERED, api[_CB_SENS], ys)
+        flag |= _call_i_u(api[_CV_SENS_EE], mem)
+        flag |= _call_i_ui(api[_CV_SENS_ERRCON], mem, 1)
+    handles[0], handles[1], handles[2], handles[3], handles[4] = mem, y, ys, a, ls
+    return handles, ud, buffers, flag
+
+
+@njit(cache=True)
+def _integrator_free(api, handles, ns):
+    holder = np.zeros(1, dtype=np.uint64)
+    holder[0] = handles[0]
+    _call_v_u(api[_CV_FREE], holder.ctypes.data)
+    if ns > 0:
+        _call_v_ui(api[_NV_DESTROY_ARRAY], handles[2], ns)
+    _call_v_u(api[_NV_DESTROY], handles[1])
+    _call_i_u(api[_LS_FREE], handles[4])
+    _call_v_u(api[_MAT_DESTROY], handles[3])
+
+
+@njit(cache=True)
+def _reinit(api, handles, t, y, sens):
+    n = y.shape[0]
+    ns = sens.shape[0]
+    carray(_f64_ptr(_call_u(api[_NV_DATA], handles[1])), n)[:] = y
+    flag = _call_i_udu(api[_CV_REINIT], handles[0], t, handles[1])
+    if ns > 0:
+        vs = carray(_u64_ptr(handles[2]), ns)
+        for k in range(ns):
+            carray(_f64_ptr(_call_u(api[_NV_DATA], vs[k])), n)[:] = sens[k]
+        flag |= _call_i_uiu(api[_CV_SENS_REINIT], handles[0], _ISM_STAGGERED, handles[2])
+    return flag
+
+
+@njit(cache=True)
+def _advance(api, handles, t_out, t_stop, y, sens, tret):
+    """Integrate to ``t_out`` without stepping past ``t_stop``; update ``y`` and ``sens``."""
+    n = y.shape[0]
+    ns = sens.shape[0]
+    _call_i_ud(api[_CV_STOP_TIME], handles[0], t_stop)
+    flag = _call_i_udu_u_i(api[_CV_SOLVE], handles[0], t_out, handles[1], tret.ctypes.data,
+                           _CV_NORMAL)
+    if flag < 0:
+        return flag
+    y[:] = carray(_f64_ptr(_call_u(api[_NV_DATA], handles[1])), n)
+    if ns > 0:
+        _call_i_uuu(api[_CV_GET_SENS], handles[0], tret.ctypes.data, handles[2])
+        vs = carray(_u64_ptr(handles[2]), ns)
+        for k in range(ns):
+            sens[k] = carray(_f64_ptr(_call_u(api[_NV_DATA], vs[k])), n)
+    return 0
+
+
+@njit(cache=True)
+def _rhs(model, t, y, ud, rates, out):
+    _call_model(model[_M_RHS], t, y.ctypes.data, ud[_UD_PARAMS], out.ctypes.data)
+    out += rates
+
+
+@njit(cache=True)
+def _shift(model, t, y, ud, rates, sens, slot, fminus, fplus, dtau):
+    """Jump condition: a change at a time that moves by ``dtau`` per unit of ``slot``."""
+    if slot >= 0 and dtau != 0.0:
+        _rhs(model, t, y, ud, rates, fplus)
+        sens[slot] += (fminus - fplus) * dtau
+
+
+# ---------------------------------------------------------------------------------------------
+# steady state
+
+
+@njit(cache=True)
+def _solve(a, b):
+    return np.linalg.solve(a, b)
+
+
+@njit(cache=True)
+def _tolerance_met(step, y, rtol, atol):
+    for i in range(y.shape[0]):
+        if abs(step[i]) > rtol * abs(y[i]) + atol:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _constant_infusion_steady_state(model, n, n_par, ud, c, r, y0, sens_ext, out_sens,
+                                    rtol, atol):
+    """Newton on ``f(y) + r e_c = 0``; the sensitivities solve ``J s = -df/dp``."""
+    y = y0.copy()
+    rates = np.zeros(n)
+    rates[c] = r
+    f = np.zeros(n)
+    jbuf = np.zeros(n * n)
+    converged = False
+    for _ in range(100):
+        _rhs(model, 0.0, y, ud, rates, f)
+        _call_model(model[_M_JAC], 0.0, y.ctypes.data, ud[_UD_PARAMS], jbuf.ctypes.data)
+        jac = jbuf.reshape((n, n)).T.copy()
+        step = _solve(jac, -f)
+        y += step
+        if not np.all(np.isfinite(y)):
+            return y, False
+        if _tolerance_met(step, y, 1e-3 * rtol, 1e-3 * atol):
+            converged = True
+            break
+    _call_model(model[_M_JAC], 0.0, y.ctypes.data, ud[_UD_PARAMS], jbuf.ctypes.data)
+    jac = jbuf.reshape((n, n)).T.copy()
+    dfdp = np.zeros(max(n * n_par, 1))
+    if n_par > 0:
+        _call_model(model[_M_DFDP], 0.0, y.ctypes.data, ud[_UD_PARAMS], dfdp.ctypes.data)
+    for k in range(sens_ext.shape[0]):
+        out_sens[k] = 0.0
+        if sens_ext[k] < n_par:
+            out_sens[k] = _solve(jac, -dfdp[n * sens_ext[k]:n * (sens_ext[k] + 1)].copy())
+    return y, converged
+
+
+@njit(cache=True)
+def _one_period(api, model, handles, ud, buf, y_start, n, ns, c, bolus, a, da, r, dr,
+                duration, d_duration, period, slot_f, tret, y, sens):
+    """Integrate one dosing interval from just before a dose; initial-state sensitivities
+    (rows ``ns..ns+n-1``) start at the identity, parameter sensitivities at zero."""
+    rates = buf[0:n]
+    drate = buf[n:2 * n]
+    fminus = buf[2 * n:3 * n]
+    fplus = buf[3 * n:4 * n]
+    y[:] = y_start
+    sens[:] = 0.0
+    for i in range(n):
+        sens[ns + i, i] = 1.0
+    rates[:] = 0.0
+    drate[:] = 0.0
+    if bolus:
+        y[c] += a
+        if slot_f >= 0:
+            sens[slot_f, c] += da
+    else:
+        rates[c] = r
+        drate[c] = dr
+    flag = _reinit(api, handles, 0.0, y, sens)
+    if not bolus and duration < period:
+        flag |= _advance(api, handles, duration, duration, y, sens, tret)
+        if flag < 0:
+            return flag
+        _rhs(model, duration, y, ud, rates, fminus)
+        rates[c] = 0.0
+        drate[c] = 0.0
+        _shift(model, duration, y, ud, rates, sens, slot_f, fminus, fplus, d_duration)
+        flag |= _reinit(api, handles, duration, y, sens)
+    flag |= _advance(api, handles, period, period, y, sens, tret)
+    return flag
+
+
+@njit(cache=True)
+def _periodic_steady_state(api, model, handles, ud, buf, y0, n, ns, c, bolus, a, da, r, dr,
+                           duration, d_duration, period, slot_f, rtol, atol, tret, out_sens):
+    """Trough state of an infinite dosing train: Newton on ``Phi(y) = y`` where ``Phi`` is one
+    interval (one step for a linear system); then ``s = (I - dPhi/dy)^-1 dPhi/dp``."""
+    y_trough = y0.copy()
+    y = np.zeros(n)
+    sens = np.zeros((ns + n, n))
+    converged = False
+    identity = np.eye(n)
+    for _ in range(50):
+        flag = _one_period(api, model, handles, ud, buf, y_trough, n, ns, c, bolus, a, da, r, dr,
+                           duration, d_duration, period, slot_f, tret, y, sens)
+        if flag < 0:
+            return y_trough, SOLVER_FAILED
+        phi_y = sens[ns:, :].T.copy()         # d y_end_i / d y_start_j
+        step = _solve(phi_y - identity, -(y - y_trough))
+        y_trough += step
+        if not np.all(np.isfinite(y_trough)):
+            return y_trough, STEADY_STATE_FAILED
+        if _tolerance_met(step, y_trough, 1e-2 * rtol, 1e-2 * atol):
+            converged = True
+            break
+    if not converged:
+        return y_trough, STEADY_STATE_FAILED
+    system = identity - sens[ns:, :].T
+    for k in range(ns):
+        out_sens[k] = _solve(system, sens[k].copy())
+    return y_trough, OK
+
+
+# ---------------------------------------------------------------------------------------------
+# the event-driven solve of all subjects
+
+_POINT, _JUMP, _RATE, _STEADY = 0, 1, 2, 3
+# dose table columns
+_D_TIME, _D_AMT, _D_RATE, _D_DUR, _D_II, _D_SS, _D_CMT, _D_EPOCH, _D_ORDER = range(9)
+# point table columns
+_P_TIME, _P_DVID, _P_EPOCH, _P_ORDER = range(4)
+
+
+@njit(cache=True)
+def _dose_terms(dose, dose_cmt, f_value, lag):
+    """(into dose compartment, amount, d amount/dF, rate, d rate/dF, duration, d duration/dF,
+    effective time) of one dose, with NONMEM's F and ALAG semantics."""
+    into = int(dose[_D_CMT]) == dose_cmt
+    f = f_value if into else 1.0
+    df = 1.0 if into else 0.0
+    amt = dose[_D_AMT]
+    a = amt * f
+    da = amt * df
+    rate, dr, duration, d_duration = 0.0, 0.0, 0.0, 0.0
+    if dose[_D_RATE] > 0:
+        # the rate is given; F changes how long the infusion lasts
+        rate = dose[_D_RATE]
+        duration = a / rate
+        d_duration = da / rate
+    elif dose[_D_RATE] == -2:
+        # the duration is given; F changes the rate
+        duration = dose[_D_DUR]
+        rate = a / duration
+        dr = da / duration
+    te = dose[_D_TIME] + (lag if into else 0.0)
+    return into, a, da, rate, dr, duration, d_duration, te
+
+
+@njit(cache=True)
+def solve_subjects(api, model, dims, doses, points, dose_start, point_start, params, f_values,
+                   lags, sens_ext, rtol, atol, max_steps, sundials_major, pred, jac, status):
+    """Predict every point (and ``d pred / d extended parameter`` for ``sens_ext``).
+
+    ``dims`` = (states, parameters, outputs, dose compartment 0-based). ``doses`` and
+    ``points`` are the event table's rows sorted by subject and order (see module columns);
+    ``dose_start`` and ``point_start`` index each subject's first row (length S + 1).
+    Subjects whose solve fails get NaN predictions and a non-zero ``status``.
+    """
+    n, n_par, n_out, dose_cmt = dims[0], dims[1], dims[2], dims[3]
+    ns = sens_ext.shape[0]
+    slot_f, slot_lag = -1, -1
+    codes = np.zeros(ns, dtype=np.int64)
+    for k in range(ns):
+        if sens_ext[k] < n_par:
+            codes[k] = sens_ext[k]
+        elif sens_ext[k] == n_par:
+            codes[k] = _FORCE_RATE_F
+            slot_f = k
+        else:
+            codes[k] = _FORCE_NONE
+            slot_lag = k
+    ss_codes = np.full(ns + n, _FORCE_NONE, dtype=np.int64)
+    ss_codes[:ns] = codes
+    ctx_holder = np.zeros(1, dtype=np.uint64)
+    _call_i_uu(api[_CTX_CREATE], 0, ctx_holder.ctypes.data)
+    ctx = ctx_holder[0]
+    if sundials_major != 6:
+        _call_i_u(api[_SILENCE], ctx)
+    main, main_ud, main_buf, flag_a = _integrator_new(api, ctx, model, n, n_par, codes, rtol,
+                                                      atol, max_steps, sundials_major)
+    ssi, ss_ud, ss_buf, flag_b = _integrator_new(api, ctx, model, n, n_par, ss_codes, rtol,
+                                                 atol, max_steps, sundials_major)
+    rates = main_buf[0:n]
+    drate = main_buf[n:2 * n]
+    fminus = main_buf[2 * n:3 * n]
+    fplus = main_buf[3 * n:4 * n]
+    n_sub = dose_start.shape[0] - 1
+    tret = np.zeros(1)
+    y0 = np.zeros(n)
+    dinit = np.zeros(max(n * n_par, 1))
+    out = np.zeros(n_out)
+    dout_dy = np.zeros(n_out * n)
+    dout_dp = np.zeros(max(n_out * n_par, 1))
+    sens0 = np.zeros((ns, n))
+    y = np.zeros(n)
+    sens = np.zeros((ns, n))
+    ss_sens = np.zeros((ns, n))
+    ss_y = np.zeros(n)
+    ss_full_sens = np.zeros((ns + n, n))
+    for s in range(n_sub):
+        status[s] = OK
+        p_main = carray(_f64_ptr(main_ud[_UD_PARAMS]), max(n_par, 1))
+        p_ss = carray(_f64_ptr(ss_ud[_UD_PARAMS]), max(n_par, 1))
+        for k in range(n_par):
+            p_main[k] = params[s, k]
+            p_ss[k] = params[s, k]
+        f_value = f_values[s]
+        lag = lags[s]
+        _call_model(model[_M_INIT], 0.0, y.ctypes.data, main_ud[_UD_PARAMS], y0.ctypes.data)
+        if n_par > 0:
+            _call_model(model[_M_DINIT], 0.0, y.ctypes.data, main_ud[_UD_PARAMS],
+                        dinit.ctypes.data)
+        for k in range(ns):
+            sens0[k] = 0.0
+            if sens_ext[k] < n_par:
+                sens0[k] = dinit[n * sens_ext[k]:n * (sens_ext[k] + 1)]
+        di, d_end = dose_start[s], dose_start[s + 1]
+        pi, p_end = point_start[s], point_start[s + 1]
+        while pi < p_end and status[s] == OK:
+            epoch = points[pi, _P_EPOCH]
+            while di < d_end and doses[di, _D_EPOCH] < epoch:
+                di += 1
+            dj = di
+            while dj < d_end and doses[dj, _D_EPOCH] == epoch:
+                dj += 1
+            pj = pi
+            while pj < p_end and points[pj, _P_EPOCH] == epoch:
+                pj += 1
+            # ---- the epoch's events
+            cap = 4 * (dj - di) + (pj - pi)
+            ev_time = np.zeros(cap)
+            ev_key = np.zeros(cap, dtype=np.int64)
+            ev_kind = np.zeros(cap, dtype=np.int64)
+            ev_ref = np.zeros(cap, dtype=np.int64)
+            ev_value = np.zeros(cap)
+            ev_dvalue = np.zeros(cap)
+            ev_dtau_lag = np.zeros(cap)
+            ev_dtau_f = np.zeros(cap)
+            m = 0
+            t_start = points[pi, _P_TIME]
+            for d in range(di, dj):
+                dose = doses[d]
+                t_start = min(t_start, dose[_D_TIME])
+                into, a, da, r, dr, dur, ddur, te = _dose_terms(dose, dose_cmt, f_value, lag)
+                dlag = 1.0 if into else 0.0
+                order = int(dose[_D_ORDER])
+                constant = dose[_D_SS] > 0 and dose[_D_AMT] == 0 and dose[_D_RATE] > 0
+                if dose[_D_SS] > 0:
+                    ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = dose[_D_TIME], 4 * order, _STEADY, d
+                    m += 1
+                    if not constant and dose[_D_RATE] != 0 and te - dose[_D_II] + dur > dose[_D_TIME] \
+                            and te > dose[_D_TIME]:
+                        # the lagged train's last infusion still runs when the record is read
+                        ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = (
+                            te - dose[_D_II] + dur, 4 * order + 1, _RATE, int(dose[_D_CMT]))
+                        ev_value[m], ev_dvalue[m] = -r, -dr
+                        ev_dtau_lag[m], ev_dtau_f[m] = dlag, ddur
+                        m += 1
+                if constant:
+                    continue
+                if dose[_D_RATE] == 0:
+                    ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = te, 4 * order + 1, _JUMP, int(dose[_D_CMT])
+                    ev_value[m], ev_dvalue[m], ev_dtau_lag[m], ev_dtau_f[m] = a, da, dlag, 0.0
+                    m += 1
+                else:
+                    ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = te, 4 * order + 1, _RATE, int(dose[_D_CMT])
+                    ev_value[m], ev_dvalue[m], ev_dtau_lag[m], ev_dtau_f[m] = r, dr, dlag, 0.0
+                    m += 1
+                    ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = te + dur, 4 * order + 1, _RATE, int(dose[_D_CMT])
+                    ev_value[m], ev_dvalue[m], ev_dtau_lag[m], ev_dtau_f[m] = -r, -dr, dlag, ddur
+                    m += 1
+            for q in range(pi, pj):
+                ev_time[m], ev_key[m] = points[q, _P_TIME], 4 * int(points[q, _P_ORDER]) + 2
+                ev_kind[m], ev_ref[m] = _POINT, q
+                m += 1
+            by_key = np.argsort(ev_key[:m], kind="mergesort")
+            by_time = np.argsort(ev_time[:m][by_key], kind="mergesort")
+            sequence = by_key[by_time]
+            # ---- integrate through them
+            t_cur = t_start
+            y[:] = y0
+            sens[:] = sens0
+            rates[:] = 0.0
+            drate[:] = 0.0
+            fresh = True
+            points_left = pj - pi
+            for idx in range(m):
+                if points_left == 0:
+                    break
+                e = sequence[idx]
+                te = ev_time[e]
+                kind = ev_kind[e]
+                if te > t_cur + 1e-13 * max(1.0, abs(t_cur)):
+                    if fresh:
+                        _reinit(api, main, t_cur, y, sens)
+                        fresh = False
+                    t_stop = te
+                    if kind == _POINT:
+                        # interpolate to the point, but never step past the next discontinuity
+                        t_stop = ev_time[sequence[m - 1]]
+                        for later in range(idx + 1, m):
+                            if ev_kind[sequence[later]] != _POINT:
+                                t_stop = ev_time[sequence[later]]
+                                break
+                    if _advance(api, main, te, t_stop, y, sens, tret) < 0:
+                        status[s] = SOLVER_FAILED
+                        break
+                    t_cur = te
+                if kind == _POINT:
+                    q = ev_ref[e]
+                    dvid = int(points[q, _P_DVID])
+                    pm = main_ud[_UD_PARAMS]
+                    _call_model(model[_M_OUT], te, y.ctypes.data, pm, out.ctypes.data)
+                    pred[q] = out[dvid]
+                    if ns > 0:
+                        _call_model(model[_M_DOUT_DY], te, y.ctypes.data, pm, dout_dy.ctypes.data)
+                        if n_par > 0:
+                            _call_model(model[_M_DOUT_DP], te, y.ctypes.data, pm,
+                                        dout_dp.ctypes.data)
+                        for k in range(ns):
+                            acc = 0.0
+                            for i in range(n):
+                                acc += dout_dy[dvid + n_out * i] * sens[k, i]
+                            if sens_ext[k] < n_par:
+                                acc += dout_dp[dvid + n_out * sens_ext[k]]
+                            jac[q, k] = acc
+                    points_left -= 1
+                    continue
+                fresh = True
+                _rhs(model, te, y, main_ud, rates, fminus)
+                if kind == _JUMP:
+                    c = ev_ref[e]
+                    y[c] += ev_value[e]
+                    if slot_f >= 0:
+                        sens[slot_f, c] += ev_dvalue[e]
+                    _shift(model, te, y, main_ud, rates, sens, slot_lag, fminus, fplus,
+                           ev_dtau_lag[e])
+                elif kind == _RATE:
+                    c = ev_ref[e]
+                    rates[c] += ev_value[e]
+                    drate[c] += ev_dvalue[e]
+                    _shift(model, te, y, main_ud, rates, sens, slot_lag, fminus, fplus,
+                           ev_dtau_lag[e])
+                    _shift(model, te, y, main_ud, rates, sens, slot_f, fminus, fplus,
+                           ev_dtau_f[e])
+                else:
+                    code = _steady_state_event(
+                        api, model, ssi, ss_ud, ss_buf, doses[ev_ref[e]], dose_cmt, f_value, lag,
+                        n, n_par, ns, slot_f, slot_lag, sens_ext, rtol, atol, tret, y0, sens0,
+                        y, sens, rates, drate, ss_y, ss_sens, ss_full_sens)
+                    if code != OK:
+                        status[s] = code
+                        break
+            pi, di = pj, dj
+        if status[s] != OK:
+            for q in range(point_start[s], p_end):
+                pred[q] = np.nan
+                for k in range(ns):
+                    jac[q, k] = 0.0
+    _integrator_free(api, main, ns)
+    _integrator_free(api, ssi, ns + n)
+    _call_i_u(api[_CTX_FREE], ctx_holder.ctypes.data)
+    # CVODES held raw pointers into these arrays until now
+    return flag_a | flag_b, main_ud[0] + ss_ud[0], main_buf[0] + ss_buf[0], codes.sum() + ss_codes.sum()
+
+
+@njit(cache=True)
+def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value, lag, n, n_par,
+                        ns, slot_f, slot_lag, sens_ext, rtol, atol, tret, y0, sens0, y, sens,
+                        rates, drate, ss_y, ss_sens, ss_full_sens):
+    """Apply a steady-state dose record (SS=1 replaces the state, SS=2 adds to it)."""
+    c = int(dose[_D_CMT])
+    t = dose[_D_TIME]
+    replace = dose[_D_SS] == 1
+    into, a, da, r, dr, dur, ddur, te = _dose_terms(dose, dose_cmt, f_value, lag)
+    running_r, running_dr = 0.0, 0.0
+    if dose[_D_AMT] == 0 and dose[_D_RATE] > 0:
+        ss_y[:], ok = _constant_infusion_steady_state(model, n, n_par, ss_ud, c, dose[_D_RATE], y0,
+                                                     sens_ext, ss_sens, rtol, atol)
+        if not ok:
+            return STEADY_STATE_FAILED
+        running_r = dose[_D_RATE]
+    else:
+        bolus = dose[_D_RATE] == 0
+        period = dose[_D_II]
+        if not bolus and dur > period:
+            return INFUSION_LONGER_THAN_INTERVAL
+        shift = te - t
+        if shift >= period:
+            return LAG_LONGER_THAN_INTERVAL
+        trough, code = _periodic_steady_state(api, model, ssi, ss_ud, ss_buf, y0, n, ns, c, bolus,
+                                              a, da, r, dr, dur, ddur, period, slot_f, rtol, atol,
+                                              tret, ss_sens)
+        if code != OK:
+            return code
+        ss_rates = ss_buf[0:n]
+        ss_drate = ss_buf[n:2 * n]
+        fminus = ss_buf[2 * n:3 * n]
+        fplus = ss_buf[3 * n:4 * n]
+        ss_rates[:] = 0.0
+        ss_drate[:] = 0.0
+        if not bolus and dur >= period:
+            ss_rates[c], ss_drate[c] = r, dr
+        dlag = 1.0 if into else 0.0
+        if shift <= 0.0:
+            ss_y[:] = trough
+            if slot_lag >= 0:
+                # moving the whole train later by d ALAG moves the state back along its path
+                _rhs(model, t, trough, ss_ud, ss_rates, fminus)
+                ss_sens[slot_lag] = -fminus * dlag
+        else:
+            # the record falls inside the interval that precedes the lagged dose
+            t0 = te - period
+            ss_full_sens[:] = 0.0
+            ss_full_sens[:ns] = ss_sens
+            ss_y[:] = trough
+            _rhs(model, t0, ss_y, ss_ud, ss_rates, fminus)
+            if slot_lag >= 0:
+                ss_full_sens[slot_lag] = -fminus * dlag
+            if bolus:
+                ss_y[c] += a
+                if slot_f >= 0:
+                    ss_full_sens[slot_f, c] += da
+            else:
+                ss_rates[c], ss_drate[c] = r, dr
+            _shift(model, t0, ss_y, ss_ud, ss_rates, ss_full_sens, slot_lag, fminus, fplus, dlag)
+            flag = _reinit(api, ssi, t0, ss_y, ss_full_sens)
+            if not bolus and t0 + dur < t:
+                flag |= _advance(api, ssi, t0 + dur, t0 + dur, ss_y, ss_full_sens, tret)
+                _rhs(model, t0 + dur, ss_y, ss_ud, ss_rates, fminus)
+                ss_rates[c], ss_drate[c] = 0.0, 0.0
+                _shift(model, t0 + dur, ss_y, ss_ud, ss_rates, ss_full_sens, slot_lag, fminus,
+                       fplus, dlag)
+                _shift(model, t0 + dur, ss_y, ss_ud, ss_rates, ss_full_sens, slot_f, fminus,
+                       fplus, ddur)
+                flag |= _reinit(api, ssi, t0 + dur, ss_y, ss_full_sens)
+            elif not bolus:
+                running_r, running_dr = r, dr
+            if t > t0:
+                flag |= _advance(api, ssi, t, t, ss_y, ss_full_sens, tret)
+            if flag < 0:
+                return SOLVER_FAILED
+            ss_sens[:] = ss_full_sens[:ns]
+    if replace:
+        y[:] = ss_y
+        sens[:] = ss_sens
+        rates[:] = 0.0
+        drate[:] = 0.0
+    else:
+        y += ss_y - y0
+        sens += ss_sens - sens0
+    rates[c] += running_r
+    drate[c] += running_dr
+    return OK

@@ -1,0 +1,126 @@
+"""Solving an ODE system over an event table: all subjects, all doses, one compiled call.
+
+:func:`solve` hands the event table and the per-subject parameters to the compiled core
+(:func:`popkin.ode._native.solve_subjects`), which walks each subject's epochs in event order:
+boluses are state jumps, infusions are input rates switched on and off, ``ADDL`` doses are
+already expanded in the event table, ``SS`` doses are solved to steady state (Newton on one
+dosing interval, or on ``f(y) + rate = 0`` for a constant infusion), ``ALAG`` delays and ``F``
+scales the doses into the dose compartment, and a reset restarts from the initial state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data.events import EventTable
+from . import _native
+from ._sundials import SUNDIALS_VERSION, api_addresses
+from .codegen import CompiledSystem
+
+__all__ = ["SolverOptions", "Solution", "prepare_events", "solve"]
+
+_API: np.ndarray | None = None
+
+
+def _api() -> np.ndarray:
+    global _API
+    if _API is None:
+        _API = np.concatenate([api_addresses(), _native.callback_addresses()])
+    return _API
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """CVODES tolerances and step limit."""
+
+    rtol: float = 1e-8
+    atol: float = 1e-8
+    max_steps: int = 100_000
+
+    def __post_init__(self):
+        if not (0 < self.rtol < 1 and 0 < self.atol):
+            raise ValueError(f"tolerances must satisfy 0 < rtol < 1 and atol > 0; got "
+                             f"rtol={self.rtol}, atol={self.atol}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be positive; got {self.max_steps}")
+
+
+@dataclass(frozen=True)
+class PreparedEvents:
+    """The event table in the compiled solver's layout."""
+
+    doses: np.ndarray          # (D, 9) time, amt, rate, duration, ii, ss, cmt0, epoch, order
+    points: np.ndarray         # (N, 4) time, dvid0, epoch, order
+    dose_start: np.ndarray     # (S + 1,)
+    point_start: np.ndarray    # (S + 1,)
+    n_subjects: int
+
+
+@dataclass(frozen=True)
+class Solution:
+    """Predictions at the points, their derivatives and each subject's status (0 = solved)."""
+
+    prediction: np.ndarray
+    jacobian: np.ndarray       # (N, len(wrt)): d prediction / d (extended) parameter
+    status: np.ndarray
+    failures: dict = field(default_factory=dict)   # subject index -> message
+
+
+def prepare_events(events: EventTable) -> PreparedEvents:
+    """Arrange ``events`` for the compiled solver (cached on the table)."""
+    cache = events.__dict__.setdefault("_ode_prepared", {})
+    if "events" in cache:
+        return cache["events"]
+    doses = np.column_stack([
+        events.dose_time, events.dose_amt, events.dose_rate,
+        np.nan_to_num(events.dose_duration), events.dose_ii, events.dose_ss,
+        events.dose_cmt - 1, events.dose_epoch, events.dose_order,
+    ]).astype(np.float64).reshape(-1, 9)
+    points = np.column_stack([
+        events.point_time, events.point_dvid - 1, events.point_epoch, events.point_order,
+    ]).astype(np.float64).reshape(-1, 4)
+    subjects = np.arange(events.n_subjects + 1)
+    prepared = PreparedEvents(
+        doses=np.ascontiguousarray(doses), points=np.ascontiguousarray(points),
+        dose_start=np.searchsorted(events.dose_subject, subjects).astype(np.int64),
+        point_start=np.searchsorted(events.point_subject, subjects).astype(np.int64),
+        n_subjects=events.n_subjects)
+    cache["events"] = prepared
+    return prepared
+
+
+def solve(
+    compiled: CompiledSystem,
+    prepared: PreparedEvents,
+    params: np.ndarray,
+    f_values: np.ndarray,
+    lags: np.ndarray,
+    dose_compartment: int,
+    *,
+    wrt: np.ndarray | None = None,
+    options: SolverOptions = SolverOptions(),
+) -> Solution:
+    """Solve every subject.
+
+    ``params`` is (subjects, parameters); ``f_values`` and ``lags`` are per subject;
+    ``dose_compartment`` is 1-based. ``wrt`` lists the extended parameters whose
+    derivatives are wanted: the model's parameters by position, then ``F`` (= number of
+    parameters) and ``ALAG`` (+1).
+    """
+    n, n_par, n_out = compiled.dims
+    wrt = np.zeros(0, dtype=np.int64) if wrt is None else np.asarray(wrt, dtype=np.int64)
+    n_points = prepared.points.shape[0]
+    pred = np.zeros(n_points)
+    jac = np.zeros((n_points, len(wrt)))
+    status = np.zeros(prepared.n_subjects, dtype=np.int64)
+    dims = np.array([n, n_par, n_out, dose_compartment - 1], dtype=np.int64)
+    _native.solve_subjects(
+        _api(), compiled.addresses, dims, prepared.doses, prepared.points, prepared.dose_start,
+        prepared.point_start, np.ascontiguousarray(params, dtype=np.float64).reshape(-1, n_par),
+        np.ascontiguousarray(f_values, dtype=np.float64),
+        np.ascontiguousarray(lags, dtype=np.float64), wrt, options.rtol, options.atol,
+        options.max_steps, SUNDIALS_VERSION[0], pred, jac, status)
+    failures = {int(s): _native.STATUS_MESSAGES[int(status[s])] for s in np.flatnonzero(status)}
+    return Solution(pred, jac, status, failures)

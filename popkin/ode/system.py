@@ -1,0 +1,130 @@
+r"""ODE systems: states, parameters, right-hand side, initial state and outputs, in sympy.
+
+A system is pure data. :func:`popkin.ode.codegen.compile_system` turns it into native code; the
+derivatives the solver needs (Jacobian :math:`\partial f/\partial y`, parameter derivatives
+:math:`\partial f/\partial p`, :math:`\partial y_0/\partial p` and the outputs' derivatives) are
+taken here, symbolically, so gradients are exact.
+
+Examples
+--------
+>>> import sympy as sp
+>>> depot, central, KA, CL, V = sp.symbols("depot central KA CL V")
+>>> system = OdeSystem.from_expressions(
+...     states=[depot, central],
+...     rhs=[-KA * depot, KA * depot - CL / V * central],
+...     outputs={"concentration": central / V})
+>>> system.parameters
+('CL', 'KA', 'V')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import sympy as sp
+
+__all__ = ["OdeSystem", "TIME", "RESERVED"]
+
+TIME = sp.Symbol("t")
+# names the engine gives a meaning of its own: dose parameters and time
+RESERVED = frozenset({"F", "ALAG", "t"})
+
+
+@dataclass(frozen=True)
+class OdeSystem:
+    """``dy/dt = f(t, y, p)`` with ``y(start) = y0(p)`` and outputs ``g(t, y, p)``.
+
+    ``parameters`` are the free symbols of the equations that are neither states nor time,
+    in sorted order unless given. Doses enter as jumps and input rates added to ``f`` by the
+    solver; they are not part of the system.
+    """
+
+    states: tuple[str, ...]
+    parameters: tuple[str, ...]
+    rhs: tuple[sp.Expr, ...]
+    initial: tuple[sp.Expr, ...]
+    output_names: tuple[str, ...]
+    outputs: tuple[sp.Expr, ...]
+
+    @classmethod
+    def from_expressions(
+        cls,
+        states: Sequence[sp.Symbol | str],
+        rhs: Sequence[sp.Expr],
+        outputs: Mapping[str, sp.Expr],
+        *,
+        initial: Mapping[str, sp.Expr] | None = None,
+        parameters: Sequence[str] | None = None,
+    ) -> "OdeSystem":
+        """Build a system from sympy expressions (states as symbols or names).
+
+        ``initial`` maps state names to their initial value (0 when absent); ``parameters``
+        fixes the parameter order (all free symbols must be listed).
+        """
+        names = tuple(str(s) for s in states)
+        if len(set(names)) != len(names):
+            raise ValueError(f"state names must be distinct: {', '.join(names)}")
+        if len(rhs) != len(names):
+            raise ValueError(f"{len(names)} states but {len(rhs)} right-hand sides")
+        clash = sorted(RESERVED & set(names))
+        if clash:
+            raise ValueError(f"state name(s) {', '.join(clash)} are reserved (F: bioavailability, "
+                             "ALAG: lag time, t: time)")
+        initial = dict(initial or {})
+        unknown = sorted(set(initial) - set(names))
+        if unknown:
+            raise ValueError(f"initial value for unknown state(s) {', '.join(unknown)}; "
+                             f"states: {', '.join(names)}")
+        init = tuple(sp.sympify(initial.get(s, 0)) for s in names)
+        rhs = tuple(sp.sympify(e) for e in rhs)
+        outs = tuple(sp.sympify(e) for e in outputs.values())
+        if not outs:
+            raise ValueError("an ODE system needs at least one output")
+        state_symbols = {sp.Symbol(s) for s in names}
+        free = set().union(*(e.free_symbols for e in rhs + outs + init)) - state_symbols - {TIME}
+        free_names = {str(s) for s in free}
+        used_reserved = sorted(free_names & RESERVED)
+        if used_reserved:
+            raise ValueError(f"{', '.join(used_reserved)} cannot appear in the equations: the "
+                             "engine applies F and ALAG to doses itself")
+        time_in_init = [s for s, e in zip(names, init) if TIME in e.free_symbols]
+        if time_in_init:
+            raise ValueError(f"initial value of {', '.join(time_in_init)} depends on time t")
+        if parameters is None:
+            params = tuple(sorted(free_names))
+        else:
+            params = tuple(parameters)
+            missing = sorted(free_names - set(params))
+            if missing:
+                raise ValueError(f"symbol(s) {', '.join(missing)} appear in the equations but "
+                                 f"not among the parameters {', '.join(params)}")
+        return cls(names, params, rhs, init, tuple(outputs), outs)
+
+    # -- symbols and derivatives -------------------------------------------------------------
+
+    @property
+    def state_symbols(self) -> list[sp.Symbol]:
+        return [sp.Symbol(s) for s in self.states]
+
+    @property
+    def parameter_symbols(self) -> list[sp.Symbol]:
+        return [sp.Symbol(p) for p in self.parameters]
+
+    def jacobian(self) -> sp.Matrix:
+        """``d f_i / d y_j``."""
+        return sp.Matrix(self.rhs).jacobian(self.state_symbols)
+
+    def parameter_jacobian(self) -> sp.Matrix:
+        """``d f_i / d p_k``."""
+        return sp.Matrix(self.rhs).jacobian(self.parameter_symbols)
+
+    def initial_jacobian(self) -> sp.Matrix:
+        """``d y0_i / d p_k``."""
+        return sp.Matrix(self.initial).jacobian(self.parameter_symbols)
+
+    def output_state_jacobian(self) -> sp.Matrix:
+        return sp.Matrix(self.outputs).jacobian(self.state_symbols)
+
+    def output_parameter_jacobian(self) -> sp.Matrix:
+        return sp.Matrix(self.outputs).jacobian(self.parameter_symbols)
