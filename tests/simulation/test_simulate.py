@@ -142,3 +142,42 @@ def test_write_table_is_atomic(tmp_path):
     assert not path.exists() and os.listdir(tmp_path) == []
     write_table(pd.DataFrame({"a": [1.5, np.nan]}), path)
     assert path.read_text().splitlines() == ["a", "1.5", "."]
+
+
+ODE_SPEC = """
+[model]
+name = "mm_oral"
+structure = "ode"
+[ode]
+states = ["depot", "central"]
+equations = ["d/dt(depot) = -KA * depot", "d/dt(central) = KA * depot - CL * central / V"]
+output = "central / V"
+dose_compartment = "depot"
+[parameters.KA]
+typical = 1.0
+iiv = 0.3
+[parameters.V]
+typical = 40
+iiv = 0.2
+[parameters.CL]
+typical = 5
+[error]
+model = "proportional"
+sigma_prop = 0.1
+"""
+
+
+def test_ode_spec_simulates_like_the_closed_form():
+    d = design(4, ["*3/*3"]).drop(columns=["CYP3A5", "WT"])
+    ode = simulate(ODE_SPEC, d, seed=9)
+    closed = ODE_SPEC.replace('structure = "ode"', 'structure = "one_compartment_oral"')
+    closed = closed[:closed.index("[ode]")] + closed[closed.index("[parameters.KA]"):]
+    ref = simulate(closed, d, seed=9)
+    np.testing.assert_allclose(ode["IPRED"], ref["IPRED"], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(ode["PRED"], ref["PRED"], rtol=1e-5, atol=1e-9)
+
+
+def test_ode_spec_with_misspelt_state_names_it():
+    with pytest.raises(Exception) as exc:
+        load_model(ODE_SPEC.replace("CL * central / V", "CL * centrl / V"))
+    assert "centrl" in str(exc.value)
