@@ -225,10 +225,10 @@ def _fill_defaults(r: pd.DataFrame) -> None:
     if "RATE" not in r:
         r["RATE"] = 0.0
     r["RATE"] = r["RATE"].fillna(0.0)
-    if "EVID" not in r:
-        is_dose = (r["AMT"] > 0) | ((r["RATE"] > 0) & (r.get("SS", 0) > 0))
-        r["EVID"] = np.where(is_dose, DOSE, OBSERVATION).astype(float)
-    r["EVID"] = r["EVID"].fillna(OBSERVATION)
+    # a missing EVID (no column, or a blank cell) is inferred from AMT, as MDV is from DV
+    is_dose = (r["AMT"] > 0) | ((r["RATE"] > 0) & (r.get("SS", 0) > 0))
+    inferred = pd.Series(np.where(is_dose, DOSE, OBSERVATION).astype(float), index=r.index)
+    r["EVID"] = r["EVID"].fillna(inferred) if "EVID" in r else inferred
     if "DV" not in r:
         r["DV"] = np.nan
     if "MDV" not in r:
