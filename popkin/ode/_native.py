@@ -34,9 +34,9 @@ from numba.extending import intrinsic
  _MAT_NEW, _MAT_DATA, _MAT_DESTROY, _LS_NEW, _LS_FREE, _CV_CREATE, _CV_INIT, _CV_REINIT,
  _CV_TOLERANCES, _CV_USER_DATA, _CV_MAX_STEPS, _CV_STOP_TIME, _CV_LINEAR_SOLVER, _CV_JAC_FN,
  _CV_SOLVE, _CV_SENS_INIT, _CV_SENS_REINIT, _CV_SENS_EE, _CV_SENS_ERRCON, _CV_GET_SENS,
- _CV_FREE, _SILENCE) = range(29)
+ _CV_FREE, _NV_FUSED, _SILENCE) = range(30)
 # indices of the addresses the caller adds after the API table
-_CB_RHS, _CB_JAC, _CB_SENS, _CB_ERRORS = 29, 30, 31, 32
+_CB_RHS, _CB_JAC, _CB_SENS, _CB_ERRORS = 30, 31, 32, 33
 # model function table
 _M_RHS, _M_JAC, _M_DFDP, _M_INIT, _M_DINIT, _M_OUT, _M_DOUT_DY, _M_DOUT_DP = range(8)
 # sensitivity forcing codes (besides a parameter's column of dfdp)
@@ -134,14 +134,42 @@ _UD_SIZE = 14
 def _cvodes_rhs(t, y, ydot, user_data):
     ud = carray(_u64_ptr(user_data), _UD_SIZE)
     n = np.int64(ud[_UD_N])
+    ns = np.int64(ud[_UD_NS])
     ydot_ptr = _call_u(ud[_UD_NV_DATA], ydot)
-    _call_model(ud[_UD_RHS], t, _call_u(ud[_UD_NV_DATA], y), ud[_UD_PARAMS], ydot_ptr)
-    out = carray(_f64_ptr(ydot_ptr), n)
+    y_ptr = _call_u(ud[_UD_NV_DATA], y)
+    _call_model(ud[_UD_RHS], t, y_ptr, ud[_UD_PARAMS], ydot_ptr)
+    out = carray(_f64_ptr(ydot_ptr), n * (1 + ns))
     rates = carray(_f64_ptr(ud[_UD_RATES]), n)
     for i in range(n):
         out[i] += rates[i]
         if not np.isfinite(out[i]):
             return 1        # recoverable: CVODES retries with a smaller step
+    if ns == 0:
+        return 0
+    # the sensitivities ride along as extra states: ds_k/dt = J s_k + df/dp_k
+    n_par = np.int64(ud[_UD_P])
+    _call_model(ud[_UD_JAC], t, y_ptr, ud[_UD_PARAMS], ud[_UD_JBUF])
+    if n_par > 0:
+        _call_model(ud[_UD_DFDP], t, y_ptr, ud[_UD_PARAMS], ud[_UD_PBUF])
+    jac = carray(_f64_ptr(ud[_UD_JBUF]), n * n)
+    dfdp = carray(_f64_ptr(ud[_UD_PBUF]), max(n * n_par, 1))
+    drate = carray(_f64_ptr(ud[_UD_DRATE_DF]), n)
+    codes = carray(_i64_ptr(ud[_UD_CODES]), ns)
+    yy = carray(_f64_ptr(y_ptr), n * (1 + ns))
+    for k in range(ns):
+        base = n * (k + 1)
+        code = codes[k]
+        for i in range(n):
+            acc = 0.0
+            for j in range(n):
+                acc += jac[i + n * j] * yy[base + j]
+            if code >= 0:
+                acc += dfdp[i + n * code]
+            elif code == _FORCE_RATE_F:
+                acc += drate[i]
+            if not np.isfinite(acc):
+                return 1
+            out[base + i] = acc
     return 0
 
 
@@ -149,8 +177,54 @@ def _cvodes_rhs(t, y, ydot, user_data):
                   types.uintp, types.uintp, types.uintp), cache=True)
 def _cvodes_jac(t, y, fy, jac, user_data, tmp1, tmp2, tmp3):
     ud = carray(_u64_ptr(user_data), _UD_SIZE)
-    _call_model(ud[_UD_JAC], t, _call_u(ud[_UD_NV_DATA], y), ud[_UD_PARAMS],
-                _call_u(ud[_UD_MAT_DATA], jac))
+    n = np.int64(ud[_UD_N])
+    ns = np.int64(ud[_UD_NS])
+    if ns == 0:
+        _call_model(ud[_UD_JAC], t, _call_u(ud[_UD_NV_DATA], y), ud[_UD_PARAMS],
+                    _call_u(ud[_UD_MAT_DATA], jac))
+        return 0
+    # Newton matrix of the augmented system: the state Jacobian J in each diagonal block, and
+    # below the first, d(J s_k + df/dp_k)/dy by forward differences (zero for a linear system)
+    y_ptr = _call_u(ud[_UD_NV_DATA], y)
+    _call_model(ud[_UD_JAC], t, y_ptr, ud[_UD_PARAMS], ud[_UD_JBUF])
+    n_par = np.int64(ud[_UD_P])
+    if n_par > 0:
+        _call_model(ud[_UD_DFDP], t, y_ptr, ud[_UD_PARAMS], ud[_UD_PBUF])
+    small = carray(_f64_ptr(ud[_UD_JBUF]), n * n)
+    dfdp = carray(_f64_ptr(ud[_UD_PBUF]), max(n * n_par, 1))
+    big_n = n * (1 + ns)
+    big = carray(_f64_ptr(_call_u(ud[_UD_MAT_DATA], jac)), big_n * big_n)
+    big[:] = 0.0
+    for k in range(ns + 1):
+        for j in range(n):
+            col = (n * k + j) * big_n + n * k
+            for i in range(n):
+                big[col + i] = small[i + n * j]
+    # scratch after the parameters: y + h e_j (n), J there (n*n), df/dp there (n*P)
+    scratch = ud[_UD_PARAMS] + 8 * max(n_par, 1)
+    yh = carray(_f64_ptr(scratch), n)
+    jh = carray(_f64_ptr(scratch + 8 * n), n * n)
+    ph = carray(_f64_ptr(scratch + 8 * (n + n * n)), max(n * n_par, 1))
+    yy = carray(_f64_ptr(y_ptr), big_n)
+    codes = carray(_i64_ptr(ud[_UD_CODES]), ns)
+    for j in range(n):
+        yh[:] = yy[:n]
+        h = 1.5e-8 * max(abs(yy[j]), 1e-6)
+        yh[j] += h
+        h = yh[j] - yy[j]
+        _call_model(ud[_UD_JAC], t, scratch, ud[_UD_PARAMS], scratch + 8 * n)
+        if n_par > 0:
+            _call_model(ud[_UD_DFDP], t, scratch, ud[_UD_PARAMS], scratch + 8 * (n + n * n))
+        for k in range(ns):
+            base = n * (k + 1)
+            code = codes[k]
+            for i in range(n):
+                acc = 0.0
+                for l in range(n):
+                    acc += (jh[i + n * l] - small[i + n * l]) * yy[base + l]
+                if code >= 0:
+                    acc += ph[i + n * code] - dfdp[i + n * code]
+                big[j * big_n + base + i] = acc / h
     return 0
 
 
@@ -211,12 +285,16 @@ _CV_NORMAL = 1
 def _integrator_new(api, ctx, model, n, n_par, codes, rtol, atol, max_steps, sundials_major):
     ns = codes.shape[0]
     handles = np.zeros(5, dtype=np.uint64)
-    y = _call_u_lu(api[_NV_NEW], n, ctx)
-    a = _call_u_llu(api[_MAT_NEW], n, n, ctx)
+    big_n = n * (1 + ns)
+    y = _call_u_lu(api[_NV_NEW], big_n, ctx)
+    # fused vector operations: fewer calls per step on these short vectors
+    _call_i_ui(api[_NV_FUSED], y, 1)
+    a = _call_u_llu(api[_MAT_NEW], big_n, big_n, ctx)
     ls = _call_u_uuu(api[_LS_NEW], y, a, ctx)
     # BDF with a dense Newton solve: PK/PD systems are often stiff (fast absorption, turnover)
     mem = _call_u_iu(api[_CV_CREATE], _CV_BDF, ctx)
-    buffers = np.zeros(4 * n + n * n + max(n * n_par, 1) + max(n_par, 1), dtype=np.float64)
+    buffers = np.zeros(4 * n + n * n + max(n * n_par, 1) + max(n_par, 1) + n + n * n
+                       + max(n * n_par, 1), dtype=np.float64)
     ud = np.zeros(_UD_SIZE, dtype=np.uint64)
     base = buffers.ctypes.data
     ud[_UD_RHS] = model[_M_RHS]
@@ -242,14 +320,6 @@ def _integrator_new(api, ctx, model, n, n_par, codes, rtol, atol, max_steps, sun
     if sundials_major == 6:
         flag |= _call_i_uuu(api[_SILENCE], mem, api[_CB_ERRORS], 0)
     ys = np.uint64(0)
-    if ns > 0:
-        ys = _call_u_iu(api[_NV_CLONE_ARRAY], ns, y)
-        vs = carray(_u64_ptr(ys), ns)
-        for k in range(ns):
-            carray(_f64_ptr(_call_u(api[_NV_DATA], vs[k])), n)[:] = 0.0
-        flag |= _call_i_uiiuu(api[_CV_SENS_INIT], mem, ns, _ISM_STAGGERED, api[_CB_SENS], ys)
-        flag |= _call_i_u(api[_CV_SENS_EE], mem)
-        flag |= _call_i_ui(api[_CV_SENS_ERRCON], mem, 1)
     handles[0], handles[1], handles[2], handles[3], handles[4] = mem, y, ys, a, ls
     return handles, ud, buffers, flag
 
@@ -259,7 +329,7 @@ def _integrator_free(api, handles, ns):
     holder = np.zeros(1, dtype=np.uint64)
     holder[0] = handles[0]
     _call_v_u(api[_CV_FREE], holder.ctypes.data)
-    if ns > 0:
+    if handles[2] != 0:
         _call_v_ui(api[_NV_DESTROY_ARRAY], handles[2], ns)
     _call_v_u(api[_NV_DESTROY], handles[1])
     _call_i_u(api[_LS_FREE], handles[4])
@@ -270,14 +340,11 @@ def _integrator_free(api, handles, ns):
 def _reinit(api, handles, t, y, sens):
     n = y.shape[0]
     ns = sens.shape[0]
-    carray(_f64_ptr(_call_u(api[_NV_DATA], handles[1])), n)[:] = y
-    flag = _call_i_udu(api[_CV_REINIT], handles[0], t, handles[1])
-    if ns > 0:
-        vs = carray(_u64_ptr(handles[2]), ns)
-        for k in range(ns):
-            carray(_f64_ptr(_call_u(api[_NV_DATA], vs[k])), n)[:] = sens[k]
-        flag |= _call_i_uiu(api[_CV_SENS_REINIT], handles[0], _ISM_STAGGERED, handles[2])
-    return flag
+    state = carray(_f64_ptr(_call_u(api[_NV_DATA], handles[1])), n * (1 + ns))
+    state[:n] = y
+    for k in range(ns):
+        state[n * (k + 1):n * (k + 2)] = sens[k]
+    return _call_i_udu(api[_CV_REINIT], handles[0], t, handles[1])
 
 
 @njit(cache=True)
@@ -290,12 +357,10 @@ def _advance(api, handles, t_out, t_stop, y, sens, tret):
                            _CV_NORMAL)
     if flag < 0:
         return flag
-    y[:] = carray(_f64_ptr(_call_u(api[_NV_DATA], handles[1])), n)
-    if ns > 0:
-        _call_i_uuu(api[_CV_GET_SENS], handles[0], tret.ctypes.data, handles[2])
-        vs = carray(_u64_ptr(handles[2]), ns)
-        for k in range(ns):
-            sens[k] = carray(_f64_ptr(_call_u(api[_NV_DATA], vs[k])), n)
+    state = carray(_f64_ptr(_call_u(api[_NV_DATA], handles[1])), n * (1 + ns))
+    y[:] = state[:n]
+    for k in range(ns):
+        sens[k] = state[n * (k + 1):n * (k + 2)]
     return 0
 
 
@@ -328,6 +393,14 @@ def _tolerance_met(step, y, rtol, atol):
         if abs(step[i]) > rtol * abs(y[i]) + atol:
             return False
     return True
+
+
+@njit(cache=True)
+def _scaled_size(step, y, rtol, atol):
+    size = 0.0
+    for i in range(y.shape[0]):
+        size = max(size, abs(step[i]) / (rtol * abs(y[i]) + atol))
+    return size
 
 
 @njit(cache=True)
@@ -408,6 +481,7 @@ def _periodic_steady_state(api, model, handles, ud, buf, y0, n, ns, c, bolus, a,
     y = np.zeros(n)
     sens = np.zeros((ns + n, n))
     converged = False
+    previous = np.inf
     identity = np.eye(n)
     for _ in range(50):
         flag = _one_period(api, model, handles, ud, buf, y_trough, n, ns, c, bolus, a, da, r, dr,
@@ -422,6 +496,13 @@ def _periodic_steady_state(api, model, handles, ud, buf, y0, n, ns, c, bolus, a,
         if _tolerance_met(step, y_trough, 1e-2 * rtol, 1e-2 * atol):
             converged = True
             break
+        # one period is only known to the integrator's tolerance: once the steps are that
+        # small and stop shrinking, they are noise, and the trough is as good as it gets
+        size = _scaled_size(step, y_trough, rtol, atol)
+        if size <= 1.0 and size >= 0.5 * previous:
+            converged = True
+            break
+        previous = size
     if not converged:
         return y_trough, STEADY_STATE_FAILED
     system = identity - sens[ns:, :].T

@@ -31,7 +31,7 @@ API = (
     "CVodeReInit", "CVodeSStolerances", "CVodeSetUserData", "CVodeSetMaxNumSteps",
     "CVodeSetStopTime", "CVodeSetLinearSolver", "CVodeSetJacFn", "CVode", "CVodeSensInit",
     "CVodeSensReInit", "CVodeSensEEtolerances", "CVodeSetSensErrCon", "CVodeGetSens",
-    "CVodeFree", "silence",
+    "CVodeFree", "N_VEnableFusedOps_Serial", "silence",
 )
 
 _CDEF = """
@@ -64,6 +64,7 @@ int CVodeSensEEtolerances(size_t mem);
 int CVodeSetSensErrCon(size_t mem, int errcon);
 int CVodeGetSens(size_t mem, size_t tret, size_t ys);
 void CVodeFree(size_t mem_ptr);
+int N_VEnableFusedOps_Serial(size_t v, int tf);
 """
 
 _SILENCE_6 = "int CVodeSetErrHandlerFn(size_t mem, size_t handler, size_t data);"
