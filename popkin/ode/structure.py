@@ -12,6 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from ..data.events import EventTable
+from ..structural.base import check_parameter_names
 from .codegen import CompiledSystem, compile_system
 from .solver import SolverOptions, prepare_events, solve
 from .system import OdeSystem
@@ -78,7 +79,7 @@ class OdeStructure:
         PyTensor. Numpy: subjects whose solve fails get NaN and a warning. PyTensor: see
         :mod:`popkin.ode.op`.
         """
-        self._check_names(params)
+        check_parameter_names(self, params)
         prepared = prepare_events(events)
         n_subjects = events.n_subjects
         symbolic = any(type(v).__module__.startswith("pytensor") for v in params.values())
@@ -120,12 +121,3 @@ class OdeStructure:
         op = OdeSolveOp(self, prepared, wrt, fixed, fixed_f, fixed_lag)
         return op(*inputs)[0]
 
-    def _check_names(self, params):
-        missing = [n for n in self.parameters if n not in params]
-        if missing:
-            raise KeyError(f"structure {self.name!r} needs parameter(s) {', '.join(missing)}; "
-                           f"got {', '.join(params) or 'none'}")
-        unknown = [n for n in params if n not in self.parameters and n not in self.optional_parameters]
-        if unknown:
-            raise KeyError(f"structure {self.name!r} has no parameter(s) {', '.join(unknown)}; "
-                           f"its parameters: {', '.join(self.parameters + tuple(self.optional_parameters))}")

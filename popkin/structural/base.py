@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Protocol, runtime_checkable
 
-__all__ = ["Structure", "register", "get_structure", "structure_names"]
+__all__ = ["Structure", "check_parameter_names", "register", "get_structure", "structure_names"]
 
 
 @runtime_checkable
@@ -27,6 +27,19 @@ class Structure(Protocol):
     outputs: tuple[str, ...]
 
     def predict(self, events, params): ...
+
+
+def check_parameter_names(structure: Structure, params: Mapping) -> None:
+    """Raise a KeyError naming what is missing from, or unknown in, ``params``."""
+    missing = [n for n in structure.parameters if n not in params]
+    if missing:
+        raise KeyError(f"structure {structure.name!r} needs parameter(s) {', '.join(missing)}; "
+                       f"got {', '.join(params) or 'none'}")
+    known = tuple(structure.parameters) + tuple(structure.optional_parameters)
+    unknown = [n for n in params if n not in known]
+    if unknown:
+        raise KeyError(f"structure {structure.name!r} has no parameter(s) {', '.join(unknown)}; "
+                       f"its parameters: {', '.join(known)}")
 
 
 _REGISTRY: dict[str, Callable[[], Structure]] = {}

@@ -28,17 +28,48 @@ def phi(ops, x):
     return ops.where(small, series, -ops.expm1(-safe) / safe)
 
 
-class ValueAlgebra:
-    """Evaluate a kernel at rate constants ``mu`` (any shape broadcasting against times)."""
+class _Rates:
+    """Rate constants given per subject, read per dose/point pair.
 
-    def __init__(self, ops, mu):
-        self.ops, self.mu = ops, mu
+    Per-subject quantities are computed once, on the subjects; each is read at the pairs
+    (``read``: a gather) the first time a kernel uses it, so a kernel pays only for what it
+    reads.
+    """
+
+    def __init__(self, read, **per_subject):
+        self._read, self._subject, self._pair = read, per_subject, {}
+
+    def __getattr__(self, name):
+        subject = self.__dict__.get("_subject", {})
+        if name not in subject:
+            raise AttributeError(name)
+        pair = self._pair
+        if name not in pair:
+            value = subject[name]
+            pair[name] = value if self._read is None else self._read(value)
+        return pair[name]
+
+
+class ValueAlgebra:
+    """Evaluate a kernel at rate constants ``mu`` (any shape broadcasting against times).
+
+    With ``read``, ``mu`` is given per subject and ``read`` maps a per-subject array to the
+    shape of the times.
+    """
+
+    def __init__(self, ops, mu, read=None):
+        self.ops = ops
+        self._rates = _Rates(read, mu=mu, inverse=1.0 / mu)
+
+    @property
+    def mu(self):
+        return self._rates.mu
 
     def E(self, u):
         return self.ops.exp(-self.mu * u)
 
     def R(self):
-        return 1.0 / self.mu
+        return self._rates.inverse
 
     def S(self, period):
         return 1.0 / -self.ops.expm1(-self.mu * period)
@@ -52,39 +83,68 @@ class ValueAlgebra:
 
 
 class _Divided:
-    __slots__ = ("fa", "fb", "d")
+    """``(K(a), K(b), D[K](a, b))``; ``K(a)`` and ``K(b)`` may be given as functions, evaluated
+    only if a product needs them (a kernel's result is the divided difference alone)."""
+
+    __slots__ = ("_fa", "_fb", "d")
 
     def __init__(self, fa, fb, d):
-        self.fa, self.fb, self.d = fa, fb, d
+        self._fa, self._fb, self.d = fa, fb, d
+
+    @property
+    def fa(self):
+        if callable(self._fa):
+            self._fa = self._fa()
+        return self._fa
+
+    @property
+    def fb(self):
+        if callable(self._fb):
+            self._fb = self._fb()
+        return self._fb
 
     def __add__(self, other):
-        return _Divided(self.fa + other.fa, self.fb + other.fb, self.d + other.d)
+        return _Divided(lambda: self.fa + other.fa, lambda: self.fb + other.fb, self.d + other.d)
 
     def __sub__(self, other):
-        return _Divided(self.fa - other.fa, self.fb - other.fb, self.d - other.d)
+        return _Divided(lambda: self.fa - other.fa, lambda: self.fb - other.fb, self.d - other.d)
 
     def __mul__(self, other):
-        return _Divided(self.fa * other.fa, self.fb * other.fb,
+        return _Divided(lambda: self.fa * other.fa, self.fb * other.fb,
                         self.d * other.fa + self.fb * other.d)
 
 
 class DividedAlgebra:
-    """Evaluate ``(K(a), K(b), (K(a) - K(b)) / (a - b))`` stably, also at ``a == b``."""
+    """Evaluate ``(K(a), K(b), (K(a) - K(b)) / (a - b))`` stably, also at ``a == b``.
 
-    def __init__(self, ops, a, b):
-        self.ops, self.a, self.b = ops, a, b
-        self.low = ops.minimum(a, b)
-        self.gap = ops.abs(a - b)
+    With ``read``, ``a`` and ``b`` are given per subject and ``read`` maps a per-subject array
+    to the shape of the times.
+    """
+
+    def __init__(self, ops, a, b, read=None):
+        self.ops = ops
+        gap = ops.abs(a - b)
+        # min(a, b) written so that its gradient splits evenly at a == b: the difference is
+        # smooth there (it equals -u exp(-(a+b)u/2) sinh(gap u/2)/(gap u/2)), and with
+        # minimum() autodiff would hand the whole gradient to one side
+        self._rates = _Rates(read, a=a, b=b, low=0.5 * (a + b) - 0.5 * gap, gap=gap,
+                             inverse_a=1.0 / a, inverse_b=1.0 / b, inverse_ab=-1.0 / (a * b))
+
+    a = property(lambda self: self._rates.a)
+    b = property(lambda self: self._rates.b)
+    low = property(lambda self: self._rates.low)
+    gap = property(lambda self: self._rates.gap)
 
     def _d_exp(self, u):
         return -u * self.ops.exp(-self.low * u) * phi(self.ops, self.gap * u)
 
     def E(self, u):
         ops = self.ops
-        return _Divided(ops.exp(-self.a * u), ops.exp(-self.b * u), self._d_exp(u))
+        return _Divided(lambda: ops.exp(-self.a * u), lambda: ops.exp(-self.b * u), self._d_exp(u))
 
     def R(self):
-        return _Divided(1.0 / self.a, 1.0 / self.b, -1.0 / (self.a * self.b))
+        r = self._rates
+        return _Divided(lambda: r.inverse_a, lambda: r.inverse_b, r.inverse_ab)
 
     def S(self, period):
         ops = self.ops

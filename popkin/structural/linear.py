@@ -38,7 +38,7 @@ import numpy as np
 from ..data.events import EventTable
 from . import divided
 from .backend import ops_for
-from .base import get_structure, register
+from .base import check_parameter_names, get_structure, register
 
 __all__ = ["LinearCompartmentModel"]
 
@@ -137,19 +137,22 @@ class LinearCompartmentModel:
         ops = ops_for(*params.values())
         p = self._subject_params(ops, params, events.n_subjects)
         lams, coefs = self.disposition(ops, p)
-        modes_l = ops.stack(lams)                        # (S, M)
-        modes_c = ops.stack(coefs)
-        pieces, where = [], []
+        # Per-subject weights of each mode; a single mode has weight 1. Every pair of a point
+        # belongs to the point's subject, so weights multiply the sums over pairs, per point.
+        iv_weights = [None] if self.n_compartments == 1 else coefs
+        if self.oral:
+            oral_weights = [-p["KA"] if c is None else -p["KA"] * c for c in iv_weights]
+        buckets: dict[tuple[bool, int], tuple[list, list]] = {}
         for group in plan.groups:
-            s = group.subject
-            lam = ops.take(modes_l, s)                   # (P, M)
-            coef = ops.take(modes_c, s)
+            read = group.reader(ops)
             tau = group.tau
             amount = group.amt
-            if group.into_dose_compartment:
-                f = ops.take(p["F"], s)
-                tau = tau - ops.take(p["ALAG"], s)
-                amount = amount * f
+            # ALAG and F left out of ``params`` have their defaults: nothing to read
+            lagged = group.into_dose_compartment and "ALAG" in params
+            if group.into_dose_compartment and "F" in params:
+                amount = amount * read(p["F"])
+            if lagged:
+                tau = tau - read(p["ALAG"])
             scale = amount
             duration = None
             if group.kind in ("infusion", "steady_state_infusion"):
@@ -160,41 +163,41 @@ class LinearCompartmentModel:
                 scale = ops.where(group.rate > 0, group.rate, amount / group.duration)
             elif group.kind == "constant_infusion":
                 scale = group.rate
+            active = None
             if group.kind in ("bolus", "infusion"):
-                active = tau >= 0.0
-                tau = ops.maximum(tau, 0.0)
-            else:
-                active = None
-                if group.kind != "constant_infusion":
-                    # before the lagged steady-state dose acts, the previous interval is running
-                    tau = tau + group.period * ops.ceil(ops.maximum(-tau, 0.0) / group.period)
+                if lagged:
+                    # a lagged dose acts from its lagged time (without lag, the plan's tau >= 0)
+                    active = tau >= 0.0
+                    tau = ops.maximum(tau, 0.0)
+            elif group.kind != "constant_infusion":
+                # before the lagged steady-state dose acts, the previous interval is running
+                tau = tau + group.period * ops.ceil(ops.maximum(-tau, 0.0) / group.period)
             kernel = _kernel(group.kind, tau, duration, group.period)
-            if self.oral and group.into_dose_compartment:
-                ka = ops.take(p["KA"], s)
-                alg = divided.DividedAlgebra(ops, lam, ka[:, None])
-                response = -ka * (coef * alg.result(kernel(alg))).sum(axis=-1)
-            else:
-                alg = divided.ValueAlgebra(ops, lam)
-                response = (coef * alg.result(kernel(alg))).sum(axis=-1)
-            contribution = scale * response
-            if active is not None:
-                contribution = ops.where(active, contribution, 0.0)
-            pieces.append(contribution)
-            where.append(group.point)
-        if not pieces:
+            oral_route = self.oral and group.into_dose_compartment
+            for mode, lam in enumerate(lams):
+                if oral_route:
+                    alg = divided.DividedAlgebra(ops, lam, p["KA"], read=read)
+                else:
+                    alg = divided.ValueAlgebra(ops, lam, read=read)
+                contribution = scale * alg.result(kernel(alg))
+                if active is not None:
+                    contribution = ops.where(active, contribution, 0.0)
+                pieces, where = buckets.setdefault((oral_route, mode), ([], []))
+                pieces.append(contribution)
+                where.append(group.point)
+        if not buckets:
             return ops.asarray(np.zeros(events.n_points))
-        amount = ops.scatter_add(events.n_points, np.concatenate(where), ops.concatenate(pieces))
+        amount = None
+        for (oral_route, mode), (pieces, where) in buckets.items():
+            summed = ops.scatter_add(events.n_points, np.concatenate(where), ops.concatenate(pieces))
+            weight = (oral_weights if oral_route else iv_weights)[mode]
+            if weight is not None:
+                summed = ops.take(weight, plan.point_subject) * summed
+            amount = summed if amount is None else amount + summed
         return amount / ops.take(p[self.volume], plan.point_subject)
 
     def _subject_params(self, ops, params, n_subjects):
-        missing = [n for n in self.parameters if n not in params]
-        if missing:
-            raise KeyError(f"structure {self.name!r} needs parameter(s) {', '.join(missing)}; "
-                           f"got {', '.join(params) or 'none'}")
-        unknown = [n for n in params if n not in self.parameters and n not in self.optional_parameters]
-        if unknown:
-            raise KeyError(f"structure {self.name!r} has no parameter(s) {', '.join(unknown)}; "
-                           f"its parameters: {', '.join(self.parameters + tuple(self.optional_parameters))}")
+        check_parameter_names(self, params)
         ones = np.ones(n_subjects)
         out = {}
         for name in self.parameters + tuple(self.optional_parameters):
@@ -205,17 +208,14 @@ class LinearCompartmentModel:
 
 
 def _kernel(kind, tau, duration, period):
-    t = tau[:, None]
     if kind == "bolus":
-        return lambda alg: divided.bolus(alg, t)
+        return lambda alg: divided.bolus(alg, tau)
     if kind == "infusion":
-        d = duration[:, None]
-        return lambda alg: divided.infusion(alg, t, d)
+        return lambda alg: divided.infusion(alg, tau, duration)
     if kind == "steady_state_bolus":
-        return lambda alg: divided.steady_state_bolus(alg, t, period[:, None])
+        return lambda alg: divided.steady_state_bolus(alg, tau, period)
     if kind == "steady_state_infusion":
-        d = duration[:, None]
-        return lambda alg: divided.steady_state_infusion(alg, t, d, period[:, None])
+        return lambda alg: divided.steady_state_infusion(alg, tau, duration, period)
     return lambda alg: divided.constant_infusion(alg)
 
 
@@ -230,6 +230,10 @@ class _PairGroup:
     rate: np.ndarray
     duration: np.ndarray
     period: np.ndarray
+
+    def reader(self, ops):
+        """Function giving a per-subject array at every pair of the group."""
+        return lambda value: ops.take(value, self.subject)
 
 
 @dataclass(frozen=True)
