@@ -30,13 +30,12 @@ from numba import carray, cfunc, njit, types
 from numba.extending import intrinsic
 
 # indices into the API address table (see _sundials.API)
-(_CTX_CREATE, _CTX_FREE, _NV_NEW, _NV_DESTROY, _NV_DATA, _NV_CLONE_ARRAY, _NV_DESTROY_ARRAY,
+(_CTX_CREATE, _CTX_FREE, _NV_NEW, _NV_DESTROY, _NV_DATA,
  _MAT_NEW, _MAT_DATA, _MAT_DESTROY, _LS_NEW, _LS_FREE, _CV_CREATE, _CV_INIT, _CV_REINIT,
  _CV_TOLERANCES, _CV_USER_DATA, _CV_MAX_STEPS, _CV_STOP_TIME, _CV_LINEAR_SOLVER, _CV_JAC_FN,
- _CV_SOLVE, _CV_SENS_INIT, _CV_SENS_REINIT, _CV_SENS_EE, _CV_SENS_ERRCON, _CV_GET_SENS,
- _CV_FREE, _NV_FUSED, _SILENCE) = range(30)
-# indices of the addresses the caller adds after the API table
-_CB_RHS, _CB_JAC, _CB_SENS, _CB_ERRORS = 30, 31, 32, 33
+ _CV_SOLVE, _CV_FREE, _NV_FUSED, _SILENCE) = range(23)
+# indices of the addresses the caller adds after the API table (see callback_addresses)
+_CB_RHS, _CB_JAC, _CB_ERRORS = 23, 24, 25
 # model function table
 _M_RHS, _M_JAC, _M_DFDP, _M_INIT, _M_DINIT, _M_OUT, _M_DOUT_DY, _M_DOUT_DP = range(8)
 # sensitivity forcing codes (besides a parameter's column of dfdp)
@@ -102,11 +101,10 @@ _call_u = _foreign(_u, _u)                       # N_VGetArrayPointer, SUNDenseM
 _call_model = _foreign(types.void, _d, _u, _u, _u)
 _call_i_uu = _foreign(_i, _u, _u)                # SUNContext_Create, CVodeSetUserData, ...
 _call_i_u = _foreign(_i, _u)                     # SUNContext_Free, SUNLinSolFree, ...
-_call_i_uuu = _foreign(_i, _u, _u, _u)           # CVodeSetLinearSolver, CVodeGetSens, v6 silence
+_call_i_uuu = _foreign(_i, _u, _u, _u)           # CVodeSetLinearSolver, v6 silence
 _call_v_u = _foreign(types.void, _u)             # N_VDestroy, SUNMatDestroy, CVodeFree
 _call_u_lu = _foreign(_u, _l, _u)                # N_VNew_Serial
-_call_u_iu = _foreign(_u, _i, _u)                # N_VCloneVectorArray, CVodeCreate
-_call_v_ui = _foreign(types.void, _u, _i)        # N_VDestroyVectorArray
+_call_u_iu = _foreign(_u, _i, _u)                # CVodeCreate
 _call_u_llu = _foreign(_u, _l, _l, _u)           # SUNDenseMatrix
 _call_u_uuu = _foreign(_u, _u, _u, _u)           # SUNLinSol_Dense
 _call_i_uudu = _foreign(_i, _u, _u, _d, _u)      # CVodeInit
@@ -114,10 +112,8 @@ _call_i_udu = _foreign(_i, _u, _d, _u)           # CVodeReInit
 _call_i_udd = _foreign(_i, _u, _d, _d)           # CVodeSStolerances
 _call_i_ul = _foreign(_i, _u, _l)                # CVodeSetMaxNumSteps
 _call_i_ud = _foreign(_i, _u, _d)                # CVodeSetStopTime
-_call_i_ui = _foreign(_i, _u, _i)                # CVodeSetSensErrCon
+_call_i_ui = _foreign(_i, _u, _i)                # N_VEnableFusedOps_Serial
 _call_i_udu_u_i = _foreign(_i, _u, _d, _u, _u, _i)   # CVode
-_call_i_uiiuu = _foreign(_i, _u, _i, _i, _u, _u)     # CVodeSensInit
-_call_i_uiu = _foreign(_i, _u, _i, _u)               # CVodeSensReInit
 
 # ---------------------------------------------------------------------------------------------
 # CVODES callbacks: generic, reading the model through the user-data block
@@ -228,38 +224,6 @@ def _cvodes_jac(t, y, fy, jac, user_data, tmp1, tmp2, tmp3):
     return 0
 
 
-@cfunc(types.intc(types.intc, types.float64, types.uintp, types.uintp, types.uintp, types.uintp,
-                  types.uintp, types.uintp, types.uintp), cache=True)
-def _cvodes_sens(ns, t, y, ydot, ys, ysdot, user_data, tmp1, tmp2):
-    ud = carray(_u64_ptr(user_data), _UD_SIZE)
-    n = np.int64(ud[_UD_N])
-    n_par = np.int64(ud[_UD_P])
-    yp = _call_u(ud[_UD_NV_DATA], y)
-    _call_model(ud[_UD_JAC], t, yp, ud[_UD_PARAMS], ud[_UD_JBUF])
-    if n_par > 0:
-        _call_model(ud[_UD_DFDP], t, yp, ud[_UD_PARAMS], ud[_UD_PBUF])
-    jac = carray(_f64_ptr(ud[_UD_JBUF]), n * n)
-    dfdp = carray(_f64_ptr(ud[_UD_PBUF]), max(n * n_par, 1))
-    drate = carray(_f64_ptr(ud[_UD_DRATE_DF]), n)
-    codes = carray(_i64_ptr(ud[_UD_CODES]), ns)
-    vs = carray(_u64_ptr(ys), ns)
-    vds = carray(_u64_ptr(ysdot), ns)
-    for k in range(ns):
-        s = carray(_f64_ptr(_call_u(ud[_UD_NV_DATA], vs[k])), n)
-        ds = carray(_f64_ptr(_call_u(ud[_UD_NV_DATA], vds[k])), n)
-        code = codes[k]
-        for i in range(n):
-            acc = 0.0
-            for j in range(n):
-                acc += jac[i + n * j] * s[j]
-            if code >= 0:
-                acc += dfdp[i + n * code]
-            elif code == _FORCE_RATE_F:
-                acc += drate[i]
-            ds[i] = acc
-    return 0
-
-
 @cfunc(types.void(types.intc, types.uintp, types.uintp, types.uintp, types.uintp), cache=True)
 def _cvodes_quiet(error_code, module, function, message, data):
     return
@@ -267,16 +231,15 @@ def _cvodes_quiet(error_code, module, function, message, data):
 
 def callback_addresses():
     """Addresses of the CVODES callbacks, appended to the API table by the caller."""
-    return np.array([_cvodes_rhs.address, _cvodes_jac.address, _cvodes_sens.address,
-                     _cvodes_quiet.address], dtype=np.uint64)
+    return np.array([_cvodes_rhs.address, _cvodes_jac.address, _cvodes_quiet.address],
+                    dtype=np.uint64)
 
 
 # ---------------------------------------------------------------------------------------------
-# one CVODES integrator: handles (mem, y, yS, A, LS), user data and buffers
+# one CVODES integrator: handles (mem, y, A, LS), user data and buffers
 #
 # buffers: rates (n), drate/dF (n), scratch f- and f+ (2n), Jacobian (n*n), dfdp (n*P), p (P)
 
-_ISM_STAGGERED = 2
 _CV_BDF = 2
 _CV_NORMAL = 1
 
@@ -284,7 +247,7 @@ _CV_NORMAL = 1
 @njit(cache=True)
 def _integrator_new(api, ctx, model, n, n_par, codes, rtol, atol, max_steps, sundials_major):
     ns = codes.shape[0]
-    handles = np.zeros(5, dtype=np.uint64)
+    handles = np.zeros(4, dtype=np.uint64)
     big_n = n * (1 + ns)
     y = _call_u_lu(api[_NV_NEW], big_n, ctx)
     # fused vector operations: fewer calls per step on these short vectors
@@ -319,21 +282,18 @@ def _integrator_new(api, ctx, model, n, n_par, codes, rtol, atol, max_steps, sun
     flag |= _call_i_ul(api[_CV_MAX_STEPS], mem, max_steps)
     if sundials_major == 6:
         flag |= _call_i_uuu(api[_SILENCE], mem, api[_CB_ERRORS], 0)
-    ys = np.uint64(0)
-    handles[0], handles[1], handles[2], handles[3], handles[4] = mem, y, ys, a, ls
+    handles[0], handles[1], handles[2], handles[3] = mem, y, a, ls
     return handles, ud, buffers, flag
 
 
 @njit(cache=True)
-def _integrator_free(api, handles, ns):
+def _integrator_free(api, handles):
     holder = np.zeros(1, dtype=np.uint64)
     holder[0] = handles[0]
     _call_v_u(api[_CV_FREE], holder.ctypes.data)
-    if handles[2] != 0:
-        _call_v_ui(api[_NV_DESTROY_ARRAY], handles[2], ns)
     _call_v_u(api[_NV_DESTROY], handles[1])
-    _call_i_u(api[_LS_FREE], handles[4])
-    _call_v_u(api[_MAT_DESTROY], handles[3])
+    _call_i_u(api[_LS_FREE], handles[3])
+    _call_v_u(api[_MAT_DESTROY], handles[2])
 
 
 @njit(cache=True)
@@ -757,8 +717,8 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                 pred[q] = np.nan
                 for k in range(ns):
                     jac[q, k] = 0.0
-    _integrator_free(api, main, ns)
-    _integrator_free(api, ssi, ns + n)
+    _integrator_free(api, main)
+    _integrator_free(api, ssi)
     _call_i_u(api[_CTX_FREE], ctx_holder.ctypes.data)
     # CVODES held raw pointers into these arrays until now
     return flag_a | flag_b, main_ud[0] + ss_ud[0], main_buf[0] + ss_buf[0], codes.sum() + ss_codes.sum()

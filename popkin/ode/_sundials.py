@@ -26,11 +26,10 @@ INSTALL_HINT = (
 # The entry points the compiled solver calls, in the order of :func:`api_addresses`.
 API = (
     "SUNContext_Create", "SUNContext_Free", "N_VNew_Serial", "N_VDestroy", "N_VGetArrayPointer",
-    "N_VCloneVectorArray", "N_VDestroyVectorArray", "SUNDenseMatrix", "SUNDenseMatrix_Data",
+    "SUNDenseMatrix", "SUNDenseMatrix_Data",
     "SUNMatDestroy", "SUNLinSol_Dense", "SUNLinSolFree", "CVodeCreate", "CVodeInit",
     "CVodeReInit", "CVodeSStolerances", "CVodeSetUserData", "CVodeSetMaxNumSteps",
-    "CVodeSetStopTime", "CVodeSetLinearSolver", "CVodeSetJacFn", "CVode", "CVodeSensInit",
-    "CVodeSensReInit", "CVodeSensEEtolerances", "CVodeSetSensErrCon", "CVodeGetSens",
+    "CVodeSetStopTime", "CVodeSetLinearSolver", "CVodeSetJacFn", "CVode",
     "CVodeFree", "N_VEnableFusedOps_Serial", "silence",
 )
 
@@ -41,8 +40,6 @@ int SUNContext_Free(size_t ctx_ptr);
 size_t N_VNew_Serial(int64_t length, size_t ctx);
 void N_VDestroy(size_t v);
 double *N_VGetArrayPointer(size_t v);
-size_t N_VCloneVectorArray(int count, size_t w);
-void N_VDestroyVectorArray(size_t vs, int count);
 size_t SUNDenseMatrix(int64_t m, int64_t n, size_t ctx);
 double *SUNDenseMatrix_Data(size_t a);
 void SUNMatDestroy(size_t a);
@@ -58,11 +55,6 @@ int CVodeSetStopTime(size_t mem, double tstop);
 int CVodeSetLinearSolver(size_t mem, size_t ls, size_t a);
 int CVodeSetJacFn(size_t mem, size_t jac);
 int CVode(size_t mem, double tout, size_t yout, size_t tret, int itask);
-int CVodeSensInit(size_t mem, int ns, int ism, size_t fs, size_t ys0);
-int CVodeSensReInit(size_t mem, int ism, size_t ys0);
-int CVodeSensEEtolerances(size_t mem);
-int CVodeSetSensErrCon(size_t mem, int errcon);
-int CVodeGetSens(size_t mem, size_t tret, size_t ys);
 void CVodeFree(size_t mem_ptr);
 int N_VEnableFusedOps_Serial(size_t v, int tf);
 """
