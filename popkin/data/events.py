@@ -16,7 +16,7 @@ rules, which follow NONMEM/PREDPP:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, Sequence
 
 import numpy as np
@@ -72,6 +72,9 @@ class EventTable:
     point_order: np.ndarray
     point_row: np.ndarray
     point_record: np.ndarray     # index into Dataset.records
+    # arrays a solver derives from the table once (pair plans, packed event arrays), keyed by
+    # the solver; the table itself never changes, so they stay valid
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_subjects(self) -> int:

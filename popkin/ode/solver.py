@@ -70,9 +70,8 @@ class Solution:
 
 def prepare_events(events: EventTable) -> PreparedEvents:
     """Arrange ``events`` for the compiled solver (cached on the table)."""
-    cache = events.__dict__.setdefault("_ode_prepared", {})
-    if "events" in cache:
-        return cache["events"]
+    if "ode" in events.derived:
+        return events.derived["ode"]
     doses = np.column_stack([
         events.dose_time, events.dose_amt, events.dose_rate,
         np.nan_to_num(events.dose_duration), events.dose_ii, events.dose_ss,
@@ -87,7 +86,7 @@ def prepare_events(events: EventTable) -> PreparedEvents:
         dose_start=np.searchsorted(events.dose_subject, subjects).astype(np.int64),
         point_start=np.searchsorted(events.point_subject, subjects).astype(np.int64),
         n_subjects=events.n_subjects)
-    cache["events"] = prepared
+    events.derived["ode"] = prepared
     return prepared
 
 

@@ -244,7 +244,7 @@ class _PairPlan:
 
 def _pair_plan(events: EventTable, model: LinearCompartmentModel) -> _PairPlan:
     """Split dose/point pairs by kernel and route; static, computed once per event table."""
-    cache = events.__dict__.setdefault("_pair_plans", {})
+    cache = events.derived.setdefault("linear_pair_plans", {})
     key = (model.dose_compartment, model.oral)
     if key in cache:
         return cache[key]
