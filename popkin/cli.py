@@ -31,6 +31,30 @@ def _demo(args) -> int:
     return 0
 
 
+def _fit(args) -> int:
+    from .inference import fit
+    from .report.fit_report import write_fit_report
+
+    result = fit(args.model, args.data, method=args.method, chains=args.chains, draws=args.draws,
+                 tune=args.tune, seed=args.seed, sampler=args.sampler,
+                 target_accept=args.target_accept, progress=not args.quiet)
+    result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
+    summary = result.summary()
+    with _pandas_wide():
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for message in result.warnings:
+        print(f"warning: {message}")
+    print(f"wrote {args.out}/: summary.csv, posterior.nc, report.html, model.toml, data.csv "
+          f"({result.seconds:.1f} s)")
+    return 0
+
+
+def _pandas_wide():
+    import pandas as pd
+
+    return pd.option_context("display.width", 200, "display.max_columns", 20)
+
+
 def _models(args) -> int:
     from .population import library_models, load_model
 
@@ -57,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
     p.set_defaults(func=_simulate)
 
+    p = sub.add_parser("fit", help="fit a model to a dataset: summary.csv, posterior.nc, report.html")
+    p.add_argument("model", help="model spec (TOML file) or library model name")
+    p.add_argument("data", help="NONMEM-format CSV")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", choices=("nuts", "pathfinder", "map"), default="nuts")
+    p.add_argument("--sampler", choices=("nutpie", "pymc"), default="nutpie",
+                   help="NUTS implementation (default: nutpie)")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--tune", type=int, default=1000)
+    p.add_argument("--target-accept", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_fit)
+
     p = sub.add_parser("models", help="list the models in the library")
     p.set_defaults(func=_models)
     return parser
@@ -66,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, SpecError) as exc:
+    except (DatasetError, SpecError, FileNotFoundError) as exc:
+        print(f"popkin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        if args.command not in ("fit",):
+            raise
         print(f"popkin {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,1 +1,6 @@
-"""Fitting (nutpie / PyMC NUTS, pathfinder, MAP), the Fit object, save/load."""
+"""Fitting (nutpie / PyMC NUTS, pathfinder, MAP + Laplace), the Fit object, save/load."""
+
+from .fit import clear_compile_cache, fit
+from .result import Fit
+
+__all__ = ["Fit", "clear_compile_cache", "fit"]

@@ -13,7 +13,15 @@ exponential ``exp(coefficient * (x - reference))``                          coef
 categorical one factor per level, the reference level = 1                   effects, estimate
 genotype    one factor per genotype, the reference genotype = 1             effects, frequencies
 alleles     mean of per-allele activities (Hamberg 2010), reference = 1     effects, frequencies
+activity_   ``r + (1 - r) * score / reference``: CYP2D6-style activity     residual, activities
+score       score (a number, or a diplotype scored with ``activities``);
+            ``r`` is the fraction left at score 0 (other pathways)
 ========== ============================================================== =====================
+
+Every kind also takes ``estimate`` (false fixes the values), ``prior_sd`` (the prior SD of an
+estimated effect: on the value for ``power``/``linear``/``exponential``, on the log factor for
+levels, on the logit of ``residual``) and, for continuous kinds, ``impute`` (``"median"``,
+``"reference"`` or a number) to fill a missing value instead of rejecting it.
 
 Genotype labels are normalised (``"*3/*1"`` is ``"*1/*3"``), so data may list the alleles in
 either order. A label the spec does not know is an error that lists the known labels.
@@ -53,11 +61,14 @@ class CovariateEffect:
     estimate: bool = True
     levels: tuple[str, ...] = ()              # known levels for categorical kinds
     frequencies: Mapping[str, float] | None = None
+    prior_sd: float | None = None             # None: the default of the kind (popkin.population.priors)
+    impute: str | float | None = None         # continuous kinds: how to fill a missing value
+    activities: Mapping[str, float] | None = None   # activity_score: allele -> activity value
 
     @property
     def names(self) -> list[str]:
         """Names of the effect's values in fit summaries (``CL:WT``, ``CL:CYP3A5[*1/*1]``)."""
-        if self.kind in ("power", "linear", "exponential"):
+        if self.kind in ("power", "linear", "exponential", "activity_score"):
             return [f"{self.parameter}:{self.covariate}"]
         return [f"{self.parameter}:{self.covariate}[{k}]" for k in self.values]
 
@@ -289,12 +300,72 @@ class _Alleles:
         return out
 
 
-_COMMON_KEYS = {"kind", "covariate", "reference", "estimate"}
+@_register("activity_score")
+class _ActivityScore:
+    """Clearance through a pathway whose activity scales with an activity score (CYP2D6)."""
+
+    @staticmethod
+    def parse(table, parameter, where):
+        ref = _number(table, "reference", where, default=2.0)
+        if ref <= 0:
+            raise SpecError(f"{where}: reference must be a positive activity score")
+        residual = _number(table, "residual", where, default=0.3)
+        if not 0.0 < residual < 1.0:
+            raise SpecError(f"{where}: residual (the fraction of the reference value left at "
+                            f"activity score 0) must lie strictly between 0 and 1, not {residual}")
+        activities = table.get("activities")
+        if activities is not None:
+            if not isinstance(activities, dict) or not activities:
+                raise SpecError(f"{where}: activities must be a table of allele = activity value")
+            activities = {str(k).strip(): _number({"a": v}, "a", f"{where}, activities.{k}")
+                          for k, v in activities.items()}
+            if any(v < 0 for v in activities.values()):
+                raise SpecError(f"{where}: activity values must be >= 0")
+            activities = MappingProxyType(activities)
+        return dict(reference=ref, values={"residual": residual}, activities=activities)
+
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        r = values["residual"]
+        return r + (1.0 - r) * (column / effect.reference)
+
+    @staticmethod
+    def encode(effect, column, where):
+        out = np.full(len(column), np.nan)
+        bad = set()
+        for i, v in enumerate(column):
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                continue
+            try:
+                out[i] = float(v)
+                continue
+            except (TypeError, ValueError):
+                pass
+            parts = normalise_genotype(v).split("/")
+            if effect.activities is None or len(parts) != 2 or any(
+                    p not in effect.activities for p in parts):
+                bad.add(str(v))
+                continue
+            out[i] = effect.activities[parts[0]] + effect.activities[parts[1]]
+        if bad:
+            known = (f"known alleles: {', '.join(effect.activities)}" if effect.activities
+                     else "give numeric scores, or an activities table in the spec")
+            raise SpecError(f"{where}: cannot score {', '.join(sorted(bad))} in column "
+                            f"{effect.covariate!r}; {known}")
+        if np.any(out[~np.isnan(out)] < 0):
+            raise SpecError(f"{where}: activity scores must be >= 0")
+        return out
+
+
+_COMMON_KEYS = {"kind", "covariate", "reference", "estimate", "prior_sd"}
 _KIND_KEYS = {
-    "power": {"exponent"}, "linear": {"coefficient"}, "exponential": {"coefficient"},
+    "power": {"exponent", "impute"}, "linear": {"coefficient", "impute"},
+    "exponential": {"coefficient", "impute"},
     "categorical": {"effects", "frequencies"}, "genotype": {"effects", "frequencies"},
-    "alleles": {"effects", "frequencies"},
+    "alleles": {"effects", "frequencies"}, "activity_score": {"residual", "activities", "impute"},
 }
+CONTINUOUS_KINDS = ("power", "linear", "exponential", "activity_score")
+LEVEL_KINDS = ("categorical", "genotype", "alleles")
 
 
 def make_effect(table: Mapping, parameter: str, where: str) -> CovariateEffect:
@@ -317,6 +388,17 @@ def make_effect(table: Mapping, parameter: str, where: str) -> CovariateEffect:
     if not isinstance(estimate, bool):
         raise SpecError(f"{where}: estimate must be true or false")
     fields = _KINDS[kind].parse(table, parameter, where)
+    if "prior_sd" in table:
+        fields["prior_sd"] = _number(table, "prior_sd", where)
+        if fields["prior_sd"] <= 0:
+            raise SpecError(f"{where}: prior_sd must be positive")
+    if "impute" in table:
+        impute = table["impute"]
+        if impute not in ("median", "reference") and (
+                isinstance(impute, bool) or not isinstance(impute, (int, float))):
+            raise SpecError(f"{where}: impute must be \"median\", \"reference\" or a number, "
+                            f"not {impute!r}")
+        fields["impute"] = impute
     return CovariateEffect(kind=kind, covariate=cov, parameter=parameter, estimate=estimate,
                            **{k: (MappingProxyType(v) if isinstance(v, dict) else v)
                               for k, v in fields.items()})

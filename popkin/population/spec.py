@@ -47,7 +47,7 @@ from ..data.reader import Dataset
 from ..data.schema import DatasetError, Problem
 from ..structural import Structure, get_structure
 from ..structural.backend import NumpyOps
-from .covariates import CovariateEffect, SpecError, make_effect
+from .covariates import CONTINUOUS_KINDS, CovariateEffect, SpecError, make_effect
 from .error import ErrorModel
 
 __all__ = ["ModelSpec", "ParameterSpec", "SpecError", "load_model", "library_models"]
@@ -55,8 +55,8 @@ __all__ = ["ModelSpec", "ParameterSpec", "SpecError", "load_model", "library_mod
 LIBRARY = Path(__file__).resolve().parents[2] / "models"
 
 _TOP_KEYS = {"model", "parameters", "error", "ode"}
-_MODEL_KEYS = {"name", "structure", "units", "description", "reference"}
-_PARAM_KEYS = {"typical", "iiv", "covariates", "centered"}
+_MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega"}
+_PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd"}
 _UNIT_KEYS = {"time", "amount", "volume", "concentration"}
 _MASS = {"g": 1.0, "mg": 1e-3, "ug": 1e-6, "µg": 1e-6, "mcg": 1e-6, "ng": 1e-9, "pg": 1e-12}
 _VOLUME = {"l": 1.0, "dl": 0.1, "ml": 1e-3}
@@ -71,6 +71,7 @@ class ParameterSpec:
     iiv: float = 0.0
     covariates: tuple[CovariateEffect, ...] = ()
     centered: bool = False
+    typical_sd: float = 1.0      # prior SD of log(typical value)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class ModelSpec:
     description: str = ""
     reference: str = ""
     source: str = "<spec>"
+    omega_blocks: tuple[tuple[str, ...], ...] = ()   # correlated random effects (LKJ), by parameter
+    text: str = field(default="", repr=False, compare=False)   # the TOML the spec was read from
 
     def parameter(self, name: str) -> ParameterSpec:
         for p in self.parameters:
@@ -118,6 +121,18 @@ class ModelSpec:
         """A new spec with ``typical``, ``iiv`` or ``centered`` of one parameter changed."""
         return self._replace_parameter(replace(self.parameter(name), **changes))
 
+    def to_pymc(self, data):
+        """The PyMC model of this spec for ``data`` (a Dataset, DataFrame or CSV path).
+
+        Users can extend it (``with spec.to_pymc(data) as model: ...``); see
+        :mod:`popkin.population.pymc_model` for its variables and default priors.
+        """
+        from ..data.reader import read_dataset
+        from .pymc_model import build_pymc_model
+
+        dataset = data if isinstance(data, Dataset) else read_dataset(data)
+        return build_pymc_model(self, dataset).model
+
     def _replace_parameter(self, new: ParameterSpec) -> "ModelSpec":
         return replace(self, parameters=tuple(new if p.name == new.name else p for p in self.parameters))
 
@@ -136,12 +151,13 @@ class ModelSpec:
             for e in p.covariates:
                 where = f"{self.source}: [parameters.{p.name}] {e.kind} effect of {e.covariate}"
                 try:
-                    design[(p.name, e.covariate)] = e.encode(base[e.covariate].to_numpy(object)
-                                                             if e.kind in ("categorical", "genotype", "alleles")
-                                                             else base[e.covariate].to_numpy(float),
-                                                             where=where)
+                    column = base[e.covariate].to_numpy(object if e.kind in _LABELLED else float)
+                    values = e.encode(column, where=where)
                 except SpecError as exc:
                     raise DatasetError([Problem(str(exc), column=e.covariate)], data.source) from None
+                if e.impute is not None and e.kind in CONTINUOUS_KINDS:
+                    values = _impute(values, e)
+                design[(p.name, e.covariate)] = values
         return design
 
     def check_time_constant(self, data: Dataset) -> None:
@@ -172,6 +188,22 @@ class ModelSpec:
                 value = value * ops.exp(etas[p.name])
             out[p.name] = value
         return out
+
+
+_LABELLED = ("categorical", "genotype", "alleles", "activity_score")
+
+
+def _impute(values: np.ndarray, effect: CovariateEffect) -> np.ndarray:
+    missing = np.isnan(values)
+    if not missing.any():
+        return values
+    if effect.impute == "median":
+        fill = float(np.median(values[~missing])) if (~missing).any() else effect.reference
+    elif effect.impute == "reference":
+        fill = effect.reference
+    else:
+        fill = float(effect.impute)
+    return np.where(missing, fill, values)
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -234,9 +266,42 @@ def _parse(text: str, source: str) -> ModelSpec:
         raise SpecError(f"{source}: [parameters]: structure {structure.name!r} needs "
                         f"{', '.join(missing)}; add a [parameters.{missing[0]}] table")
     errors = _errors(doc, structure, source)
+    blocks = _omega_blocks(model.get("omega", "diagonal"), parameters, source)
     return ModelSpec(name=name, structure=structure, parameters=tuple(parameters), errors=errors,
                      units=MappingProxyType(dict(units)), description=str(model.get("description", "")),
-                     reference=str(model.get("reference", "")), source=source)
+                     reference=str(model.get("reference", "")), source=source,
+                     omega_blocks=blocks, text=text)
+
+
+def _omega_blocks(value, parameters, source) -> tuple[tuple[str, ...], ...]:
+    """``"diagonal"``, ``"block"`` (all random effects correlated) or lists of parameter names."""
+    where = f"{source}: [model].omega"
+    random = [p.name for p in parameters if p.iiv > 0]
+    if value == "diagonal":
+        return ()
+    if value == "block":
+        blocks = [random]
+    elif isinstance(value, list) and all(isinstance(b, list) for b in value):
+        blocks = value
+    else:
+        raise SpecError(f"{where}: must be \"diagonal\", \"block\" or a list of parameter "
+                        f"lists such as [[\"CL\", \"V\"]], not {value!r}")
+    seen = set()
+    for block in blocks:
+        if len(block) < 2:
+            raise SpecError(f"{where}: a block needs at least two parameters, got {block!r}")
+        for name in block:
+            if name not in random:
+                raise SpecError(f"{where}: {name!r} has no random effect (parameters with iiv > 0: "
+                                f"{', '.join(random) or 'none'})")
+            if name in seen:
+                raise SpecError(f"{where}: {name!r} appears in two blocks")
+            seen.add(name)
+    centered = [p.name for p in parameters if p.centered and p.name in seen]
+    if centered:
+        raise SpecError(f"{where}: correlated random effects are sampled non-centred; remove "
+                        f"centered = true from {', '.join(centered)}")
+    return tuple(tuple(b) for b in blocks)
 
 
 def _table(doc, key, where, *, required):
@@ -292,6 +357,11 @@ def _parameter(pname, table, where) -> ParameterSpec:
     centered = table.get("centered", False)
     if not isinstance(centered, bool):
         raise SpecError(f"{where}: centered must be true or false")
+    typical_sd = table.get("typical_sd", 1.0)
+    if isinstance(typical_sd, bool) or not isinstance(typical_sd, (int, float)) or not (
+            math.isfinite(typical_sd) and typical_sd > 0):
+        raise SpecError(f"{where}: typical_sd (prior SD of the log typical value) must be a "
+                        f"positive number, not {typical_sd!r}")
     covs = table.get("covariates", [])
     if not isinstance(covs, list):
         raise SpecError(f"{where}: covariates must be a list of tables")
@@ -301,7 +371,7 @@ def _parameter(pname, table, where) -> ParameterSpec:
         if e.covariate in seen:
             raise SpecError(f"{where}: two effects of covariate {e.covariate!r}")
         seen.add(e.covariate)
-    return ParameterSpec(pname, float(typical), float(iiv), effects, centered)
+    return ParameterSpec(pname, float(typical), float(iiv), effects, centered, float(typical_sd))
 
 
 def _errors(doc, structure, source) -> tuple[ErrorModel, ...]:

@@ -1,0 +1,163 @@
+"""Fitting a spec to a dataset: NUTS (nutpie, or PyMC's sampler), pathfinder, MAP + Laplace.
+
+Example (run in ``tests/inference``)::
+
+    fit = popkin.fit("theophylline", "theo.csv", chains=4, draws=1000, tune=1000, seed=1)
+    fit.summary()          # parameter, mean, sd, q05, q50, q95, r_hat, ess_bulk, ess_tail
+    fit.save("theo-fit")   # posterior.nc, summary.csv, model.toml, data.csv
+
+The compiled sampler of a spec and a study design (doses, sampling times, covariates) is kept
+for the rest of the process: fitting new observations on the same design (simulation studies,
+calibration) only swaps the data through nutpie's ``with_data`` and does not recompile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from collections import OrderedDict
+from typing import Literal
+
+import numpy as np
+
+from ..data.reader import Dataset, read_dataset
+from ..population.pymc_model import PopulationModel, build_pymc_model
+from ..population.spec import ModelSpec, load_model
+from .result import Fit
+
+__all__ = ["fit", "clear_compile_cache"]
+
+METHODS = ("nuts", "pathfinder", "map")
+_CACHE: "OrderedDict[str, tuple[PopulationModel, object]]" = OrderedDict()
+_CACHE_SIZE = 8
+
+
+def fit(
+    model,
+    data,
+    *,
+    method: Literal["nuts", "pathfinder", "map"] = "nuts",
+    chains: int = 4,
+    draws: int = 1000,
+    tune: int = 1000,
+    seed: int | None = None,
+    sampler: Literal["nutpie", "pymc"] = "nutpie",
+    target_accept: float = 0.8,
+    progress: bool = True,
+    cores: int | None = None,
+) -> Fit:
+    """Fit ``model`` (a spec, TOML file or library name) to ``data`` (Dataset, frame or CSV).
+
+    Parameters
+    ----------
+    method
+        ``"nuts"`` (default): full posterior by NUTS. ``"pathfinder"``: variational
+        approximation by multi-path Pathfinder (fast, approximate). ``"map"``: the posterior mode
+        and a Laplace (Gaussian) approximation around it in the unconstrained space.
+    chains, draws, tune
+        NUTS chains, draws kept per chain and tuning steps per chain. For ``pathfinder`` and
+        ``map`` the approximation is sampled ``chains * draws`` times.
+    sampler
+        ``"nutpie"`` (default, compiled with numba) or ``"pymc"`` (PyMC's own NUTS).
+    seed
+        Random seed; the same seed and data give the same draws.
+
+    Returns
+    -------
+    Fit
+        Holds the InferenceData, the spec and the data; ``summary()``, ``warnings``,
+        ``shrinkage()``, ``save()``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if sampler not in ("nutpie", "pymc"):
+        raise ValueError(f"sampler must be 'nutpie' or 'pymc', not {sampler!r}")
+    for name, value in (("chains", chains), ("draws", draws)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be at least 1, not {value}")
+    if int(tune) < 0:
+        raise ValueError(f"tune must be >= 0, not {tune}")
+    spec: ModelSpec = load_model(model)
+    dataset = data if isinstance(data, Dataset) else read_dataset(data)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**31))
+    start = time.perf_counter()
+    if method == "nuts" and sampler == "nutpie":
+        built, idata = _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, cores)
+    else:
+        built = build_pymc_model(spec, dataset)
+        idata = _other(built, method, chains, draws, tune, seed, target_accept, progress, cores)
+    seconds = time.perf_counter() - start
+    idata.attrs.update({"popkin_method": method if method != "nuts" else f"nuts ({sampler})",
+                        "popkin_seed": int(seed), "popkin_seconds": round(seconds, 3)})
+    result = Fit(idata=idata, spec=spec, data=dataset, built=built, method=method, seconds=seconds)
+    for message in result.warnings:
+        warnings.warn(message, stacklevel=2)
+    return result
+
+
+def clear_compile_cache() -> None:
+    """Forget the compiled samplers kept for this process."""
+    _CACHE.clear()
+
+
+def _design_key(spec: ModelSpec, data: Dataset) -> str:
+    """Everything that shapes the compiled model: the spec and the data without DV values."""
+    h = hashlib.sha256()
+    h.update((spec.text or repr(spec)).encode())
+    h.update(spec.name.encode())
+    records = data.records.drop(columns=["DV", "row"], errors="ignore")
+    censored = (data.records["BLQ"] == 1).to_numpy().copy()
+    if "LLOQ" in data.records:
+        censored |= (data.records["DV"] < data.records["LLOQ"]).to_numpy()
+    h.update(records.to_csv(index=False).encode())
+    h.update(censored.tobytes())
+    h.update(np.isnan(data.records["DV"].to_numpy(float)).tobytes())
+    return h.hexdigest()
+
+
+def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, cores):
+    import nutpie
+
+    key = _design_key(spec, dataset)
+    if key in _CACHE:
+        cached, compiled = _CACHE[key]
+        _CACHE.move_to_end(key)
+        built = build_pymc_model(spec, dataset)      # cheap: the graph, not the compilation
+        updates = {}
+        for name in built.observed:
+            updates[f"{name}_dv"] = built.model[f"{name}_dv"].get_value()
+        compiled = compiled.with_data(**updates)
+    else:
+        built = build_pymc_model(spec, dataset)
+        compiled = nutpie.compile_pymc_model(built.model, backend="numba")
+        _CACHE[key] = (built, compiled)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    kwargs = dict(chains=chains, draws=draws, tune=tune, seed=seed, progress_bar=progress,
+                  target_accept=target_accept)
+    if cores is not None:
+        kwargs["cores"] = cores
+    idata = nutpie.sample(compiled, **kwargs)
+    return built, idata
+
+
+def _other(built: PopulationModel, method, chains, draws, tune, seed, target_accept, progress, cores):
+    import pymc as pm
+
+    model = built.model
+    if method == "nuts":
+        with model:
+            return pm.sample(draws=draws, tune=tune, chains=chains, cores=cores or min(chains, 4),
+                             random_seed=seed, target_accept=target_accept, progressbar=progress,
+                             compute_convergence_checks=False)
+    import pymc_extras as pmx
+
+    if method == "pathfinder":
+        with model:
+            return pmx.fit_pathfinder(num_paths=4, num_draws=chains * draws, random_seed=seed,
+                                      progressbar=progress, concurrent=None,
+                                      display_summary=False)
+    with model:
+        return pmx.fit_laplace(random_seed=seed, draws=chains * draws, progressbar=progress)

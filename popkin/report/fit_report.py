@@ -1,0 +1,138 @@
+"""The report of a population fit (``report.html`` of ``popkin fit``)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from .figures import _pyplot
+from .html import HtmlDocument
+
+__all__ = ["fit_report", "write_fit_report"]
+
+
+def _units(spec) -> tuple[str, str]:
+    units = spec.units
+    return units.get("time", "time"), units.get("concentration", "concentration")
+
+
+def gof_figure(pred: pd.DataFrame, spec, *, log: bool = False):
+    """Observed against population (PRED) and individual (IPRED) predictions, per output."""
+    plt = _pyplot()
+    outputs = spec.structure.outputs
+    _, conc = _units(spec)
+    fig, axes = plt.subplots(len(outputs), 2, figsize=(9, 4.2 * len(outputs)), squeeze=False)
+    for k, out in enumerate(outputs):
+        rows = pred[(pred["DVID"] == k + 1) & pred["OBSERVED"]]
+        unit = conc if out == "concentration" else out
+        for ax, col, label in ((axes[k, 0], "PRED", "population prediction (PRED)"),
+                               (axes[k, 1], "IPRED", "individual prediction (IPRED)")):
+            cens = rows["CENSORED"].to_numpy()
+            ax.scatter(rows[col][~cens], rows["DV"][~cens], s=12, alpha=0.6, color="#2c5d8a",
+                       label="observed")
+            if cens.any():
+                ax.scatter(rows[col][cens], rows["DV"][cens], s=14, marker="v", color="#d62728",
+                           label="below LLOQ (at LLOQ)")
+            both = np.concatenate([rows[col].to_numpy(float), rows["DV"].to_numpy(float)])
+            both = both[np.isfinite(both) & ((both > 0) if log else True)]
+            lo, hi = (both.min(), both.max()) if len(both) else (0.0, 1.0)
+            ax.plot([lo, hi], [lo, hi], color="k", lw=1, label="identity")
+            if log:
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            ax.set_xlabel(f"{label} [{unit}]")
+            ax.set_ylabel(f"observed {out} [{unit}]")
+            ax.legend(loc="upper left", fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def individual_figure(pred: pd.DataFrame, spec, data, *, max_subjects: int = 12):
+    """Observations and individual predictions (median, 90% band) for the first subjects."""
+    plt = _pyplot()
+    time_unit, conc = _units(spec)
+    subjects = list(dict.fromkeys(pred["ID"]))[:max_subjects]
+    ncol = 4
+    nrow = int(np.ceil(len(subjects) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(12, 2.6 * nrow), squeeze=False, sharex=False)
+    doses = data.records[data.records["EVID"].isin((1, 4))]
+    for ax, sid in zip(axes.ravel(), subjects):
+        rows = pred[(pred["ID"] == sid) & (pred["DVID"] == 1)].sort_values("TIME")
+        ax.fill_between(rows["TIME"], rows["IPRED_q05"], rows["IPRED_q95"], color="#9ecae1",
+                        alpha=0.6, lw=0)
+        ax.plot(rows["TIME"], rows["IPRED"], color="#08519c", lw=1.2)
+        ax.plot(rows["TIME"], rows["PRED"], color="#777", lw=1, ls="--")
+        obs = rows[rows["OBSERVED"]]
+        ax.scatter(obs["TIME"], obs["DV"], s=10, color="k", zorder=3)
+        for t in doses.loc[doses["ID"] == sid, "TIME"]:
+            ax.axvline(t, color="#e69500", lw=0.6, alpha=0.7)
+        ax.set_title(f"ID {sid}", fontsize=9)
+        ax.tick_params(labelsize=8)
+    for ax in axes.ravel()[len(subjects):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"[{conc}]", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel(f"time [{time_unit}]", fontsize=8)
+    fig.suptitle("Individual fits: observed (dots), IPRED median and 90% band, PRED (dashed), "
+                 "doses (orange)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def trace_figure(fit):
+    import arviz as az
+
+    plt = _pyplot()
+    names = [e.var for e in fit.model.entries]
+    names = list(dict.fromkeys(names))[:12]
+    axes = az.plot_trace(fit.idata, var_names=names, compact=True, figsize=(10, 1.6 * len(names)))
+    fig = np.asarray(axes).ravel()[0].figure
+    fig.tight_layout()
+    return fig
+
+
+def fit_report(fit) -> HtmlDocument:
+    spec = fit.spec
+    doc = HtmlDocument(f"Population fit: {spec.name}")
+    post = fit.idata.posterior
+    doc.paragraph(f"Structure {spec.structure.name}; {fit.data.n_subjects} subjects, "
+                  f"{len(fit.data.observations)} observations from {fit.data.source}; method "
+                  f"{fit.idata.attrs.get('popkin_method', fit.method)}, {post.sizes['chain']} "
+                  f"chain(s) x {post.sizes['draw']} draws; {fit.seconds:.1f} s.", css="meta")
+    if spec.reference:
+        doc.paragraph(f"Model reference: {spec.reference}", css="meta")
+    doc.heading("Diagnostics")
+    warnings = fit.warnings
+    if fit.ode_failures:
+        warnings = warnings + [f"{fit.ode_failures} log-density evaluation(s) had a failed ODE "
+                               "solve and were rejected."]
+    if warnings:
+        doc.notes(warnings)
+    else:
+        doc.notes(["No convergence problems: R-hat <= 1.01, bulk ESS >= 400, no divergences."],
+                  css="ok")
+    doc.heading("Parameters")
+    summary = fit.summary()
+    doc.table(summary, caption="Posterior mean, SD, 5/50/95th percentiles; typical values on the "
+                               "natural scale, omega_* are between-subject SDs (log scale).")
+    shrink = fit.shrinkage()
+    if len(shrink):
+        doc.table(pd.DataFrame({"parameter": shrink.index, "eta shrinkage": shrink.to_numpy()}),
+                  caption="Eta shrinkage: above about 0.3, individual estimates and eta-based "
+                          "diagnostics lean on the prior.")
+    pred = fit.predictions()
+    doc.heading("Goodness of fit")
+    doc.figure(gof_figure(pred, spec), caption="Observed against population and individual "
+                                                 "predictions (posterior medians).")
+    doc.figure(individual_figure(pred, spec, fit.data), caption="Individual fits.")
+    if fit.method == "nuts":
+        doc.heading("Chains")
+        doc.figure(trace_figure(fit), caption="Posterior densities per chain and traces.")
+    return doc
+
+
+def write_fit_report(fit, path: str | os.PathLike):
+    return fit_report(fit).write(path)
