@@ -439,8 +439,9 @@ def _observe(pm, pt, ops, model, name, err, sigmas, prediction, events, points):
     data = pm.Data(f"{name}_dv", dv, dims=dim)
     if censored.any():
         dist = _distribution(pm, pt, ops, err, sigmas, mu)
-        upper = pm.Data(f"{name}_lloq", np.where(censored, lloq, np.inf), dims=dim)
-        pm.Censored(name, dist, lower=None, upper=upper, observed=data, dims=dim)
+        # left-censoring: an observation at its LLOQ contributes P(Y <= LLOQ)
+        lower = pm.Data(f"{name}_lloq", np.where(censored, lloq, -np.inf), dims=dim)
+        pm.Censored(name, dist, lower=lower, upper=None, observed=data, dims=dim)
     elif err.model == "exponential":
         pm.LogNormal(name, mu=pt.log(pt.maximum(mu, 1e-300)), sigma=err.sd(ops, mu, sigmas),
                      observed=data, dims=dim)
