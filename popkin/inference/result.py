@@ -155,15 +155,24 @@ class Fit:
             return cache[key].copy()
         post = self.idata.posterior
         spec = self.spec
-        events = build_event_table(self.data, spec.structure, points="observations")
+        occasions = self.model.occasions
+        if occasions is None:
+            events = build_event_table(self.data, spec.structure, points="observations")
+            subject_of = np.arange(self.data.n_subjects)
+        else:                  # one event-table subject per occasion
+            events = self.model.events
+            subject_of = self.model.copy_subject
         n_total = post.sizes["chain"] * post.sizes["draw"]
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(n_total, size=min(n_draws, n_total), replace=False))
         def stacked(var):
             v = post[var].values
             return v.reshape((n_total,) + v.shape[2:])[pick]
-        indiv = {p.name: stacked(f"{p.name}_i") for p in spec.parameters}
-        etas = {name: stacked(f"eta_{name}") for name in self.model.random}
+        indiv = {p.name: stacked(f"{p.name}_i")[:, subject_of] for p in spec.parameters}
+        etas = {name: stacked(f"eta_{name}")[:, subject_of] for name in self.model.random}
+        for p in spec.parameters:
+            if p.iov > 0:
+                indiv[p.name] = indiv[p.name] * np.exp(stacked(f"kappa_{p.name}"))
         scale = np.asarray(spec.output_scale)[events.point_dvid - 1]
         pred = np.empty((len(pick), events.n_points))
         ipred = np.empty_like(pred)
@@ -174,7 +183,8 @@ class Fit:
             pred[d] = np.asarray(spec.structure.predict(events, typ)) * scale
         lloq = events.point_lloq
         frame = pd.DataFrame({
-            "ID": [events.subjects[i] for i in events.point_subject], "TIME": events.point_time,
+            "ID": [self.data.subjects[subject_of[i]] for i in events.point_subject],
+            "TIME": events.point_time,
             "DVID": events.point_dvid, "DV": np.where(np.isnan(lloq), events.point_dv, lloq),
             "CENSORED": ~np.isnan(lloq), "OBSERVED": events.observed,
             "PRED": np.nanmedian(pred, axis=0), "IPRED": np.nanmedian(ipred, axis=0),

@@ -60,7 +60,7 @@ from ..data.schema import DatasetError, Problem
 from .covariates import CONTINUOUS_KINDS, CovariateEffect, SpecError
 from .spec import ModelSpec
 
-__all__ = ["PopulationModel", "build_pymc_model", "SIGMA_MEDIAN_TO_SCALE"]
+__all__ = ["PopulationModel", "build_pymc_model", "split_occasions", "SIGMA_MEDIAN_TO_SCALE"]
 
 SIGMA_MEDIAN_TO_SCALE = 1.0 / 0.6744897501960817     # HalfNormal(s) has median 0.6745 s
 DEFAULT_PRIOR_SD = {"power": 0.5, "linear": 0.5, "exponential": 0.5, "categorical": 0.5,
@@ -89,6 +89,7 @@ class PopulationModel:
     entries: list[SummaryEntry]
     random: tuple[str, ...]
     observed: dict[str, np.ndarray]     # observed variable -> event-table point indices
+    occasions: pd.DataFrame | None = None   # per event-table subject: ID, OCC (with iov)
     mixture_subjects: list = field(default_factory=list)
     ode_ops: list = field(default_factory=list)
 
@@ -191,6 +192,70 @@ def _expand(data: Dataset, design, columns: dict[str, _LevelColumn]):
     return expanded, copy_subject, assignments
 
 
+CARRY_OVER_LIMIT = 0.01
+
+
+def split_occasions(spec: ModelSpec, data: Dataset):
+    """One event-table subject per (subject, occasion), after checking that occasions do not
+    carry drug over from earlier ones (typical parameters, closed-form superposition)."""
+    if "OCC" not in data.given_columns:
+        raise DatasetError([Problem("the model has between-occasion variability (iov) but the "
+                                    "data have no OCC column", column="OCC")], data.source)
+    r = data.records
+    key = r["ID"].astype(str) + "\x00" + r["OCC"].astype(str)
+    # an occasion is a contiguous block of a subject's records
+    starts = key.ne(key.shift())
+    blocks = starts.cumsum()
+    per_key = blocks.groupby(key).nunique()
+    if (per_key > 1).any():
+        k = per_key[per_key > 1].index[0]
+        row = r.loc[key == k].iloc[0]
+        raise DatasetError([Problem(f"occasion {row['OCC']} of subject {row['ID']} is split into "
+                                    "several blocks; an occasion must be one contiguous period",
+                                    row=int(row["row"]), subject=row["ID"], column="OCC")], data.source)
+    first = r.loc[starts.to_numpy()]
+    split = r.assign(ID=blocks.to_numpy())
+    occasions = pd.DataFrame({"ID": first["ID"].to_numpy(), "OCC": first["OCC"].to_numpy()})
+    subject_index = {sid: i for i, sid in enumerate(data.subjects)}
+    copy_subject = np.array([subject_index[s] for s in occasions["ID"]])
+    split_data = replace(data, records=split)
+    _check_carry_over(spec, data, split_data, copy_subject)
+    return split_data, copy_subject, occasions
+
+
+def _check_carry_over(spec: ModelSpec, data: Dataset, split: Dataset, copy_subject) -> None:
+    whole = build_event_table(data, spec.structure, points="observations")
+    apart = build_event_table(split, spec.structure, points="observations")
+    typical = spec.individual_parameters(spec.covariate_design(data))
+    per_occ = copy_subject
+    f_whole = np.asarray(spec.structure.predict(whole, typical))
+    f_apart = np.asarray(spec.structure.predict(apart, {k: np.asarray(v)[per_occ] if np.ndim(v) else v
+                                                       for k, v in typical.items()}))
+    scale = np.maximum(np.abs(f_whole), 1e-9 * np.max(np.abs(f_whole)))
+    gap = np.abs(f_whole - f_apart) / scale
+    bad = np.flatnonzero(whole.observed & (gap > CARRY_OVER_LIMIT))
+    if len(bad):
+        i = bad[0]
+        raise DatasetError([Problem(
+            f"with between-occasion variability each occasion is predicted from its own doses, "
+            f"but doses of earlier occasions still make up {100 * gap[i]:.1f}% of the typical "
+            "prediction here; start the occasion with a reset (EVID 3 or 4) or a steady-state "
+            "dose (SS = 1), or drop iov", row=int(whole.point_row[i]),
+            subject=whole.subjects[whole.point_subject[i]], column="OCC")], data.source)
+
+
+def _occasion_effect(pm, p, occasions, entries):
+    """kappa per (subject, occasion): non-centred, SD ``omega_occ_P`` ~ HalfNormal(iov)."""
+    model = pm.modelcontext(None)
+    if "subject_occasion" not in model.coords:
+        model.add_coord("subject_occasion", [f"{i}/{o:g}" if isinstance(o, float) else f"{i}/{o}"
+                                             for i, o in zip(occasions["ID"], occasions["OCC"])])
+    sd = pm.HalfNormal(f"omega_occ_{p.name}", sigma=p.iov)
+    entries.append(SummaryEntry(f"omega_occ_{p.name}", f"omega_occ_{p.name}"))
+    z = pm.Normal(f"z_occ_{p.name}", 0.0, 1.0, dims="subject_occasion")
+    return pm.Deterministic(f"kappa_{p.name}", sd * z, dims="subject_occasion")
+
+
 def _numeric_max(ids: pd.Series) -> int:
     values = pd.to_numeric(ids, errors="coerce")
     return int(np.nanmax(values.to_numpy(float))) if values.notna().any() else 0
@@ -209,6 +274,15 @@ def build_pymc_model(spec: ModelSpec, data: Dataset) -> PopulationModel:
     _check_observations(spec, data)
     columns = _level_columns(spec, data, design)
     expanded, copy_subject, assignments = _expand(data, design, columns)
+    occasion_params = tuple(p.name for p in spec.parameters if p.iov > 0)
+    occasions = None
+    if occasion_params:
+        if columns:
+            raise SpecError(f"{spec.source}: between-occasion variability (iov) cannot yet be "
+                            "combined with missing covariate levels; complete the covariates or "
+                            "drop iov")
+        expanded, copy_subject, occasions = split_occasions(spec, data)
+        assignments = [{}] * len(copy_subject)
     events = build_event_table(expanded, spec.structure, points="observations")
     subjects = data.subjects
     random = tuple(p.name for p in spec.parameters if p.iiv > 0)
@@ -238,6 +312,8 @@ def build_pymc_model(spec: ModelSpec, data: Dataset) -> PopulationModel:
                 value = value * e.multiplier(ops, column, effect_values[(p.name, e.covariate)])
             if p.name in etas:
                 value = value * pt.exp(etas[p.name][copy_subject])
+            if p.name in occasion_params:
+                value = value * pt.exp(_occasion_effect(pm, p, occasions, entries))
             params[p.name] = value * np.ones(len(copy_subject))
 
         # level 1: predictions and the likelihood
@@ -248,8 +324,11 @@ def build_pymc_model(spec: ModelSpec, data: Dataset) -> PopulationModel:
             prediction = _guard_failed_solves(pm, pt, prediction)
             ode_ops = _find_ode_ops(prediction)
         sigmas = _sigmas(pm, spec, entries)
-        mixture = len(copy_subject) != len(subjects)
-        single = np.bincount(copy_subject, minlength=len(subjects)) == 1
+        # subjects with missing levels are summed over their copies; with iov, a subject's
+        # several event-table subjects are occasions, all observed
+        mixture = bool(columns)
+        single = (np.bincount(copy_subject, minlength=len(subjects)) == 1) if mixture else \
+            np.ones(len(subjects), dtype=bool)
         known_point = single[copy_subject[events.point_subject]]
         observed = {}
         pointwise = []
@@ -276,10 +355,14 @@ def build_pymc_model(spec: ModelSpec, data: Dataset) -> PopulationModel:
                                                      subjects, single)
             chosen = pt.set_subtensor(pt.as_tensor_variable(chosen)[mixed], best)
         for p in spec.parameters:
-            pm.Deterministic(f"{p.name}_i", params[p.name][chosen], dims="subject")
+            value = params[p.name]
+            if p.name in occasion_params:      # the subject's value between occasions
+                value = value / pt.exp(model[f"kappa_{p.name}"])
+            pm.Deterministic(f"{p.name}_i", value[chosen], dims="subject")
     return PopulationModel(model=model, spec=spec, data=data, events=events, subjects=subjects,
                            copy_subject=copy_subject, entries=entries, random=random,
-                           observed=observed, mixture_subjects=mixture_subjects, ode_ops=ode_ops)
+                           observed=observed, mixture_subjects=mixture_subjects, ode_ops=ode_ops,
+                           occasions=occasions)
 
 
 def _is_ode(spec: ModelSpec) -> bool:

@@ -56,7 +56,7 @@ LIBRARY = Path(__file__).resolve().parents[2] / "models"
 
 _TOP_KEYS = {"model", "parameters", "error", "ode"}
 _MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega"}
-_PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd"}
+_PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd", "iov"}
 _UNIT_KEYS = {"time", "amount", "volume", "concentration"}
 _MASS = {"g": 1.0, "mg": 1e-3, "ug": 1e-6, "µg": 1e-6, "mcg": 1e-6, "ng": 1e-9, "pg": 1e-12}
 _VOLUME = {"l": 1.0, "dl": 0.1, "ml": 1e-3}
@@ -72,6 +72,7 @@ class ParameterSpec:
     covariates: tuple[CovariateEffect, ...] = ()
     centered: bool = False
     typical_sd: float = 1.0      # prior SD of log(typical value)
+    iov: float = 0.0             # prior scale of the between-occasion SD (log scale); 0 = none
 
 
 @dataclass(frozen=True)
@@ -357,6 +358,10 @@ def _parameter(pname, table, where) -> ParameterSpec:
     centered = table.get("centered", False)
     if not isinstance(centered, bool):
         raise SpecError(f"{where}: centered must be true or false")
+    iov = table.get("iov", 0.0)
+    if isinstance(iov, bool) or not isinstance(iov, (int, float)) or not (math.isfinite(iov) and iov >= 0):
+        raise SpecError(f"{where}: iov must be a number >= 0 (0 = no between-occasion variability), "
+                        f"not {iov!r}")
     typical_sd = table.get("typical_sd", 1.0)
     if isinstance(typical_sd, bool) or not isinstance(typical_sd, (int, float)) or not (
             math.isfinite(typical_sd) and typical_sd > 0):
@@ -371,7 +376,8 @@ def _parameter(pname, table, where) -> ParameterSpec:
         if e.covariate in seen:
             raise SpecError(f"{where}: two effects of covariate {e.covariate!r}")
         seen.add(e.covariate)
-    return ParameterSpec(pname, float(typical), float(iiv), effects, centered, float(typical_sd))
+    return ParameterSpec(pname, float(typical), float(iiv), effects, centered, float(typical_sd),
+                         float(iov))
 
 
 def _errors(doc, structure, source) -> tuple[ErrorModel, ...]:

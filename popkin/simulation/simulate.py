@@ -38,7 +38,8 @@ def simulate(
     design
         Dataset, DataFrame or CSV path: dosing records and the records to predict.
     typical
-        Simulate every subject with the typical parameters (no between-subject variability);
+        Simulate every subject with the typical parameters (no between-subject or
+        between-occasion variability);
         ``IPRED`` then equals ``PRED``. Residual error is still added to ``DV``.
     seed
         Seed of the random streams; the same seed gives the same output.
@@ -84,6 +85,8 @@ def simulate(
     scale = np.asarray(spec.output_scale)[events.point_dvid - 1]
     pred = np.asarray(spec.structure.predict(events, typical_params)) * scale
     ipred = pred if etas is None else np.asarray(spec.structure.predict(events, individual_params)) * scale
+    if not typical and any(p.iov > 0 for p in spec.parameters):
+        ipred = _with_occasions(spec, data, events, individual_params, streams)
     _check_finite(ipred, events, data)
 
     noise = np.empty(events.n_points)
@@ -111,6 +114,30 @@ def simulate(
     for int_col in ("EVID", "MDV"):
         out[int_col] = out[int_col].astype(int)
     return out[columns + ["PRED", "IPRED"]].reset_index(drop=True)
+
+
+def _with_occasions(spec: ModelSpec, data: Dataset, events, params, streams) -> np.ndarray:
+    """IPRED with between-occasion variability: each occasion gets its own draw of kappa."""
+    from ..population.pymc_model import split_occasions
+
+    split, occasion_subject, _ = split_occasions(spec, data)
+    split_events = build_event_table(split, spec.structure, points="all")
+    varying = [p for p in spec.parameters if p.iov > 0]
+    counts = np.bincount(occasion_subject, minlength=len(streams))
+    kappa = np.concatenate([rng.standard_normal((counts[i], len(varying)))
+                            for i, rng in enumerate(streams)])
+    per_occasion = {}
+    for name, value in params.items():
+        value = np.broadcast_to(np.asarray(value, dtype=float), (len(streams),))[occasion_subject]
+        for k, p in enumerate(varying):
+            if p.name == name:
+                value = value * np.exp(p.iov * kappa[:, k])
+        per_occasion[name] = value
+    scale = np.asarray(spec.output_scale)[split_events.point_dvid - 1]
+    ipred = np.asarray(spec.structure.predict(split_events, per_occasion)) * scale
+    # the same records in the same order as ``events``
+    position = pd.Series(np.arange(split_events.n_points), index=split_events.point_record)
+    return ipred[position[events.point_record].to_numpy()]
 
 
 def _fill_missing_genotypes(spec: ModelSpec, covariates, streams, data: Dataset) -> None:
