@@ -52,7 +52,7 @@ def test_simulation_draws_one_clearance_per_occasion(simulated):
     # without iov the occasions of a subject differ only by the (negligible) carry-over
     same = popkin.simulate(popkin.load_model(SPEC).with_parameter("CL", iov=0.0), design(5), seed=1)
     ipred = same[same["EVID"] == 0].assign(t=lambda d: d["TIME"] % 200).groupby(["ID", "t"])["IPRED"]
-    assert np.all(ipred.std() / ipred.mean() < 1e-5)
+    assert np.all(ipred.std() / ipred.mean() < 1e-3)
 
 
 def test_fit_recovers_between_subject_and_between_occasion_variability(simulated):
