@@ -1,6 +1,7 @@
 """Fitting (nutpie / PyMC NUTS, pathfinder, MAP + Laplace), the Fit object, save/load."""
 
+from .checks import prior_predictive
 from .fit import clear_compile_cache, fit
 from .result import Fit
 
-__all__ = ["Fit", "clear_compile_cache", "fit"]
+__all__ = ["Fit", "clear_compile_cache", "fit", "prior_predictive"]

@@ -76,8 +76,9 @@ class HtmlDocument:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
         rows = "".join("<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in row) + "</tr>"
                        for row in frame.itertuples(index=False))
-        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-        self.parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        if caption:
+            self.parts.append(f'<p class="meta">{html.escape(caption)}</p>')
+        self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
 
     def figure(self, fig_or_png, caption: str = "", alt: str = "") -> None:
         png = fig_or_png if isinstance(fig_or_png, bytes) else figure_png(fig_or_png)

@@ -135,3 +135,16 @@ def test_bad_arguments():
         popkin.fit("theophylline", theophylline(), method="laplace")
     with pytest.raises(ValueError, match="draws"):
         popkin.fit("theophylline", theophylline(), draws=0)
+
+
+def test_prior_predictive_check(theo_csv):
+    from popkin.inference import prior_predictive
+
+    check = prior_predictive("theophylline", theo_csv, draws=400, seed=1)
+    assert len(check) == 132
+    assert check["inside"].mean() > 0.8          # the data are plausible a priori
+    assert np.all(check["q05"] < check["q95"])
+    # a spec whose typical volume is 100x too large puts the data outside its prior predictive
+    wrong = popkin.load_model("theophylline").with_parameter("V", typical=3150.0, typical_sd=0.1)
+    assert prior_predictive(wrong, theo_csv, draws=400, seed=1)["inside"].mean() < \
+        check["inside"].mean() - 0.3
