@@ -23,7 +23,7 @@ def _simulate(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    result = run_demo(args.out)
+    result = run_demo(args.out, progress=sys.stderr.isatty())
     print(result.summary, end="")
     print(f"Outputs in {result.out}/:")
     for f in result.files:

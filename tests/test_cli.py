@@ -65,7 +65,8 @@ def test_demo_end_to_end(tmp_path):
     result = subprocess.run([sys.executable, "-m", "popkin.cli", "demo", "--out", str(tmp_path / "demo")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    for name in ("theophylline_nonmem.csv", "regimen_simulation.csv", "demo_regimen.png", "summary.txt"):
+    for name in ("theophylline_nonmem.csv", "regimen_simulation.csv", "demo_regimen.png", "summary.txt",
+                 "fit/summary.csv", "fit/posterior.nc", "fit/report.html"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert "Outputs in" in result.stdout
     assert not list((tmp_path / "demo").glob("*.tmp*"))
