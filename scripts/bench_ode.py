@@ -3,14 +3,17 @@
 12 subjects (doses 50, 100, 200 mg), 10 samples each, log-normal random effects on KA, CL and
 V, proportional error. The same PyMC model is built with
 
-* the ODE engine (``popkin.ode``, CVODES with forward sensitivities, rtol = atol = 1e-8),
+* the ODE engine (``popkin.ode`` with its default method: explicit Dormand-Prince while the
+  system is not stiff, CVODES BDF when it is; forward sensitivities; rtol = atol = 1e-8),
 * the closed form (``get_structure("one_compartment_oral").predict`` with PyTensor inputs),
 * ``pymc.ode.DifferentialEquation`` (scipy ``odeint`` with its own sensitivities),
 
-and the compiled log-density-and-gradient function of each is timed at the same point (PyTensor's
-default C backend). With ``--nuts`` the ODE model is also sampled with nutpie (1 chain,
-500 tuning + 500 draws). The last line printed is
-``ode_vs_closed_form=<ratio> pymc_ode_vs_ode=<ratio>``.
+and the compiled log-density-and-gradient function of each (``model.logp_dlogp_function``,
+PyTensor's default C backend) is timed at the same point, the models' shared initial point:
+after warm-up calls, the median over repeated timing blocks of the time per call. ``ode_bdf``
+times the ODE engine with CVODES throughout (``method="bdf"``), for reference. With ``--nuts``
+the ODE model is also sampled with nutpie (numba backend, 1 chain, 500 tuning + 500 draws).
+The last line printed is ``ode_vs_closed_form=<ratio> pymc_ode_vs_ode=<ratio>``.
 
 Run: ``python scripts/bench_ode.py [--nuts]``
 """
@@ -64,9 +67,10 @@ def build_model(kind: str, frame: pd.DataFrame, dv: np.ndarray) -> pm.Model:
         z = pm.Normal("z", 0.0, 1.0, shape=(3, N_SUBJECTS))
         indiv = {k: typical[k] * pt.exp(omega[i] * z[i]) for i, k in enumerate(("KA", "CL", "V"))}
         sigma = pm.HalfNormal("sigma", 0.3)
-        if kind in ("ode", "closed_form"):
-            structure = (ode_structure_from_block(ODE_BLOCK).with_options(rtol=1e-8, atol=1e-8)
-                         if kind == "ode" else get_structure("one_compartment_oral"))
+        if kind != "pymc_ode":
+            structure = (get_structure("one_compartment_oral") if kind == "closed_form" else
+                         ode_structure_from_block(ODE_BLOCK).with_options(
+                             rtol=1e-8, atol=1e-8, method="bdf" if kind == "ode_bdf" else "auto"))
             events = build_event_table(read_dataset(frame), structure, points="observations")
             pred = structure.predict(events, indiv).reshape((N_SUBJECTS, len(TIMES)))
         else:
@@ -84,19 +88,27 @@ def build_model(kind: str, frame: pd.DataFrame, dv: np.ndarray) -> pm.Model:
     return model
 
 
-def time_logp_dlogp(model: pm.Model, min_seconds: float = 1.0, max_calls: int = 2000) -> float:
-    """Seconds per evaluation of the log-density and its gradient (compiled, C backend)."""
+def time_logp_dlogp(model: pm.Model, repeats: int = 15, block_seconds: float = 0.2) -> float:
+    """Seconds per evaluation of the log-density and its gradient: the median over ``repeats``
+    blocks of calls, each block about ``block_seconds`` long, after warm-up."""
     fn = model.logp_dlogp_function(ravel_inputs=True)
     fn.set_extra_values({})
     point = model.initial_point()
     x = np.concatenate([np.ravel(point[v.name]) for v in fn._grad_vars])
     logp, grad = fn(x)
     assert np.isfinite(logp) and np.all(np.isfinite(grad)), (logp, grad)
-    calls, start = 0, time.perf_counter()
-    while calls < max_calls and (time.perf_counter() - start < min_seconds or calls < 3):
+    start, warm = time.perf_counter(), 0
+    while time.perf_counter() - start < block_seconds or warm < 3:
         fn(x)
-        calls += 1
-    return (time.perf_counter() - start) / calls
+        warm += 1
+    calls = max(1, int(warm * block_seconds / (time.perf_counter() - start)))
+    per_call = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(x)
+        per_call.append((time.perf_counter() - start) / calls)
+    return float(np.median(per_call))
 
 
 def main():
@@ -105,7 +117,7 @@ def main():
     args = parser.parse_args()
     frame, dv = simulate()
     seconds = {}
-    for kind in ("closed_form", "ode", "pymc_ode"):
+    for kind in ("closed_form", "ode", "ode_bdf", "pymc_ode"):
         seconds[kind] = time_logp_dlogp(build_model(kind, frame, dv))
         print(f"{kind:12s} log-density + gradient: {seconds[kind] * 1e3:9.3f} ms")
     if args.nuts:

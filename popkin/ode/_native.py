@@ -1,4 +1,9 @@
-"""The compiled core of the ODE engine: CVODES callbacks and the event-driven solve.
+"""The compiled core of the ODE engine: the integrators and the event-driven solve.
+
+Between events a subject is integrated by an explicit Dormand-Prince 5(4) pair while the
+system is not stiff, and by CVODES (BDF, dense Newton) from the moment it is, or throughout
+with ``method="bdf"``; CVODES is created only when a solve needs it. Both integrate the
+states and their forward sensitivities as one system, through the same right-hand side.
 
 Everything here is numba nopython code and is cached on disk (``cache=True``). It does not
 depend on the model: the model's right-hand side, Jacobian, parameter derivatives, initial
@@ -92,6 +97,19 @@ def _pointer_cast(target):
     return intrinsic(typer)
 
 
+@intrinsic
+def atomic_add(typingctx, address, value):
+    """``*(int64 *) address += value``, atomically (a counter shared by threads)."""
+
+    def codegen(context, builder, signature, llargs):
+        pointer = builder.inttoptr(llargs[0], ir.IntType(64).as_pointer())
+        value = context.cast(builder, llargs[1], signature.args[1], types.int64)
+        builder.atomic_rmw("add", pointer, value, "monotonic")
+        return context.get_dummy_value()
+
+    return types.void(types.uintp, value), codegen
+
+
 _f64_ptr = _pointer_cast(types.CPointer(types.float64))
 _u64_ptr = _pointer_cast(types.CPointer(types.uint64))
 _i64_ptr = _pointer_cast(types.CPointer(types.int64))
@@ -126,23 +144,21 @@ _UD_CODES, _UD_JBUF, _UD_PBUF, _UD_NV_DATA, _UD_MAT_DATA = range(9, 14)
 _UD_SIZE = 14
 
 
-@cfunc(types.intc(types.float64, types.uintp, types.uintp, types.uintp), cache=True)
-def _cvodes_rhs(t, y, ydot, user_data):
-    ud = carray(_u64_ptr(user_data), _UD_SIZE)
+@njit(cache=True)
+def _augmented_rhs(ud, t, y_ptr, out_ptr):
+    """The right-hand side of the states and the sensitivities riding along as extra states,
+    ``ds_k/dt = J s_k + df/dp_k``; 1 when a value is not finite."""
     n = np.int64(ud[_UD_N])
     ns = np.int64(ud[_UD_NS])
-    ydot_ptr = _call_u(ud[_UD_NV_DATA], ydot)
-    y_ptr = _call_u(ud[_UD_NV_DATA], y)
-    _call_model(ud[_UD_RHS], t, y_ptr, ud[_UD_PARAMS], ydot_ptr)
-    out = carray(_f64_ptr(ydot_ptr), n * (1 + ns))
+    _call_model(ud[_UD_RHS], t, y_ptr, ud[_UD_PARAMS], out_ptr)
+    out = carray(_f64_ptr(out_ptr), n * (1 + ns))
     rates = carray(_f64_ptr(ud[_UD_RATES]), n)
     for i in range(n):
         out[i] += rates[i]
         if not np.isfinite(out[i]):
-            return 1        # recoverable: CVODES retries with a smaller step
+            return 1
     if ns == 0:
         return 0
-    # the sensitivities ride along as extra states: ds_k/dt = J s_k + df/dp_k
     n_par = np.int64(ud[_UD_P])
     _call_model(ud[_UD_JAC], t, y_ptr, ud[_UD_PARAMS], ud[_UD_JBUF])
     if n_par > 0:
@@ -167,6 +183,13 @@ def _cvodes_rhs(t, y, ydot, user_data):
                 return 1
             out[base + i] = acc
     return 0
+
+
+@cfunc(types.intc(types.float64, types.uintp, types.uintp, types.uintp), cache=True)
+def _cvodes_rhs(t, y, ydot, user_data):
+    ud = carray(_u64_ptr(user_data), _UD_SIZE)
+    # a non-zero return is recoverable: CVODES retries with a smaller step
+    return _augmented_rhs(ud, t, _call_u(ud[_UD_NV_DATA], y), _call_u(ud[_UD_NV_DATA], ydot))
 
 
 @cfunc(types.intc(types.float64, types.uintp, types.uintp, types.uintp, types.uintp,
@@ -245,17 +268,10 @@ _CV_NORMAL = 1
 
 
 @njit(cache=True)
-def _integrator_new(api, ctx, model, n, n_par, codes, rtol, atol, max_steps, sundials_major):
+def _user_data_new(api, model, n, n_par, codes):
+    """The user-data block of a system whose sensitivities are forced by ``codes``, with its
+    buffers (see the callbacks); shared by both integrators."""
     ns = codes.shape[0]
-    handles = np.zeros(4, dtype=np.uint64)
-    big_n = n * (1 + ns)
-    y = _call_u_lu(api[_NV_NEW], big_n, ctx)
-    # fused vector operations: fewer calls per step on these short vectors
-    _call_i_ui(api[_NV_FUSED], y, 1)
-    a = _call_u_llu(api[_MAT_NEW], big_n, big_n, ctx)
-    ls = _call_u_uuu(api[_LS_NEW], y, a, ctx)
-    # BDF with a dense Newton solve: PK/PD systems are often stiff (fast absorption, turnover)
-    mem = _call_u_iu(api[_CV_CREATE], _CV_BDF, ctx)
     buffers = np.zeros(4 * n + n * n + max(n * n_par, 1) + max(n_par, 1) + n + n * n
                        + max(n * n_par, 1), dtype=np.float64)
     ud = np.zeros(_UD_SIZE, dtype=np.uint64)
@@ -274,6 +290,30 @@ def _integrator_new(api, ctx, model, n, n_par, codes, rtol, atol, max_steps, sun
     ud[_UD_CODES] = codes.ctypes.data
     ud[_UD_NV_DATA] = api[_NV_DATA]
     ud[_UD_MAT_DATA] = api[_MAT_DATA]
+    return ud, buffers
+
+
+@njit(cache=True)
+def _integrator_open(api, ctx_holder, handles, ud, rtol, atol, max_steps, sundials_major):
+    """Create the CVODES integrator of ``handles`` (and the SUNDIALS context) unless it exists.
+
+    Creation is lazy: a solve the explicit integrator finishes alone never pays for it.
+    """
+    if handles[0] != 0:
+        return 0
+    if ctx_holder[0] == 0:
+        _call_i_uu(api[_CTX_CREATE], 0, ctx_holder.ctypes.data)
+        if sundials_major != 6:
+            _call_i_u(api[_SILENCE], ctx_holder[0])
+    ctx = ctx_holder[0]
+    big_n = np.int64(ud[_UD_N] * (1 + ud[_UD_NS]))
+    y = _call_u_lu(api[_NV_NEW], big_n, ctx)
+    # fused vector operations: fewer calls per step on these short vectors
+    _call_i_ui(api[_NV_FUSED], y, 1)
+    a = _call_u_llu(api[_MAT_NEW], big_n, big_n, ctx)
+    ls = _call_u_uuu(api[_LS_NEW], y, a, ctx)
+    # BDF with a dense Newton solve: PK/PD systems are often stiff (fast absorption, turnover)
+    mem = _call_u_iu(api[_CV_CREATE], _CV_BDF, ctx)
     flag = _call_i_uudu(api[_CV_INIT], mem, api[_CB_RHS], 0.0, y)
     flag |= _call_i_udd(api[_CV_TOLERANCES], mem, rtol, atol)
     flag |= _call_i_uu(api[_CV_USER_DATA], mem, ud.ctypes.data)
@@ -283,11 +323,13 @@ def _integrator_new(api, ctx, model, n, n_par, codes, rtol, atol, max_steps, sun
     if sundials_major == 6:
         flag |= _call_i_uuu(api[_SILENCE], mem, api[_CB_ERRORS], 0)
     handles[0], handles[1], handles[2], handles[3] = mem, y, a, ls
-    return handles, ud, buffers, flag
+    return flag
 
 
 @njit(cache=True)
 def _integrator_free(api, handles):
+    if handles[0] == 0:
+        return
     holder = np.zeros(1, dtype=np.uint64)
     holder[0] = handles[0]
     _call_v_u(api[_CV_FREE], holder.ctypes.data)
@@ -305,6 +347,22 @@ def _reinit(api, handles, t, y, sens):
     for k in range(ns):
         state[n * (k + 1):n * (k + 2)] = sens[k]
     return _call_i_udu(api[_CV_REINIT], handles[0], t, handles[1])
+
+
+@njit(cache=True)
+def _pack(y, sens, state):
+    n = y.shape[0]
+    state[:n] = y
+    for k in range(sens.shape[0]):
+        state[n * (k + 1):n * (k + 2)] = sens[k]
+
+
+@njit(cache=True)
+def _unpack(state, y, sens):
+    n = y.shape[0]
+    y[:] = state[:n]
+    for k in range(sens.shape[0]):
+        sens[k] = state[n * (k + 1):n * (k + 2)]
 
 
 @njit(cache=True)
@@ -336,6 +394,165 @@ def _shift(model, t, y, ud, rates, sens, slot, fminus, fplus, dtau):
     if slot >= 0 and dtau != 0.0:
         _rhs(model, t, y, ud, rates, fplus)
         sens[slot] += (fminus - fplus) * dtau
+
+
+# ---------------------------------------------------------------------------------------------
+# explicit integrator for the non-stiff stretches
+#
+# CVODES spends about a microsecond of its own bookkeeping per step, whatever the size of the
+# system; for the few states of a PK model that is nearly all of the cost. Most PK systems are
+# not stiff at the parameters a sampler visits, and there an explicit Dormand-Prince 5(4) pair
+# (Hairer, Norsett & Wanner, Solving ODEs I, II.4-II.5) needs no Jacobian, no linear solve and
+# fewer vector passes per step. It watches the stiffness indicator h * |lambda| of that
+# reference (estimated from its last two stages) and hands the integration to CVODES' BDF
+# once the problem looks stiff, or when a step fails or the step budget is spent.
+
+_RK_C = np.array([0.0, 1.0 / 5.0, 3.0 / 10.0, 4.0 / 5.0, 8.0 / 9.0, 1.0, 1.0])
+_RK_A = np.zeros((7, 6))
+_RK_A[1, :1] = [1.0 / 5.0]
+_RK_A[2, :2] = [3.0 / 40.0, 9.0 / 40.0]
+_RK_A[3, :3] = [44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0]
+_RK_A[4, :4] = [19372.0 / 6561.0, -25360.0 / 2187.0, 64448.0 / 6561.0, -212.0 / 729.0]
+_RK_A[5, :5] = [9017.0 / 3168.0, -355.0 / 33.0, 46732.0 / 5247.0, 49.0 / 176.0,
+                -5103.0 / 18656.0]
+# fifth-order weights, which are also the last stage's argument (first same as last)
+_RK_A[6, :] = [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0]
+# fifth minus embedded fourth order weights
+_RK_E = np.array([71.0 / 57600.0, 0.0, -71.0 / 16695.0, 71.0 / 1920.0, -17253.0 / 339200.0,
+                  22.0 / 525.0, -1.0 / 40.0])
+_RK_STIFF = 3.25          # stability boundary of the method along the negative real axis
+_RK_STIFF_STEPS = 15      # consecutive-ish stiff steps before handing over
+# control slots: time, proposed step, first stage valid, stiff count, non-stiff count
+_RK_T, _RK_H, _RK_FSAL, _RK_NSTIFF, _RK_NCALM = range(5)
+RK_DONE, RK_HAND_OVER = 0, 1
+
+
+@njit(cache=True)
+def _rk_norm(v, a, b, rtol, atol):
+    """Root mean square of ``v`` weighted by ``atol + rtol * max(|a|, |b|)``."""
+    total = 0.0
+    for i in range(v.shape[0]):
+        scale = atol + rtol * max(abs(a[i]), abs(b[i]))
+        total += (v[i] / scale) ** 2
+    return np.sqrt(total / v.shape[0])
+
+
+@njit(cache=True)
+def _rk_reset(control, t):
+    control[_RK_T] = t
+    control[_RK_H] = 0.0
+    control[_RK_FSAL] = 0.0
+    control[_RK_NSTIFF] = 0.0
+    control[_RK_NCALM] = 0.0
+
+
+@njit(cache=True)
+def _rk_combine(y, h, ks, weights, count, out):
+    """``out = y + h * sum_j weights[j] ks[j]`` over the first ``count`` stages."""
+    for i in range(out.shape[0]):
+        acc = 0.0
+        for j in range(count):
+            acc += weights[j] * ks[j, i]
+        out[i] = y[i] + h * acc
+
+
+@njit(cache=True)
+def _rk_advance(ud, t_out, y, work, control, rtol, atol, max_steps):
+    """Integrate ``y`` from ``control[_RK_T]`` to ``t_out``, stepping onto ``t_out`` exactly.
+
+    ``work`` is (11, len(y)) zero-initialised scratch that also carries the first stage between calls. Returns
+    :data:`RK_DONE`, or :data:`RK_HAND_OVER` with ``y`` at ``control[_RK_T]`` (the last
+    accepted step) when the integration should continue with CVODES.
+    """
+    ks = work[:7]
+    y6, y_new, err, zero = work[7], work[8], work[9], work[10]
+    t = control[_RK_T]
+    if t_out <= t:
+        return RK_DONE
+    if control[_RK_FSAL] == 0.0:
+        if _augmented_rhs(ud, t, y.ctypes.data, ks[0].ctypes.data) != 0:
+            return RK_HAND_OVER
+        control[_RK_FSAL] = 1.0
+    h = control[_RK_H]
+    if h <= 0.0:
+        h = _rk_initial_step(ud, t, t_out - t, y, ks[0], ks[1], y6, rtol, atol)
+    n_stiff, n_calm = control[_RK_NSTIFF], control[_RK_NCALM]
+    rejected = False
+    steps = 0
+    while True:
+        if steps >= max_steps or h <= 1e-14 * max(abs(t), 1.0):
+            break
+        steps += 1
+        last = t + h >= t_out - 1e-13 * max(abs(t_out), 1.0)
+        hs = t_out - t if last else h
+        failed = False
+        for stage in range(1, 6):
+            _rk_combine(y, hs, ks, _RK_A[stage], stage, y6)
+            if _augmented_rhs(ud, t + _RK_C[stage] * hs, y6.ctypes.data,
+                              ks[stage].ctypes.data) != 0:
+                failed = True
+                break
+        if not failed:
+            _rk_combine(y, hs, ks, _RK_A[6], 6, y_new)
+            failed = _augmented_rhs(ud, t + hs, y_new.ctypes.data, ks[6].ctypes.data) != 0
+        if failed:
+            h = 0.25 * hs
+            rejected = True
+            continue
+        _rk_combine(zero, hs, ks, _RK_E, 7, err)
+        size = _rk_norm(err, y, y_new, rtol, atol)
+        if not size <= 1.0:            # also when NaN
+            h = hs * (max(0.2, 0.9 * size ** -0.2) if np.isfinite(size) else 0.25)
+            rejected = True
+            continue
+        # h |lambda| from the last two stages, which share their time
+        num, den = 0.0, 0.0
+        for i in range(y.shape[0]):
+            num += (ks[6, i] - ks[5, i]) ** 2
+            den += (y_new[i] - y6[i]) ** 2
+        if den > 0.0 and hs * np.sqrt(num / den) > _RK_STIFF:
+            n_calm = 0.0
+            n_stiff += 1.0
+        else:
+            n_calm += 1.0
+            if n_calm >= 6.0:
+                n_stiff = 0.0
+        for i in range(y.shape[0]):
+            y[i] = y_new[i]
+            ks[0, i] = ks[6, i]
+        t = t_out if last else t + hs
+        grow = 10.0 if size == 0.0 else min(10.0, max(0.2, 0.9 * size ** -0.2))
+        if rejected:
+            grow = min(grow, 1.0)
+        # a step cut short to land on t_out says nothing against the longer proposal
+        h = max(hs * grow, h) if last else hs * grow
+        rejected = False
+        control[_RK_T], control[_RK_H] = t, h
+        control[_RK_NSTIFF], control[_RK_NCALM] = n_stiff, n_calm
+        if n_stiff >= _RK_STIFF_STEPS:
+            return RK_HAND_OVER
+        if last:
+            return RK_DONE
+    return RK_HAND_OVER
+
+
+@njit(cache=True)
+def _rk_initial_step(ud, t, span, y, f0, f1, y1, rtol, atol):
+    """Starting step from the size of ``y``, ``f`` and an estimate of ``f'`` (Hairer et al.)."""
+    d0 = _rk_norm(y, y, y, rtol, atol)
+    d1 = _rk_norm(f0, y, y, rtol, atol)
+    h0 = 0.01 * d0 / d1 if d0 >= 1e-5 and d1 >= 1e-5 else 1e-6
+    h0 = min(h0, span)
+    for i in range(y.shape[0]):
+        y1[i] = y[i] + h0 * f0[i]
+    if _augmented_rhs(ud, t + h0, y1.ctypes.data, f1.ctypes.data) != 0:
+        return 0.01 * h0
+    for i in range(y.shape[0]):
+        y1[i] = (f1[i] - f0[i]) / h0
+    d2 = _rk_norm(y1, y, y, rtol, atol)
+    top = max(d1, d2)
+    h1 = max(1e-6, 1e-3 * h0) if top <= 1e-15 else (0.01 / top) ** 0.2
+    return min(100.0 * h0, h1, span)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,12 +725,15 @@ def _dose_terms(dose, dose_cmt, f_value, lag):
 
 @njit(cache=True)
 def solve_subjects(api, model, dims, doses, points, dose_start, point_start, params, f_values,
-                   lags, sens_ext, rtol, atol, max_steps, sundials_major, pred, jac, status):
+                   lags, sens_ext, rtol, atol, max_steps, explicit_first, sundials_major, pred,
+                   jac, status):
     """Predict every point (and ``d pred / d extended parameter`` for ``sens_ext``).
 
     ``dims`` = (states, parameters, outputs, dose compartment 0-based). ``doses`` and
     ``points`` are the event table's rows sorted by subject and order (see module columns);
     ``dose_start`` and ``point_start`` index each subject's first row (length S + 1).
+    With ``explicit_first`` each subject starts on the explicit integrator and moves to
+    CVODES for its remaining time when that hands over; otherwise CVODES solves throughout.
     Subjects whose solve fails get NaN predictions and a non-zero ``status``.
     """
     n, n_par, n_out, dose_cmt = dims[0], dims[1], dims[2], dims[3]
@@ -532,14 +752,10 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
     ss_codes = np.full(ns + n, _FORCE_NONE, dtype=np.int64)
     ss_codes[:ns] = codes
     ctx_holder = np.zeros(1, dtype=np.uint64)
-    _call_i_uu(api[_CTX_CREATE], 0, ctx_holder.ctypes.data)
-    ctx = ctx_holder[0]
-    if sundials_major != 6:
-        _call_i_u(api[_SILENCE], ctx)
-    main, main_ud, main_buf, flag_a = _integrator_new(api, ctx, model, n, n_par, codes, rtol,
-                                                      atol, max_steps, sundials_major)
-    ssi, ss_ud, ss_buf, flag_b = _integrator_new(api, ctx, model, n, n_par, ss_codes, rtol,
-                                                 atol, max_steps, sundials_major)
+    main = np.zeros(4, dtype=np.uint64)
+    ssi = np.zeros(4, dtype=np.uint64)
+    main_ud, main_buf = _user_data_new(api, model, n, n_par, codes)
+    ss_ud, ss_buf = _user_data_new(api, model, n, n_par, ss_codes)
     rates = main_buf[0:n]
     drate = main_buf[n:2 * n]
     fminus = main_buf[2 * n:3 * n]
@@ -557,8 +773,13 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
     ss_sens = np.zeros((ns, n))
     ss_y = np.zeros(n)
     ss_full_sens = np.zeros((ns + n, n))
+    big_n = n * (1 + ns)
+    rk_y = np.zeros(big_n)
+    rk_work = np.zeros((11, big_n))
+    rk_control = np.zeros(5)
     for s in range(n_sub):
         status[s] = OK
+        explicit = explicit_first != 0
         p_main = carray(_f64_ptr(main_ud[_UD_PARAMS]), max(n_par, 1))
         p_ss = carray(_f64_ptr(ss_ud[_UD_PARAMS]), max(n_par, 1))
         for k in range(n_par):
@@ -651,20 +872,36 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                 te = ev_time[e]
                 kind = ev_kind[e]
                 if te > t_cur + 1e-13 * max(1.0, abs(t_cur)):
-                    if fresh:
-                        _reinit(api, main, t_cur, y, sens)
-                        fresh = False
-                    t_stop = te
-                    if kind == _POINT:
-                        # interpolate to the point, but never step past the next discontinuity
-                        t_stop = ev_time[sequence[m - 1]]
-                        for later in range(idx + 1, m):
-                            if ev_kind[sequence[later]] != _POINT:
-                                t_stop = ev_time[sequence[later]]
-                                break
-                    if _advance(api, main, te, t_stop, y, sens, tret) < 0:
-                        status[s] = SOLVER_FAILED
-                        break
+                    if explicit:
+                        if fresh:
+                            _pack(y, sens, rk_y)
+                            _rk_reset(rk_control, t_cur)
+                            fresh = False
+                        if _rk_advance(main_ud, te, rk_y, rk_work, rk_control, rtol, atol,
+                                       max_steps) == RK_DONE:
+                            _unpack(rk_y, y, sens)
+                        else:
+                            explicit = False
+                            _unpack(rk_y, y, sens)
+                            t_cur = rk_control[_RK_T]
+                            fresh = True
+                    if not explicit:
+                        if fresh:
+                            _integrator_open(api, ctx_holder, main, main_ud, rtol, atol,
+                                             max_steps, sundials_major)
+                            _reinit(api, main, t_cur, y, sens)
+                            fresh = False
+                        t_stop = te
+                        if kind == _POINT:
+                            # interpolate to the point, never stepping past the next discontinuity
+                            t_stop = ev_time[sequence[m - 1]]
+                            for later in range(idx + 1, m):
+                                if ev_kind[sequence[later]] != _POINT:
+                                    t_stop = ev_time[sequence[later]]
+                                    break
+                        if _advance(api, main, te, t_stop, y, sens, tret) < 0:
+                            status[s] = SOLVER_FAILED
+                            break
                     t_cur = te
                 if kind == _POINT:
                     q = ev_ref[e]
@@ -704,6 +941,8 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                     _shift(model, te, y, main_ud, rates, sens, slot_f, fminus, fplus,
                            ev_dtau_f[e])
                 else:
+                    _integrator_open(api, ctx_holder, ssi, ss_ud, rtol, atol, max_steps,
+                                     sundials_major)
                     code = _steady_state_event(
                         api, model, ssi, ss_ud, ss_buf, doses[ev_ref[e]], dose_cmt, f_value, lag,
                         n, n_par, ns, slot_f, slot_lag, sens_ext, rtol, atol, tret, y0, sens0,
@@ -719,9 +958,10 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                     jac[q, k] = 0.0
     _integrator_free(api, main)
     _integrator_free(api, ssi)
-    _call_i_u(api[_CTX_FREE], ctx_holder.ctypes.data)
+    if ctx_holder[0] != 0:
+        _call_i_u(api[_CTX_FREE], ctx_holder.ctypes.data)
     # CVODES held raw pointers into these arrays until now
-    return flag_a | flag_b, main_ud[0] + ss_ud[0], main_buf[0] + ss_buf[0], codes.sum() + ss_codes.sum()
+    return main_ud[0] + ss_ud[0], main_buf[0] + ss_buf[0], codes.sum() + ss_codes.sum()
 
 
 @njit(cache=True)

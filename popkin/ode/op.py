@@ -6,12 +6,24 @@ gradient is a vector-Jacobian product summed per subject, with no second solve. 
 PyTensor's numba backend (what nutpie compiles) the Op is a numba function that calls the
 same compiled solver, so sampling never returns to Python.
 
-A subject whose solve fails gets NaN predictions, which make the log-density of that draw
-non-finite: the sampler rejects the draw (nutpie and PyMC count it as a divergence) instead of
-stopping. :attr:`OdeSolveOp.counter` records how often that happened.
+A subject whose solve fails gets NaN predictions (and a zero Jacobian); nothing raises.
+:func:`guard_prediction` and :func:`guard_logp` turn that into a log-density of -inf with
+finite gradients, so the sampler rejects the draw (nutpie and PyMC count it as a divergence)
+instead of stopping or propagating NaN. Each Op counts its solves and failures, under the C
+and the numba backend alike; :func:`solve_failures` reads the counts back from a model::
+
+    prediction = structure.predict(events, params)       # an OdeSolveOp inside
+    safe, penalty = guard_prediction(prediction)
+    pm.Potential("ode_solve_failed", penalty)
+    pm.Normal("obs", mu=safe, sigma=sigma, observed=dv)
+    before = solve_failures(model)
+    ...                                                   # sample
+    failed = solve_failures(model).failed_solves - before.failed_solves
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import pytensor.tensor as pt
@@ -23,7 +35,10 @@ from . import _native
 from ._sundials import SUNDIALS_VERSION
 from .solver import _api, solve
 
-__all__ = ["OdeSolveOp"]
+__all__ = ["OdeSolveOp", "SolveCounts", "guard_logp", "guard_prediction", "solve_failures"]
+
+# slots of OdeSolveOp.counter
+_SOLVES, _FAILED_SOLVES, _FAILED_SUBJECTS = range(3)
 
 
 class OdeSolveOp(Op):
@@ -41,7 +56,8 @@ class OdeSolveOp(Op):
         self.fixed_params = np.ascontiguousarray(fixed_params, dtype=np.float64)
         self.fixed_f = np.ascontiguousarray(fixed_f, dtype=np.float64)
         self.fixed_lag = np.ascontiguousarray(fixed_lag, dtype=np.float64)
-        # solves, failed solves, failed subjects (summed over solves)
+        # solves, solves with a failed subject, failed subjects (summed over solves); the numba
+        # implementation adds to this same array through its address
         self.counter = np.zeros(3, dtype=np.int64)
 
     def make_node(self, *inputs):
@@ -70,7 +86,10 @@ class OdeSolveOp(Op):
         solution = solve(s.compiled, self.prepared, params, f_values, lags, s.dose_compartment,
                          wrt=self.wrt, options=s.options)
         failed = int((solution.status != 0).sum())
-        self.counter += (1, failed > 0, failed)
+        self.counter[_SOLVES] += 1
+        if failed:
+            self.counter[_FAILED_SOLVES] += 1
+            self.counter[_FAILED_SUBJECTS] += failed
         output_storage[0][0] = solution.prediction
         output_storage[1][0] = solution.jacobian
 
@@ -85,6 +104,97 @@ class OdeSolveOp(Op):
 
     def connection_pattern(self, node):
         return [[True, True] for _ in node.inputs]
+
+
+class SolveCounts(NamedTuple):
+    """How often the ODE solves of a model ran and failed (cumulative since the Op was built)."""
+
+    solves: int
+    failed_solves: int          # solves in which at least one subject failed
+    failed_subjects: int        # failed subjects, summed over solves
+
+
+def solve_failures(source) -> SolveCounts:
+    """The solve counts of every :class:`OdeSolveOp` in ``source``.
+
+    ``source`` is an Op, a PyTensor variable, a PyMC model, or a list of these. Counts are
+    cumulative, so take the difference of two readings to count one sampling run. They are
+    kept in the process that evaluates the model: chains run in worker processes (PyMC's
+    ``cores > 1``) count there, not here; nutpie's threads count here.
+    """
+    totals = np.zeros(3, dtype=np.int64)
+    for op in _find_ops(source):
+        totals += op.counter
+    return SolveCounts(*(int(v) for v in totals))
+
+
+def _find_ops(source) -> list:
+    from pytensor.graph.basic import Variable
+    from pytensor.graph.traversal import ancestors
+
+    if isinstance(source, OdeSolveOp):
+        return [source]
+    if isinstance(source, (list, tuple)):
+        found = {}
+        for item in source:
+            found.update((id(op), op) for op in _find_ops(item))
+        return list(found.values())
+    if isinstance(source, Variable):
+        roots = [source]
+    elif hasattr(source, "basic_RVs"):        # a PyMC model
+        roots = list(source.basic_RVs) + list(source.potentials) + list(source.deterministics)
+    else:
+        raise TypeError(f"solve_failures takes an OdeSolveOp, a PyTensor variable or a PyMC "
+                        f"model; got {type(source).__name__}")
+    found = {}
+    for var in ancestors(roots):
+        if var.owner is not None and isinstance(var.owner.op, OdeSolveOp):
+            found[id(var.owner.op)] = var.owner.op
+    return list(found.values())
+
+
+def guard_prediction(prediction):
+    """``(safe, penalty)`` for predictions that may hold NaN from a failed solve.
+
+    ``safe`` equals ``prediction`` where it is finite and 1 elsewhere, so a likelihood built on
+    it stays finite and so do its gradients; ``penalty`` is 0 when every prediction is finite
+    and -inf otherwise. Add ``penalty`` to the log-density (``pm.Potential``) and score the
+    observations against ``safe``: a failed solve then rejects the draw with finite gradients.
+    """
+    prediction = pt.as_tensor_variable(prediction)
+    finite = ~(pt.isnan(prediction) | pt.isinf(prediction))
+    safe = pt.switch(finite, prediction, 1.0)
+    penalty = pt.switch(pt.all(finite), 0.0, -np.inf)
+    return safe, penalty
+
+
+def guard_logp(logp, prediction):
+    """``logp``, or -inf where any of ``prediction`` is not finite, with finite gradients.
+
+    ``logp`` is a graph built on ``prediction`` (for example a ``pm.logp`` of the observations
+    or a sum of pointwise terms). ``pt.switch(ok, logp, -inf)`` alone would not do: the
+    gradient of the unused branch is multiplied by zero, and zero times the NaN that flows
+    from a NaN prediction is NaN. So ``logp`` is rebuilt on the safe predictions of
+    :func:`guard_prediction` and the switch picks -inf when a solve failed.
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor, pytensor.tensor as pt
+    >>> x = pt.vector("x")
+    >>> prediction = pt.log(x)                  # NaN for negative x, like a failed solve
+    >>> logp = -((prediction - 1.0) ** 2).sum()
+    >>> guarded = guard_logp(logp, prediction)
+    >>> f = pytensor.function([x], [guarded, pytensor.grad(guarded, x)])
+    >>> value, grad = f(np.array([1.0, -1.0]))
+    >>> float(value), bool(np.isfinite(grad).all())
+    (-inf, True)
+    """
+    from pytensor.graph.replace import graph_replace
+
+    prediction = pt.as_tensor_variable(prediction)
+    safe, penalty = guard_prediction(prediction)
+    rebuilt = graph_replace(logp, {prediction: safe}, strict=False)
+    return pt.switch(pt.eq(penalty, 0.0), rebuilt, -np.inf)
 
 
 def _point_subjects(prepared) -> np.ndarray:
@@ -113,11 +223,12 @@ def _register_numba():
         wrt = op.wrt
         fixed_params, fixed_f, fixed_lag = op.fixed_params, op.fixed_f, op.fixed_lag
         rtol, atol, max_steps = s.options.rtol, s.options.atol, s.options.max_steps
+        explicit_first = s.options.method == "auto"
         major = SUNDIALS_VERSION[0]
         counter_address = op.counter.ctypes.data
         n_points, n_wrt, n_subjects = points.shape[0], len(wrt), prep.n_subjects
         solve_subjects = _native.solve_subjects
-        as_i64 = _native._i64_ptr
+        atomic_add = _native.atomic_add
 
         @numba.njit
         def run(inputs_matrix):
@@ -136,16 +247,17 @@ def _register_numba():
             jac = np.zeros((n_points, n_wrt))
             status = np.zeros(n_subjects, dtype=np.int64)
             solve_subjects(api, model, dims, doses, points, dose_start, point_start, params,
-                           f_values, lags, wrt, rtol, atol, max_steps, major, pred, jac, status)
+                           f_values, lags, wrt, rtol, atol, max_steps, explicit_first, major,
+                           pred, jac, status)
             failed = 0
             for s_ in range(n_subjects):
                 if status[s_] != 0:
                     failed += 1
-            counter = numba.carray(as_i64(counter_address), 3)
-            counter[0] += 1
+            # atomic: nutpie may run chains in parallel threads through this same function
+            atomic_add(counter_address + 8 * _SOLVES, 1)
             if failed > 0:
-                counter[1] += 1
-                counter[2] += failed
+                atomic_add(counter_address + 8 * _FAILED_SOLVES, 1)
+                atomic_add(counter_address + 8 * _FAILED_SUBJECTS, failed)
             return pred, jac
 
         # the Op's arity varies with the model, so the entry point is written out for it

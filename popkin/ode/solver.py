@@ -11,6 +11,7 @@ scales the doses into the dose compartment, and a reset restarts from the initia
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -31,13 +32,30 @@ def _api() -> np.ndarray:
     return _API
 
 
+_METHODS = ("auto", "bdf")
+_BACKENDS = ("popkin", "sunode")
+
+
 @dataclass(frozen=True)
 class SolverOptions:
-    """CVODES tolerances and step limit."""
+    """Tolerances, step limit and integration method.
+
+    ``method="auto"`` integrates each subject with an explicit Dormand-Prince 5(4) pair while
+    the system is not stiff and hands over to CVODES' BDF when it becomes stiff (or when an
+    explicit step fails); ``"bdf"`` uses CVODES throughout. Both control the local error of
+    the states and of the sensitivities with ``rtol`` and ``atol``; ``max_steps`` bounds the
+    steps between two consecutive events.
+
+    ``backend="sunode"`` is reserved for solving through sunode: without sunode it raises an
+    ImportError that says how to install it, and with it a NotImplementedError, because the
+    adapter (event handling, F/ALAG sensitivities, the numba Op) is not written yet.
+    """
 
     rtol: float = 1e-8
     atol: float = 1e-8
     max_steps: int = 100_000
+    method: Literal["auto", "bdf"] = "auto"
+    backend: Literal["popkin", "sunode"] = "popkin"
 
     def __post_init__(self):
         if not (0 < self.rtol < 1 and 0 < self.atol):
@@ -45,6 +63,25 @@ class SolverOptions:
                              f"rtol={self.rtol}, atol={self.atol}")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be positive; got {self.max_steps}")
+        if self.method not in _METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}; got "
+                             f"{self.method!r}")
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}; got "
+                             f"{self.backend!r}")
+        if self.backend == "sunode":
+            _sunode_backend()
+
+
+def _sunode_backend():
+    try:
+        import sunode  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("backend='sunode' needs sunode (`conda install -c conda-forge "
+                          "sunode`); or use the default backend='popkin'") from exc
+    raise NotImplementedError("backend='sunode' is not implemented: popkin's event-table solve "
+                              "(doses, steady states, F and ALAG sensitivities) has no sunode "
+                              "adapter yet; use the default backend='popkin'")
 
 
 @dataclass(frozen=True)
@@ -120,6 +157,7 @@ def solve(
         prepared.point_start, np.ascontiguousarray(params, dtype=np.float64).reshape(-1, n_par),
         np.ascontiguousarray(f_values, dtype=np.float64),
         np.ascontiguousarray(lags, dtype=np.float64), wrt, options.rtol, options.atol,
-        options.max_steps, SUNDIALS_VERSION[0], pred, jac, status)
+        options.max_steps, options.method == "auto",
+        SUNDIALS_VERSION[0], pred, jac, status)
     failures = {int(s): _native.STATUS_MESSAGES[int(status[s])] for s in np.flatnonzero(status)}
     return Solution(pred, jac, status, failures)

@@ -67,7 +67,7 @@ class OdeStructure:
         return compile_system(self.system)
 
     def with_options(self, **options) -> "OdeStructure":
-        """The same structure with other solver options (``rtol``, ``atol``, ``max_steps``)."""
+        """The same structure with other solver options (see :class:`~popkin.ode.SolverOptions`)."""
         return dataclasses.replace(self, options=dataclasses.replace(self.options, **options))
 
     # -- prediction --------------------------------------------------------------------------

@@ -93,10 +93,12 @@ def _history(draw, oral):
     return frame
 
 
+@pytest.mark.parametrize("method", ["auto", "bdf"])
 @pytest.mark.parametrize("structure", sorted(ODE_BLOCKS))
-def test_ode_matches_closed_form_on_random_histories(structure):
+def test_ode_matches_closed_form_on_random_histories(structure, method):
     closed = get_structure(structure)
-    ode = ode_structure_from_block(ODE_BLOCKS[structure], name=structure).with_options(**TIGHT)
+    ode = ode_structure_from_block(ODE_BLOCKS[structure], name=structure).with_options(
+        **TIGHT, method=method)
     oral = structure.endswith("oral")
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -128,3 +130,18 @@ def test_ode_matches_closed_form_for_many_subjects_in_one_call():
               "F": 0.7, "ALAG": 0.4}
     np.testing.assert_allclose(ode.predict(events, params), closed.predict(events, params),
                                rtol=1e-6, atol=1e-12)
+
+
+def test_stiff_system_is_handed_to_bdf_and_stays_exact():
+    # absorption 10^4 times faster than elimination: explicit steps are bounded by stability,
+    # so "auto" must notice the stiffness and finish on CVODES' BDF
+    closed = get_structure("one_compartment_oral")
+    rows = [{"ID": 1, "TIME": 0.0, "AMT": 100.0, "II": 24.0, "ADDL": 1}]
+    rows += [{"ID": 1, "TIME": t, "AMT": 0.0} for t in (0.001, 0.5, 6.0, 24.5, 47.0)]
+    events = build_event_table(read_dataset(pd.DataFrame(rows)), closed)
+    params = {"CL": 2.0, "V": 20.0, "KA": 1000.0}
+    expected = closed.predict(events, params)
+    for method in ("auto", "bdf"):
+        ode = ode_structure_from_block(ODE_BLOCKS["one_compartment_oral"]).with_options(
+            **TIGHT, method=method, max_steps=5000)
+        np.testing.assert_allclose(ode.predict(events, params), expected, rtol=1e-6)

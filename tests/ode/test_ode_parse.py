@@ -82,3 +82,21 @@ def test_failed_solve_gives_nan_and_a_warning_not_an_exception():
 def test_tolerances_are_validated():
     with pytest.raises(ValueError, match="tolerances"):
         ode_structure_from_block(GOOD).with_options(rtol=0.0)
+
+
+def test_unknown_method_and_backend_are_rejected():
+    with pytest.raises(ValueError, match="method must be one of 'auto', 'bdf'"):
+        ode_structure_from_block(GOOD).with_options(method="rk4")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ode_structure_from_block(GOOD).with_options(backend="scipy")
+
+
+def test_sunode_backend_says_what_to_do():
+    try:
+        import sunode  # noqa: F401
+    except ImportError:
+        expected = pytest.raises(ImportError, match="conda-forge sunode")
+    else:
+        expected = pytest.raises(NotImplementedError, match="no sunode adapter")
+    with expected:
+        ode_structure_from_block(GOOD).with_options(backend="sunode")
