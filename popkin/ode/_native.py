@@ -460,9 +460,10 @@ def _rk_combine(y, h, ks, weights, count, out):
 def _rk_advance(ud, t_out, y, work, control, rtol, atol, max_steps):
     """Integrate ``y`` from ``control[_RK_T]`` to ``t_out``, stepping onto ``t_out`` exactly.
 
-    ``work`` is (11, len(y)) zero-initialised scratch that also carries the first stage between calls. Returns
-    :data:`RK_DONE`, or :data:`RK_HAND_OVER` with ``y`` at ``control[_RK_T]`` (the last
-    accepted step) when the integration should continue with CVODES.
+    ``work`` is (11, len(y)) zero-initialised scratch that also carries the first stage
+    between calls. Returns :data:`RK_DONE`, or :data:`RK_HAND_OVER` with ``y`` at
+    ``control[_RK_T]`` (the last accepted step) when the integration should continue with
+    CVODES.
     """
     ks = work[:7]
     y6, y_new, err, zero = work[7], work[8], work[9], work[10]

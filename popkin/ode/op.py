@@ -47,18 +47,36 @@ class OdeSolveOp(Op):
     Each input is a float64 vector over subjects. ``wrt`` holds the extended-parameter index
     of each input (model parameters by position, then ``F``, then ``ALAG``); the others keep
     their values from ``fixed`` (a subjects x parameters matrix and F, ALAG vectors).
+
+    Without ``sensitivities`` the Jacobian output is empty and the solve carries no
+    sensitivity states; a graph rewrite puts such an Op wherever nothing uses the Jacobian
+    (a log-density without its gradient, posterior predictions). It shares ``counter``
+    with the Op it replaces, so :func:`solve_failures` counts its solves too.
     """
 
-    def __init__(self, structure, prepared, wrt, fixed_params, fixed_f, fixed_lag):
+    def __init__(self, structure, prepared, wrt, fixed_params, fixed_f, fixed_lag, *,
+                 sensitivities=True, counter=None):
         self.structure = structure
         self.prepared = prepared
         self.wrt = np.asarray(wrt, dtype=np.int64)
         self.fixed_params = np.ascontiguousarray(fixed_params, dtype=np.float64)
         self.fixed_f = np.ascontiguousarray(fixed_f, dtype=np.float64)
         self.fixed_lag = np.ascontiguousarray(fixed_lag, dtype=np.float64)
+        self.sensitivities = sensitivities
         # solves, solves with a failed subject, failed subjects (summed over solves); the numba
         # implementation adds to this same array through its address
-        self.counter = np.zeros(3, dtype=np.int64)
+        self.counter = np.zeros(3, dtype=np.int64) if counter is None else counter
+
+    def _variant(self, sensitivities):
+        if sensitivities == self.sensitivities:
+            return self
+        return OdeSolveOp(self.structure, self.prepared, self.wrt, self.fixed_params,
+                          self.fixed_f, self.fixed_lag, sensitivities=sensitivities,
+                          counter=self.counter)
+
+    @property
+    def _sensitivity_wrt(self):
+        return self.wrt if self.sensitivities else self.wrt[:0]
 
     def make_node(self, *inputs):
         inputs = [pt.as_tensor_variable(x).astype("float64") for x in inputs]
@@ -84,7 +102,7 @@ class OdeSolveOp(Op):
         params, f_values, lags = self._arguments(inputs)
         s = self.structure
         solution = solve(s.compiled, self.prepared, params, f_values, lags, s.dose_compartment,
-                         wrt=self.wrt, options=s.options)
+                         wrt=self._sensitivity_wrt, options=s.options)
         failed = int((solution.status != 0).sum())
         self.counter[_SOLVES] += 1
         if failed:
@@ -96,7 +114,7 @@ class OdeSolveOp(Op):
     def grad(self, inputs, output_grads):
         if not isinstance(output_grads[1].type, DisconnectedType):
             raise NotImplementedError("the Jacobian output of an ODE solve has no gradient")
-        prediction, jacobian = self(*inputs)
+        prediction, jacobian = self._variant(True)(*inputs)
         weighted = output_grads[0][:, None] * jacobian
         subject = pt.as_tensor_variable(_point_subjects(self.prepared))
         n_subjects = self.prepared.n_subjects
@@ -197,6 +215,19 @@ def guard_logp(logp, prediction):
     return pt.switch(pt.eq(penalty, 0.0), rebuilt, -np.inf)
 
 
+def _register_rewrite():
+    from pytensor.graph.rewriting.basic import node_rewriter
+    from pytensor.tensor.rewriting.basic import register_specialize
+
+    @register_specialize
+    @node_rewriter([OdeSolveOp])
+    def ode_solve_without_sensitivities(fgraph, node):
+        """Skip the sensitivity states of a solve whose Jacobian output nothing uses."""
+        if not node.op.sensitivities or fgraph.clients[node.outputs[1]]:
+            return None
+        return node.op._variant(False)(*node.inputs)
+
+
 def _point_subjects(prepared) -> np.ndarray:
     counts = np.diff(prepared.point_start)
     return np.repeat(np.arange(prepared.n_subjects), counts).astype(np.int64)
@@ -221,12 +252,14 @@ def _register_numba():
         doses, points = prep.doses, prep.points
         dose_start, point_start = prep.dose_start, prep.point_start
         wrt = op.wrt
+        sens_wrt = op._sensitivity_wrt
         fixed_params, fixed_f, fixed_lag = op.fixed_params, op.fixed_f, op.fixed_lag
         rtol, atol, max_steps = s.options.rtol, s.options.atol, s.options.max_steps
         explicit_first = s.options.method == "auto"
         major = SUNDIALS_VERSION[0]
         counter_address = op.counter.ctypes.data
         n_points, n_wrt, n_subjects = points.shape[0], len(wrt), prep.n_subjects
+        n_sens = len(sens_wrt)
         solve_subjects = _native.solve_subjects
         atomic_add = _native.atomic_add
 
@@ -244,11 +277,11 @@ def _register_numba():
                 else:
                     lags[:] = inputs_matrix[k]
             pred = np.zeros(n_points)
-            jac = np.zeros((n_points, n_wrt))
+            jac = np.zeros((n_points, n_sens))
             status = np.zeros(n_subjects, dtype=np.int64)
             solve_subjects(api, model, dims, doses, points, dose_start, point_start, params,
-                           f_values, lags, wrt, rtol, atol, max_steps, explicit_first, major,
-                           pred, jac, status)
+                           f_values, lags, sens_wrt, rtol, atol, max_steps, explicit_first,
+                           major, pred, jac, status)
             failed = 0
             for s_ in range(n_subjects):
                 if status[s_] != 0:
@@ -269,4 +302,5 @@ def _register_numba():
         return numba.njit(namespace["ode_solve"])
 
 
+_register_rewrite()
 _register_numba()

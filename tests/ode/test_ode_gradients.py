@@ -99,3 +99,25 @@ def test_op_gradient_matches_closed_form_gradient(mode):
         outputs.append(pytensor.function([x], [loss, pytensor.grad(loss, x)], mode=mode)(x0))
     np.testing.assert_allclose(outputs[0][0], outputs[1][0], rtol=1e-7)
     np.testing.assert_allclose(outputs[0][1], outputs[1][1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["FAST_RUN", "NUMBA"])
+def test_values_only_graph_skips_sensitivities_and_counts_on_the_model_op(mode):
+    from popkin.ode import solve_failures
+    from popkin.ode.op import OdeSolveOp
+
+    model = ode_structure_from_block(BLOCK).with_options(rtol=1e-10, atol=1e-10)
+    events = build_event_table(read_dataset(_frame()), model)
+    x = pt.vector("x")
+    prediction = model.predict(events, {"KA": pt.exp(x[0]), "VMAX": 8.0, "KM": 2.0,
+                                        "V": pt.exp(x[1])})
+    values = pytensor.function([x], prediction, mode=mode)
+    loss = (prediction ** 2).sum()
+    with_grad = pytensor.function([x], [prediction, pytensor.grad(loss, x)], mode=mode)
+    ops = [node.op for node in values.maker.fgraph.apply_nodes
+           if isinstance(node.op, OdeSolveOp)]
+    assert [op.sensitivities for op in ops] == [False]
+    before = solve_failures(prediction).solves
+    x0 = np.array([np.log(1.2), np.log(20.0)])
+    np.testing.assert_allclose(values(x0), with_grad(x0)[0], rtol=1e-8)
+    assert solve_failures(prediction).solves == before + 2
