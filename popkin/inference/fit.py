@@ -84,14 +84,19 @@ def fit(
         seed = int(np.random.SeedSequence().entropy % (2**31))
     start = time.perf_counter()
     if method == "nuts" and sampler == "nutpie":
-        built, idata = _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, cores)
+        built, idata, failures = _nutpie(spec, dataset, chains, draws, tune, seed, target_accept,
+                                         progress, cores)
     else:
         built = build_pymc_model(spec, dataset)
+        before = _failures(built)
         idata = _other(built, method, chains, draws, tune, seed, target_accept, progress, cores)
+        failures = _failures(built) - before
     seconds = time.perf_counter() - start
     idata.attrs.update({"popkin_method": method if method != "nuts" else f"nuts ({sampler})",
-                        "popkin_seed": int(seed), "popkin_seconds": round(seconds, 3)})
-    result = Fit(idata=idata, spec=spec, data=dataset, built=built, method=method, seconds=seconds)
+                        "popkin_seed": int(seed), "popkin_seconds": round(seconds, 3),
+                        "popkin_ode_failures": int(failures)})
+    result = Fit(idata=idata, spec=spec, data=dataset, built=built, method=method, seconds=seconds,
+                 ode_failures=int(failures))
     for message in result.warnings:
         warnings.warn(message, stacklevel=2)
     return result
@@ -117,10 +122,24 @@ def _design_key(spec: ModelSpec, data: Dataset) -> str:
     return h.hexdigest()
 
 
+def _failures(built: PopulationModel) -> int:
+    """Failed ODE solves counted so far by the model's solver Ops (0 for closed forms).
+
+    Solves run in this process (nutpie's threads, PyMC with one core) are counted; PyMC's
+    worker processes keep their own counts.
+    """
+    if not built.ode_ops:
+        return 0
+    from ..ode import solve_failures
+
+    return solve_failures(built.ode_ops).failed_solves
+
+
 def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, cores):
     import nutpie
 
     key = _design_key(spec, dataset)
+    cached = None
     if key in _CACHE:
         cached, compiled = _CACHE[key]
         _CACHE.move_to_end(key)
@@ -132,6 +151,7 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
     else:
         built = build_pymc_model(spec, dataset)
         compiled = nutpie.compile_pymc_model(built.model, backend="numba")
+        cached = built
         _CACHE[key] = (built, compiled)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
@@ -139,8 +159,9 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
                   target_accept=target_accept)
     if cores is not None:
         kwargs["cores"] = cores
+    before = _failures(cached)             # the Ops the compiled sampler calls
     idata = nutpie.sample(compiled, **kwargs)
-    return built, idata
+    return built, idata, _failures(cached) - before
 
 
 def _other(built: PopulationModel, method, chains, draws, tune, seed, target_accept, progress, cores):

@@ -43,6 +43,7 @@ class Fit:
     built: PopulationModel | None = None
     method: str = "nuts"
     seconds: float = float("nan")
+    ode_failures: int = 0      # log-density evaluations whose ODE solve failed, during the fit
     _summary: pd.DataFrame | None = field(default=None, repr=False)
 
     # -- the PyMC model -----------------------------------------------------------------------
@@ -101,10 +102,6 @@ class Fit:
             return 0
         return int(stats["diverging"].sum())
 
-    @property
-    def ode_failures(self) -> int:
-        """Log-density evaluations whose ODE solve failed (counted by the solver)."""
-        return int(sum(int(op.counter[1]) for op in self.model.ode_ops if hasattr(op, "counter")))
 
     @property
     def warnings(self) -> list[str]:
@@ -123,6 +120,10 @@ class Fit:
         if len(low):
             out.append(f"Bulk ESS below {ESS_LIMIT} for {', '.join(low['parameter'])}: too few "
                        "effective draws for stable intervals; run more draws.")
+        if self.ode_failures:
+            out.append(f"{self.ode_failures} log-density evaluation(s) had a failed ODE solve and "
+                       "were rejected; if many, check the parameter ranges or loosen the solver "
+                       "tolerances.")
         if self.divergences:
             n = self.idata.posterior.sizes["chain"] * self.idata.posterior.sizes["draw"]
             out.append(f"{self.divergences} divergent transition(s) of {n} draws: the posterior may "
@@ -247,4 +248,5 @@ class Fit:
         data = read_dataset(directory / "data.csv")
         method = str(idata.attrs.get("popkin_method", "nuts")).split(" ")[0]
         return cls(idata=idata, spec=spec, data=data, method=method,
-                   seconds=float(idata.attrs.get("popkin_seconds", np.nan)))
+                   seconds=float(idata.attrs.get("popkin_seconds", np.nan)),
+                   ode_failures=int(idata.attrs.get("popkin_ode_failures", 0)))

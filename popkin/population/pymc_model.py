@@ -303,6 +303,7 @@ def build_pymc_model(spec: ModelSpec, data: Dataset) -> PopulationModel:
         frequencies = {cov: _frequencies(pm, col, design, entries) for cov, col in columns.items()}
 
         # level 2: individual parameters, one per event-table subject (copies included)
+        identity = len(copy_subject) == len(subjects)
         params = {}
         for p in spec.parameters:
             value = typical[p.name]
@@ -311,18 +312,26 @@ def build_pymc_model(spec: ModelSpec, data: Dataset) -> PopulationModel:
                                       columns.get(e.covariate))
                 value = value * e.multiplier(ops, column, effect_values[(p.name, e.covariate)])
             if p.name in etas:
-                value = value * pt.exp(etas[p.name][copy_subject])
+                eta = etas[p.name] if identity else etas[p.name][copy_subject]
+                value = value * pt.exp(eta)
             if p.name in occasion_params:
                 value = value * pt.exp(_occasion_effect(pm, p, occasions, entries))
-            params[p.name] = value * np.ones(len(copy_subject))
+            if value.ndim == 0:
+                value = pt.alloc(value, len(copy_subject))
+            params[p.name] = value
 
         # level 1: predictions and the likelihood
         ode_ops = []
         prediction = spec.structure.predict(events, params)
-        prediction = prediction * np.asarray(spec.output_scale)[events.point_dvid - 1]
+        if any(f != 1.0 for f in spec.output_scale):
+            prediction = prediction * np.asarray(spec.output_scale)[events.point_dvid - 1]
         if _is_ode(spec):
-            prediction = _guard_failed_solves(pm, pt, prediction)
+            from ..ode import guard_prediction
+
             ode_ops = _find_ode_ops(prediction)
+            prediction, penalty = guard_prediction(prediction)
+            # a failed solve makes the log-density -inf (the draw is rejected), never an error
+            pm.Potential("ode_solve_failed", penalty)
         sigmas = _sigmas(pm, spec, entries)
         # subjects with missing levels are summed over their copies; with iov, a subject's
         # several event-table subjects are occasions, all observed
@@ -515,7 +524,7 @@ def _distribution(pm, pt, ops, err, sigmas, mu):
 def _observe(pm, pt, ops, model, name, err, sigmas, prediction, events, points):
     dim = f"{name}_row"
     model.add_coord(dim, events.point_row[points])
-    mu = prediction[points]
+    mu = prediction if _is_all(points, events.n_points) else prediction[points]
     lloq = events.point_lloq[points]
     censored = ~np.isnan(lloq)
     dv = np.where(censored, lloq, events.point_dv[points])
@@ -526,10 +535,15 @@ def _observe(pm, pt, ops, model, name, err, sigmas, prediction, events, points):
         lower = pm.Data(f"{name}_lloq", np.where(censored, lloq, -np.inf), dims=dim)
         pm.Censored(name, dist, lower=lower, upper=None, observed=data, dims=dim)
     elif err.model == "exponential":
-        pm.LogNormal(name, mu=pt.log(pt.maximum(mu, 1e-300)), sigma=err.sd(ops, mu, sigmas),
+        pm.LogNormal(name, mu=pt.log(pt.maximum(mu, 1e-300)), sigma=sigmas["sigma_exp"],
                      observed=data, dims=dim)
     else:
-        pm.Normal(name, mu=mu, sigma=err.sd(ops, mu, sigmas), observed=data, dims=dim)
+        sd = sigmas["sigma_add"] if err.model == "additive" else err.sd(ops, mu, sigmas)
+        pm.Normal(name, mu=mu, sigma=sd, observed=data, dims=dim)
+
+
+def _is_all(points: np.ndarray, n: int) -> bool:
+    return len(points) == n and bool(np.all(points == np.arange(n)))
 
 
 def _pointwise_logp(pm, pt, ops, err, sigmas, prediction, events, points):
@@ -583,13 +597,6 @@ def _mixture(pm, pt, model, events, copy_subject, assignments, columns, frequenc
     pm.Deterministic("missing_level_probability", probs, dims=("missing_subject", "combination"))
     best = pt.as_tensor_variable(index)[np.arange(len(mixed)), pt.argmax(table, axis=1)]
     return [(subjects[i], lab) for i, lab in zip(mixed, labels)], mixed, best
-
-
-def _guard_failed_solves(pm, pt, prediction):
-    """A failed ODE solve (NaN prediction) makes the log-density -inf, with finite gradients."""
-    bad = pt.isnan(prediction)
-    pm.Potential("ode_solve_failed", pt.switch(pt.any(bad), -np.inf, 0.0))
-    return pt.switch(bad, 1.0, prediction)
 
 
 def _find_ode_ops(prediction):

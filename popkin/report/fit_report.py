@@ -106,9 +106,6 @@ def fit_report(fit) -> HtmlDocument:
         doc.paragraph(f"Model reference: {spec.reference}", css="meta")
     doc.heading("Diagnostics")
     warnings = fit.warnings
-    if fit.ode_failures:
-        warnings = warnings + [f"{fit.ode_failures} log-density evaluation(s) had a failed ODE "
-                               "solve and were rejected."]
     if warnings:
         doc.notes(warnings)
     else:

@@ -189,7 +189,12 @@ class LinearCompartmentModel:
             return ops.asarray(np.zeros(events.n_points))
         amount = None
         for (oral_route, mode), (pieces, where) in buckets.items():
-            summed = ops.scatter_add(events.n_points, np.concatenate(where), ops.concatenate(pieces))
+            index = np.concatenate(where)
+            if len(index) == events.n_points and np.array_equal(index, np.arange(events.n_points)):
+                # one dose acting on each point, in point order (single-dose studies): no sum
+                summed = pieces[0] if len(pieces) == 1 else ops.concatenate(pieces)
+            else:
+                summed = ops.scatter_add(events.n_points, index, ops.concatenate(pieces))
             weight = (oral_weights if oral_route else iv_weights)[mode]
             if weight is not None:
                 summed = ops.take(weight, plan.point_subject) * summed
