@@ -69,7 +69,7 @@ PUBLISHED: dict[str, tuple[Published, ...]] = {
     "phenobarbital": (
         _from_se("CL", 0.00469555, 0.000210036),
         _from_se("V", 0.984258, 0.0268952),
-        _from_se("V:APGAR_LOW[1]", 1.0 + 0.15892, 0.0837623),
+        _from_se("V:APGAR[<5]", 1.0 + 0.15892, 0.0837623),
         _from_se("omega_CL", 0.171321, 0.0391526),
         _from_se("omega_V", 0.167051, 0.0223779),
         _from_se("sigma_prop", 0.115069, 0.00990444),
@@ -92,23 +92,13 @@ MODELS = {"theophylline": "theophylline", "phenobarbital": "phenobarbital",
           "warfarin_pk": "warfarin_pk"}
 
 
-def phenobarbital_data() -> pd.DataFrame:
-    """nlme::Phenobarb with ``APGAR_LOW`` = 1 when the 5-minute Apgar score is below 5.
-
-    A spec can only give a factor per data level, so the threshold of the published model
-    (``IF (APGR.LT.5)``) is expressed as this derived column.
-    """
-    data = examples.phenobarbital()
-    return data.assign(APGAR_LOW=(data["APGAR"] < 5).astype(int))
-
-
 def warfarin_pk_data() -> pd.DataFrame:
     """The O'Reilly warfarin data without the PCA records (DVID 2): a PK-only model has one output."""
     data = examples.warfarin()
     return data[(data["DVID"] == 1) | (data["EVID"] != 0)].reset_index(drop=True)
 
 
-DATA = {"theophylline": examples.theophylline, "phenobarbital": phenobarbital_data,
+DATA = {"theophylline": examples.theophylline, "phenobarbital": examples.phenobarbital,
         "warfarin_pk": warfarin_pk_data}
 
 

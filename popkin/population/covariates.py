@@ -13,6 +13,8 @@ exponential ``exp(coefficient * (x - reference))``                          coef
 categorical one factor per level, the reference level = 1                   effects, estimate
 genotype    one factor per genotype, the reference genotype = 1             effects, frequencies
 alleles     mean of per-allele activities (Hamberg 2010), reference = 1     effects, frequencies
+threshold   ``factor`` below (or at/above) a cut-off, 1 otherwise, e.g.     below | above, factor
+            Apgar < 5 on V (NONMEM ``IF (APGR.LT.5)``)
 activity_   ``r + (1 - r) * score / reference``: CYP2D6-style activity     residual, activities
 score       score (a number, or a diplotype scored with ``activities``);
             ``r`` is the fraction left at score 0 (other pathways)
@@ -70,6 +72,9 @@ class CovariateEffect:
         """Names of the effect's values in fit summaries (``CL:WT``, ``CL:CYP3A5[*1/*1]``)."""
         if self.kind in ("power", "linear", "exponential", "activity_score"):
             return [f"{self.parameter}:{self.covariate}"]
+        if self.kind == "threshold":
+            side, cut = self.reference
+            return [f"{self.parameter}:{self.covariate}[{'<' if side == 'below' else '>='}{cut:g}]"]
         return [f"{self.parameter}:{self.covariate}[{k}]" for k in self.values]
 
     def multiplier(self, ops, column, values: Mapping[str, Any] | None = None):
@@ -357,14 +362,39 @@ class _ActivityScore:
         return out
 
 
+@_register("threshold")
+class _Threshold:
+    """A factor for values below ``below`` (or at or above ``above``), 1 for the others."""
+
+    @staticmethod
+    def parse(table, parameter, where):
+        sides = [k for k in ("below", "above") if k in table]
+        if len(sides) != 1:
+            raise SpecError(f"{where}: a threshold effect needs exactly one of below = X or above = X")
+        cut = _number(table, sides[0], where)
+        factor = _number(table, "factor", where)
+        if factor <= 0:
+            raise SpecError(f"{where}: factor must be positive")
+        return dict(reference=(sides[0], cut), values={"factor": factor})
+
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        side, cut = effect.reference
+        hit = (column < cut) if side == "below" else (column >= cut)
+        return 1.0 + (values["factor"] - 1.0) * hit.astype(float)
+
+    encode = staticmethod(_continuous_encode)
+
+
 _COMMON_KEYS = {"kind", "covariate", "reference", "estimate", "prior_sd"}
 _KIND_KEYS = {
     "power": {"exponent", "impute"}, "linear": {"coefficient", "impute"},
     "exponential": {"coefficient", "impute"},
     "categorical": {"effects", "frequencies"}, "genotype": {"effects", "frequencies"},
     "alleles": {"effects", "frequencies"}, "activity_score": {"residual", "activities", "impute"},
+    "threshold": {"below", "above", "factor", "impute"},
 }
-CONTINUOUS_KINDS = ("power", "linear", "exponential", "activity_score")
+CONTINUOUS_KINDS = ("power", "linear", "exponential", "activity_score", "threshold")
 LEVEL_KINDS = ("categorical", "genotype", "alleles")
 
 

@@ -19,7 +19,7 @@ correlation (block Omega)    ``LKJ(eta = 2)``                                   
 power exponent               ``Normal(exponent, 0.5)``                          ``prior_sd``
 linear / exponential coef.   ``Normal(coefficient, 0.5 / |reference|)``         ``prior_sd``
                              (``0.5`` when the reference is 0)
-level factor, allele         ``LogNormal(log(factor), 0.5)`` (factor 1 when     ``prior_sd``
+level or threshold factor,   ``LogNormal(log(factor), 0.5)`` (factor 1 when     ``prior_sd``
 activity                     the spec gives none)
 activity-score residual      ``logit(r) ~ Normal(logit(residual), 1)``          ``prior_sd``
 residual error ``sigma_*``   ``HalfNormal(s / 0.6745)``: prior median = spec    the spec's value
@@ -64,7 +64,7 @@ __all__ = ["PopulationModel", "build_pymc_model", "split_occasions", "SIGMA_MEDI
 
 SIGMA_MEDIAN_TO_SCALE = 1.0 / 0.6744897501960817     # HalfNormal(s) has median 0.6745 s
 DEFAULT_PRIOR_SD = {"power": 0.5, "linear": 0.5, "exponential": 0.5, "categorical": 0.5,
-                    "genotype": 0.5, "alleles": 0.5, "activity_score": 1.0}
+                    "genotype": 0.5, "alleles": 0.5, "activity_score": 1.0, "threshold": 0.5}
 
 
 @dataclass(frozen=True)
@@ -386,9 +386,13 @@ def _check_observations(spec: ModelSpec, data: Dataset) -> None:
         raise DatasetError([Problem("the dataset has no observations to fit (EVID 0 with MDV 0)")],
                            data.source)
     n_out = len(spec.errors)
-    for _, r in obs[(obs["DVID"] < 1) | (obs["DVID"] > n_out)].head(5).iterrows():
-        problems.append(Problem(f"DVID {r['DVID']} but model {spec.name!r} has {n_out} output(s)",
-                                row=int(r["row"]), subject=r["ID"], column="DVID"))
+    outside = obs[(obs["DVID"] < 1) | (obs["DVID"] > n_out)]
+    for _, r in outside.head(5).iterrows():
+        problems.append(Problem(
+            f"DVID {int(r['DVID'])} but model {spec.name!r} has {n_out} output(s) "
+            f"({', '.join(spec.structure.outputs)}); {len(outside)} observation(s) in all — "
+            "drop them or set MDV = 1 to fit this model to the other outputs",
+            row=int(r["row"]), subject=r["ID"], column="DVID"))
     for k, err in enumerate(spec.errors):
         if err.model != "exponential":
             continue
@@ -418,6 +422,9 @@ def _effect_values(pm, pt, model, e: CovariateEffect, entries):
             sd = sd / abs(e.reference)
         entries.append(SummaryEntry(name, name))
         return {"coefficient": pm.Normal(name, mu=e.values["coefficient"], sigma=sd)}
+    if e.kind == "threshold":
+        entries.append(SummaryEntry(name, name))
+        return {"factor": pm.LogNormal(name, mu=np.log(e.values["factor"]), sigma=sd)}
     if e.kind == "activity_score":
         r0 = e.values["residual"]
         logit = pm.Normal(f"{name}_logit", mu=np.log(r0 / (1 - r0)), sigma=sd)

@@ -201,6 +201,9 @@ def _impute(values: np.ndarray, effect: CovariateEffect) -> np.ndarray:
     if effect.impute == "median":
         fill = float(np.median(values[~missing])) if (~missing).any() else effect.reference
     elif effect.impute == "reference":
+        if effect.kind == "threshold":
+            raise SpecError(f"a threshold effect of {effect.covariate} has no reference value; "
+                            "impute with \"median\" or a number")
         fill = effect.reference
     else:
         fill = float(effect.impute)

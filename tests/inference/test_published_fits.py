@@ -10,6 +10,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "reproduce_published_fits.py"
@@ -35,11 +36,18 @@ def test_posterior_covers_published_estimates(reproduction, name):
     assert fit.divergences == 0
 
 
-def test_phenobarbital_apgar_threshold_column(reproduction):
-    data = reproduction.phenobarbital_data()
-    first = data.groupby("ID").first()
-    assert ((first["APGAR"] < 5) == (first["APGAR_LOW"] == 1)).all()
-    assert first["APGAR_LOW"].sum() == 10     # 10 of the 59 neonates had a 5-minute Apgar < 5
+def test_phenobarbital_apgar_threshold(reproduction):
+    import popkin
+
+    spec = popkin.load_model("phenobarbital")
+    effect = spec.parameter("V").covariates[1]
+    assert effect.names == ["V:APGAR[<5]"]
+    design = spec.covariate_design(popkin.read_dataset(popkin.data.examples.phenobarbital()))
+    low = design[("V", "APGAR")] < 5
+    assert low.sum() == 10     # 10 of the 59 neonates had a 5-minute Apgar < 5
+    from popkin.structural.backend import NumpyOps
+    factor = effect.multiplier(NumpyOps, design[("V", "APGAR")])
+    assert np.all(factor[low] == 1.16) and np.all(factor[~low] == 1.0)
 
 
 def test_warfarin_pk_data_keep_doses_and_concentrations_only(reproduction):

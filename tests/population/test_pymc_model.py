@@ -204,3 +204,10 @@ def test_activity_score_scores_diplotypes():
     from popkin.structural.backend import NumpyOps
     effect = spec.parameter("CL").covariates[1]
     assert effect.multiplier(NumpyOps, np.array([0.0, 1.0, 2.0])).tolist() == [0.25, 0.625, 1.0]
+
+
+def test_observations_of_an_output_the_model_lacks_are_counted_and_explained():
+    df = frame(["*3/*3", "*1/*3"], [70.0, 70.0])
+    df["DVID"] = np.where(df["TIME"] > 5, 2, 1)
+    with pytest.raises(DatasetError, match=r"DVID 2 but model 'geno' has 1 output.*4 observation\(s\) in all.*MDV = 1"):
+        build_pymc_model(load_model(SPEC), read_dataset(df))
