@@ -209,6 +209,8 @@ def main(argv=None) -> int:
     # the genotype factors and typical CL mix slowly (about 0.1-0.2 effective draws per draw):
     # 4 x 1000 draws leaves their R-hat at the 1.01 limit, 4 x 2000 clears it
     parser.add_argument("--draws", type=int, default=2000)
+    parser.add_argument("--mass-matrix", choices=("diag", "low_rank"), default="low_rank",
+                        help="nutpie mass-matrix adaptation (low_rank mixes the correlated typical CL\n                        and genotype factors much better)")
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--missing-fraction", type=float, default=MISSING_FRACTION,
                         help="fraction of patients whose genotype the second fit does not see")
@@ -229,7 +231,8 @@ def main(argv=None) -> int:
     partial = data.copy()
     partial.loc[partial["ID"].isin(removed), "CYP3A5"] = np.nan
 
-    settings = dict(chains=args.chains, draws=args.draws, tune=args.tune, progress=False)
+    settings = dict(chains=args.chains, draws=args.draws, tune=args.tune, progress=False,
+                    mass_matrix=args.mass_matrix)
     tables, problems = {}, []
     recovery = None
     for label, frame, seed in (("all genotypes known", data, args.fit_seed),
