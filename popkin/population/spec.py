@@ -41,7 +41,6 @@ from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
-import pandas as pd
 
 from ..data.reader import Dataset
 from ..data.schema import DatasetError, Problem

@@ -85,7 +85,7 @@ def individual_figure(pred: pd.DataFrame, spec, data, *, max_subjects: int = 12)
 def trace_figure(fit):
     import arviz as az
 
-    plt = _pyplot()
+    _pyplot()                       # the non-interactive backend, before ArviZ draws
     names = [e.var for e in fit.model.entries]
     names = list(dict.fromkeys(names))[:12]
     axes = az.plot_trace(fit.idata, var_names=names, compact=True, figsize=(10, 1.6 * len(names)))
