@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
 from .data.schema import DatasetError
 from .population.covariates import SpecError
@@ -47,6 +49,29 @@ def _fit(args) -> int:
         print(f"warning: {message}")
     print(f"wrote {args.out}/: summary.csv, posterior.nc, report.html, model.toml, data.csv "
           f"({result.seconds:.1f} s)")
+    return 0
+
+
+def _vpc(args) -> int:
+    from .diagnostics.vpc import vpc_data, vpc_figure
+    from .inference import Fit
+
+    result = vpc_data(Fit.load(args.fitdir), n_sim=args.n_sim, stratify=args.stratify,
+                      pred_corr=args.pred_corr, seed=args.seed)
+    figure = vpc_figure(result)
+    directory = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(directory, exist_ok=True)
+    # written beside the target and renamed: the figure appears complete or not at all
+    fd, tmp = tempfile.mkstemp(prefix=".vpc-", suffix=os.path.splitext(args.out)[1], dir=directory)
+    os.close(fd)
+    try:
+        figure.savefig(tmp, dpi=120)
+        os.replace(tmp, args.out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"wrote {args.out}: {'prediction-corrected ' if args.pred_corr else ''}VPC, "
+          f"{args.n_sim} replicates, inside-rate {result.inside_rate():.0%}")
     return 0
 
 
@@ -98,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_fit)
+
+    p = sub.add_parser("vpc", help="visual predictive check of a fit (PNG, PDF or SVG)")
+    p.add_argument("fitdir", help="fit folder written by `popkin fit`")
+    p.add_argument("--out", required=True, help="output figure file")
+    p.add_argument("--stratify", default=None, help="data column: one panel per value")
+    p.add_argument("--pred-corr", action="store_true", help="prediction-corrected VPC")
+    p.add_argument("--n-sim", type=int, default=200, help="replicate datasets (default: 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_vpc)
 
     p = sub.add_parser("models", help="list the models in the library")
     p.set_defaults(func=_models)
