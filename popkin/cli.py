@@ -90,6 +90,67 @@ def _models(args) -> int:
     return 0
 
 
+def _gof(args) -> int:
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .diagnostics.residuals import npde, residual_figure
+    from .inference import Fit
+    from .report.figures import _pyplot
+    from .report.fit_report import gof_figure
+
+    result = Fit.load(args.fitdir)
+    frame = npde(result, n_sim=args.n_sim, seed=args.seed)
+    figures = {"dv_vs_pred.png": gof_figure(result.predictions(), result.spec)}
+    for name, panel in (("npde_vs_time.png", "TIME"), ("npde_vs_pred.png", "PRED"),
+                        ("npde_qq.png", "QQ")):
+        figures[name] = residual_figure(frame, result.spec, panels=(panel,))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written to a staging folder and moved: the files appear together or not at all
+    staging = Path(tempfile.mkdtemp(prefix=".popkin-gof-", dir=out.parent))
+    try:
+        frame.to_csv(staging / "npde.csv", index=False, float_format="%.6g")
+        for name, figure in figures.items():
+            figure.savefig(staging / name, dpi=120)
+        out.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for figure in figures.values():
+            _pyplot().close(figure)
+    x = frame["NPDE"]
+    print(f"wrote {out}/: dv_vs_pred.png, npde_vs_time.png, npde_vs_pred.png, npde_qq.png, "
+          f"npde.csv (NPDE mean {x.mean():.2f}, SD {x.std():.2f}, {len(x)} observations)")
+    return 0
+
+
+def _compare(args) -> int:
+    from pathlib import Path
+
+    from .diagnostics.compare import compare
+    from .inference import Fit
+
+    names = [Path(d).name or str(d) for d in args.fitdirs]
+    if len(set(names)) < len(names):
+        names = list(args.fitdirs)
+    fits = {name: Fit.load(d) for name, d in zip(names, args.fitdirs)}
+    try:
+        table = compare(fits)
+    except ValueError as exc:
+        print(f"popkin compare: error: {exc}", file=sys.stderr)
+        return 2
+    with _pandas_wide():
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        table.to_csv(args.out, index=False, float_format="%.6g")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="popkin", description="Bayesian population PK/PD modelling.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-sim", type=int, default=200, help="replicate datasets (default: 200)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_vpc)
+
+    p = sub.add_parser("gof", help="goodness-of-fit figures of a fit: DV vs PRED/IPRED and NPDE")
+    p.add_argument("fitdir", help="fit folder written by `popkin fit`")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n-sim", type=int, default=500, help="simulations per subject (default: 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_gof)
+
+    p = sub.add_parser("compare", help="rank fits of the same data by PSIS-LOO")
+    p.add_argument("fitdirs", nargs="+", help="fit folders written by `popkin fit`")
+    p.add_argument("--out", default=None, help="also write the table to this CSV file")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("models", help="list the models in the library")
     p.set_defaults(func=_models)
