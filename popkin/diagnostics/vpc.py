@@ -101,10 +101,10 @@ def vpc_data(
     dvid
         The output to check (1-based DVID).
 
-    Examples
-    --------
-    >>> result = vpc_data(fit, n_sim=100, pred_corr=True)      # doctest: +SKIP
-    >>> result.percentiles[["bin", "percentile", "observed", "sim_lo", "sim_hi"]]  # doctest: +SKIP
+    Example (exercised in ``tests/diagnostics/test_vpc.py``)::
+
+        result = vpc_data(fit, n_sim=100, pred_corr=True)
+        result.percentiles[["bin", "percentile", "observed", "sim_lo", "sim_hi"]]
     """
     spec, data = fit.spec, fit.data
     if not 1 <= dvid <= len(spec.errors):

@@ -94,6 +94,30 @@ def trace_figure(fit):
     return fig
 
 
+def _predictive_sections(doc: HtmlDocument, fit) -> None:
+    """VPC per output and NPDE: simulations from the posterior on the observed design."""
+    from ..diagnostics import npde, residual_figure, vpc_data, vpc_figure
+
+    doc.heading("Visual predictive check")
+    for k, out in enumerate(fit.spec.structure.outputs, start=1):
+        if not (fit.data.observations["DVID"] == k).any():
+            continue
+        result = vpc_data(fit, n_sim=200, seed=1, dvid=k)
+        doc.figure(vpc_figure(result), caption=(
+            f"VPC of {out}: observed 5th, 50th and 95th percentiles per time bin (lines) against "
+            f"the 90% intervals of the same percentiles in 200 posterior predictive replicates "
+            f"(bands); {100 * result.inside_rate():.0f}% of observed percentiles lie inside."))
+    doc.heading("Normalised prediction distribution errors")
+    residuals = npde(fit, n_sim=500, seed=1)
+    values = residuals["NPDE"].to_numpy(float)
+    values = values[np.isfinite(values)]
+    doc.paragraph(f"NPDE mean {values.mean():.2f} (0 expected), SD {values.std(ddof=1):.2f} "
+                  "(1 expected). A trend against time or prediction points to a structural "
+                  "misfit.")
+    doc.figure(residual_figure(residuals, fit.spec), caption="NPDE against time and population "
+               "prediction, with a normal quantile plot.")
+
+
 def fit_report(fit) -> HtmlDocument:
     spec = fit.spec
     doc = HtmlDocument(f"Population fit: {spec.name}")
@@ -125,6 +149,7 @@ def fit_report(fit) -> HtmlDocument:
     doc.figure(gof_figure(pred, spec), caption="Observed against population and individual "
                                                  "predictions (posterior medians).")
     doc.figure(individual_figure(pred, spec, fit.data), caption="Individual fits.")
+    _predictive_sections(doc, fit)
     if fit.method == "nuts":
         doc.heading("Chains")
         doc.figure(trace_figure(fit), caption="Posterior densities per chain and traces.")
