@@ -82,6 +82,54 @@ def individual_figure(pred: pd.DataFrame, spec, data, *, max_subjects: int = 12)
     return fig
 
 
+def covariate_figure(fit):
+    """Posterior mean of each subject's eta against each covariate (covariate screening)."""
+    post = fit.idata.posterior
+    random = list(fit.model.random)
+    covariates = [c for c in fit.data.covariates if c in fit.data.records]
+    if not random or not covariates:
+        return None
+    plt = _pyplot()
+    base = fit.data.baseline(covariates)
+    fig, axes = plt.subplots(len(random), len(covariates), squeeze=False,
+                             figsize=(3.2 * len(covariates), 2.6 * len(random)))
+    for i, name in enumerate(random):
+        eta = post[f"eta_{name}"].mean(("chain", "draw")).values
+        for j, cov in enumerate(covariates):
+            ax = axes[i, j]
+            x = pd.to_numeric(base[cov], errors="coerce").to_numpy(float)
+            if np.isfinite(x).sum() >= max(3, 0.8 * len(x)) and len(np.unique(x[np.isfinite(x)])) > 4:
+                ax.scatter(x, eta, s=12, color="#2c5d8a", alpha=0.7)
+                ok = np.isfinite(x)
+                if ok.sum() > 2:
+                    slope, icept = np.polyfit(x[ok], eta[ok], 1)
+                    grid = np.linspace(np.nanmin(x), np.nanmax(x), 20)
+                    ax.plot(grid, icept + slope * grid, color="#d62728", lw=1)
+            else:
+                labels = base[cov].astype(str).to_numpy()
+                levels = sorted(set(labels))
+                ax.boxplot([eta[labels == lv] for lv in levels], tick_labels=levels)
+            ax.axhline(0.0, color="k", lw=0.8)
+            ax.set_xlabel(cov, fontsize=8)
+            ax.set_ylabel(f"eta_{name}", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle("Random effects (posterior means) against covariates: a trend suggests a "
+                 "missing covariate effect", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def rank_figure(fit):
+    import arviz as az
+
+    _pyplot()
+    names = list(dict.fromkeys(e.var for e in fit.model.entries))[:12]
+    axes = az.plot_rank(fit.idata, var_names=names, figsize=(10, 1.2 * ((len(names) + 2) // 3) + 1))
+    fig = np.asarray(axes).ravel()[0].figure
+    fig.tight_layout()
+    return fig
+
+
 def trace_figure(fit):
     import arviz as az
 
@@ -149,10 +197,16 @@ def fit_report(fit) -> HtmlDocument:
     doc.figure(gof_figure(pred, spec), caption="Observed against population and individual "
                                                  "predictions (posterior medians).")
     doc.figure(individual_figure(pred, spec, fit.data), caption="Individual fits.")
+    screening = covariate_figure(fit)
+    if screening is not None:
+        doc.figure(screening, caption="Covariate screening: each subject's random effect "
+                                      "against the covariates in the data.")
     _predictive_sections(doc, fit)
     if fit.method == "nuts":
         doc.heading("Chains")
         doc.figure(trace_figure(fit), caption="Posterior densities per chain and traces.")
+        doc.figure(rank_figure(fit), caption="Rank plots: for well-mixed chains every chain's "
+                                             "ranks are uniform (flat bars).")
     return doc
 
 
