@@ -32,12 +32,14 @@ uniform imputation below the LLOQ.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..inference.draws import covariate_typical, flat, omega, sigma_variable
 from ..structural.backend import NumpyOps
 
 __all__ = ["npde", "pit_residuals", "residual_figure"]
@@ -208,16 +210,16 @@ class _Draws:
         self.scale = np.asarray(fit.spec.output_scale)[self.events.point_dvid - 1]
         self._individual = {p.name: self._stacked(f"{p.name}_i")[:, self.subject_of]
                             for p in fit.spec.parameters}
-        self._eta = {name: self._stacked(f"eta_{name}")[:, self.subject_of] for name in self.random}
         # typical value with the subject's covariates: the individual value without its eta
-        self.typical = {k: v / np.exp(self._eta[k]) if k in self._eta else v
-                        for k, v in self._individual.items()}
+        self.typical = {k: v[self.pick][:, self.subject_of]
+                        for k, v in covariate_typical(post, fit.spec, self.random).items()}
+        if self.random:
+            self._omega_sd, self._omega_corr = omega(post, self.random)
         self._kappa = {p.name: self._stacked(f"kappa_{p.name}")
                        for p in fit.spec.parameters if p.iov > 0}
 
     def _stacked(self, var: str) -> np.ndarray:
-        v = self.post[var].values
-        return v.reshape((-1,) + v.shape[2:])[self.pick]
+        return flat(self.post, var)[self.pick]
 
     def value(self, var: str, d: int):
         return self._stacked(var)[d]
@@ -233,25 +235,15 @@ class _Draws:
         names = list(self.random)
         if not names:
             return {}
-        sd = np.array([float(self.post[f"omega_{n}"].values.reshape(-1)[self.pick[d]])
-                       for n in names])
-        corr = np.eye(len(names))
-        for a, first in enumerate(names):
-            for b, second in enumerate(names):
-                var = f"corr_{first}_{second}"
-                if var in self.post:
-                    corr[a, b] = corr[b, a] = float(self.post[var].values.reshape(-1)[self.pick[d]])
+        sd = self._omega_sd[self.pick[d]]
+        corr = self._omega_corr[self.pick[d]]
         z = rng.standard_normal((n_subjects, len(names))) @ np.linalg.cholesky(corr).T
         return {n: z[:, j] * sd[j] for j, n in enumerate(names)}
 
     def sigmas(self, k: int, d: int) -> dict:
         spec = self.fit.spec
-        multi = len(spec.errors) > 1
-        out = {}
-        for sname in spec.errors[k].sigmas:
-            var = f"{sname}_{spec.structure.outputs[k]}" if multi else sname
-            out[sname] = float(self.post[var].values.reshape(-1)[self.pick[d]])
-        return out
+        return {s: float(flat(self.post, sigma_variable(spec, k, s))[self.pick[d]])
+                for s in spec.errors[k].sigmas}
 
 
 def _observe(spec, draws: _Draws, d: int, prediction: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -260,12 +252,8 @@ def _observe(spec, draws: _Draws, d: int, prediction: np.ndarray, noise: np.ndar
     dvid = draws.events.point_dvid
     for k, err in enumerate(spec.errors):
         sel = dvid == k + 1
-        f = prediction[sel]
-        sd = np.asarray(err.sd(NumpyOps, f, draws.sigmas(k, d)))
-        if err.model == "exponential":
-            out[sel] = np.where(f > 0, f * np.exp(sd * noise[sel]), 0.0)
-        else:
-            out[sel] = f + sd * noise[sel]
+        out[sel] = dataclasses.replace(err, sigmas=draws.sigmas(k, d)).simulate(prediction[sel],
+                                                                                  noise[sel])
     return out
 
 

@@ -22,7 +22,6 @@ below the LLOQ per bin with its simulated 90% interval.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -31,6 +30,7 @@ import pandas as pd
 
 from ..data.events import build_event_table
 from ..data.schema import DatasetError, Problem
+from ..inference.draws import covariate_typical, error_models, omega
 
 __all__ = ["VPCResult", "vpc_data", "vpc_figure"]
 
@@ -122,25 +122,18 @@ def vpc_data(
     n_total = post.sizes["chain"] * post.sizes["draw"]
     pick = rng.choice(n_total, size=n_sim, replace=n_sim > n_total)
 
-    def stacked(var):
-        v = post[var].values
-        return v.reshape((n_total,) + v.shape[2:])
-
     random = [p.name for p in spec.parameters if f"eta_{p.name}" in post]
     # typical value per draw and subject, covariate effects included
-    typical = {}
-    for p in spec.parameters:
-        value = stacked(f"{p.name}_i")
-        if p.name in random:
-            value = value / np.exp(stacked(f"eta_{p.name}"))
-        typical[p.name] = value
+    typical = covariate_typical(post, spec, random)
     scale = np.asarray(spec.output_scale)[events.point_dvid - 1]
     typical_median = {k: np.median(v, axis=0) for k, v in typical.items()}
     pred = np.asarray(spec.structure.predict(events, typical_median)) * scale
 
     sim = np.empty((n_sim, events.n_points))
-    cov = _omega_covariance(post, stacked, random, spec)
-    errors = _draw_errors(post, stacked, spec)
+    if random:
+        sd, corr = omega(post, random)
+        cov = corr * sd[:, :, None] * sd[:, None, :]
+    errors = error_models(post, spec)
     n_subjects = events.n_subjects
     for r, d in enumerate(pick):
         params = {k: v[d] for k, v in typical.items()}
@@ -213,34 +206,6 @@ def vpc_data(
         observations=obs, percentiles=pd.DataFrame(rows),
         blq=pd.DataFrame(blq_rows) if blq_rows else None, edges=edges, pred_corr=pred_corr,
         stratify=stratify, n_sim=n_sim, time_unit=spec.units.get("time", ""), value_label=label)
-
-
-def _omega_covariance(post, stacked, random, spec) -> np.ndarray:
-    """Omega per draw, (draw, k, k), with the block correlations where the spec has them."""
-    sd = np.stack([stacked(f"omega_{name}") for name in random], axis=-1) if random else None
-    if sd is None:
-        return np.zeros((0, 0, 0))
-    corr = np.broadcast_to(np.eye(len(random)), sd.shape + (len(random),)).copy()
-    for block in spec.omega_blocks:
-        for a in block:
-            for b in block:
-                name = f"corr_{a}_{b}"
-                if name in post:
-                    i, j = random.index(a), random.index(b)
-                    corr[:, i, j] = corr[:, j, i] = stacked(name)
-    return corr * sd[:, :, None] * sd[:, None, :]
-
-
-def _draw_errors(post, stacked, spec) -> list[tuple]:
-    """The residual error models of every draw, with that draw's sigmas."""
-    multi = len(spec.errors) > 1
-    per_output = []
-    for k, err in enumerate(spec.errors):
-        values = {s: stacked(f"{s}_{spec.structure.outputs[k]}" if multi else s) for s in err.sigmas}
-        per_output.append((err, values))
-    n_total = next(iter(per_output[0][1].values())).shape[0]
-    return [tuple(dataclasses.replace(err, sigmas={s: float(v[d]) for s, v in values.items()})
-                  for err, values in per_output) for d in range(n_total)]
 
 
 def _lloq(records: pd.DataFrame, censored_at: np.ndarray) -> np.ndarray:

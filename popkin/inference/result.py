@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..data.reader import Dataset, read_dataset
 from ..population.pymc_model import PopulationModel, build_pymc_model
+from .draws import flat
 from ..population.spec import ModelSpec, load_model
 
 __all__ = ["Fit", "SUMMARY_COLUMNS", "RHAT_LIMIT", "ESS_LIMIT"]
@@ -167,8 +168,7 @@ class Fit:
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(n_total, size=min(n_draws, n_total), replace=False))
         def stacked(var):
-            v = post[var].values
-            return v.reshape((n_total,) + v.shape[2:])[pick]
+            return flat(post, var)[pick]
         indiv = {p.name: stacked(f"{p.name}_i")[:, subject_of] for p in spec.parameters}
         etas = {name: stacked(f"eta_{name}")[:, subject_of] for name in self.model.random}
         for p in spec.parameters:
