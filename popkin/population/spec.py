@@ -53,9 +53,9 @@ __all__ = ["ModelSpec", "ParameterSpec", "SpecError", "load_model", "library_mod
 
 LIBRARY = Path(__file__).resolve().parents[2] / "models"
 
-_TOP_KEYS = {"model", "parameters", "error", "ode"}
-_MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega"}
-_PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd", "iov"}
+_TOP_KEYS = {"model", "parameters", "error", "ode", "dosing"}
+_MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega", "covariate_ranges"}
+_PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd", "iov", "rse"}
 _UNIT_KEYS = {"time", "amount", "volume", "concentration"}
 _MASS = {"g": 1.0, "mg": 1e-3, "ug": 1e-6, "µg": 1e-6, "mcg": 1e-6, "ng": 1e-9, "pg": 1e-12}
 _VOLUME = {"l": 1.0, "dl": 0.1, "ml": 1e-3}
@@ -72,6 +72,7 @@ class ParameterSpec:
     centered: bool = False
     typical_sd: float = 1.0      # prior SD of log(typical value)
     iov: float = 0.0             # prior scale of the between-occasion SD (log scale); 0 = none
+    rse: float | None = None     # published relative standard error of the typical value
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class ModelSpec:
     source: str = "<spec>"
     omega_blocks: tuple[tuple[str, ...], ...] = ()   # correlated random effects (LKJ), by parameter
     text: str = field(default="", repr=False, compare=False)   # the TOML the spec was read from
+    # covariate ranges of the data the model was built on: {column: (low, high)}
+    covariate_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict, compare=False)
+    # the [dosing] table as written (defaults for regimen search; read by popkin.dosing)
+    dosing: Mapping = field(default_factory=dict, compare=False)
 
     def parameter(self, name: str) -> ParameterSpec:
         for p in self.parameters:
@@ -270,10 +275,29 @@ def _parse(text: str, source: str) -> ModelSpec:
                         f"{', '.join(missing)}; add a [parameters.{missing[0]}] table")
     errors = _errors(doc, structure, source)
     blocks = _omega_blocks(model.get("omega", "diagonal"), parameters, source)
+    ranges = _covariate_ranges(model.get("covariate_ranges", {}), source)
+    dosing = _table(doc, "dosing", source, required=False)
     return ModelSpec(name=name, structure=structure, parameters=tuple(parameters), errors=errors,
                      units=MappingProxyType(dict(units)), description=str(model.get("description", "")),
                      reference=str(model.get("reference", "")), source=source,
-                     omega_blocks=blocks, text=text)
+                     omega_blocks=blocks, text=text, covariate_ranges=MappingProxyType(ranges),
+                     dosing=MappingProxyType(dict(dosing)))
+
+
+def _covariate_ranges(value, source) -> dict[str, tuple[float, float]]:
+    """``{ WT = [40, 120], ... }``: the covariate range of the data a model was built on."""
+    where = f"{source}: [model].covariate_ranges"
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: must be a table of [low, high] pairs, e.g. {{ WT = [40, 120] }}")
+    ranges = {}
+    for column, pair in value.items():
+        ok = (isinstance(pair, list) and len(pair) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+              and pair[0] <= pair[1])
+        if not ok:
+            raise SpecError(f"{where}.{column}: must be [low, high] with low <= high, not {pair!r}")
+        ranges[str(column)] = (float(pair[0]), float(pair[1]))
+    return ranges
 
 
 def _omega_blocks(value, parameters, source) -> tuple[tuple[str, ...], ...]:
@@ -369,6 +393,11 @@ def _parameter(pname, table, where) -> ParameterSpec:
             math.isfinite(typical_sd) and typical_sd > 0):
         raise SpecError(f"{where}: typical_sd (prior SD of the log typical value) must be a "
                         f"positive number, not {typical_sd!r}")
+    rse = table.get("rse")
+    if rse is not None and (isinstance(rse, bool) or not isinstance(rse, (int, float)) or not (
+            math.isfinite(rse) and rse > 0)):
+        raise SpecError(f"{where}: rse (published relative standard error of the typical value) "
+                        f"must be a positive number, not {rse!r}")
     covs = table.get("covariates", [])
     if not isinstance(covs, list):
         raise SpecError(f"{where}: covariates must be a list of tables")
@@ -379,7 +408,7 @@ def _parameter(pname, table, where) -> ParameterSpec:
             raise SpecError(f"{where}: two effects of covariate {e.covariate!r}")
         seen.add(e.covariate)
     return ParameterSpec(pname, float(typical), float(iiv), effects, centered, float(typical_sd),
-                         float(iov))
+                         float(iov), None if rse is None else float(rse))
 
 
 def _errors(doc, structure, source) -> tuple[ErrorModel, ...]:

@@ -157,3 +157,17 @@ def test_normalise_genotype(label, expected):
 def test_error_model_sd():
     m = spec().with_error("combined", sigma_add=0.5, sigma_prop=0.1)
     np.testing.assert_allclose(m.errors[0].sd(NumpyOps, np.array([0.0, 10.0])), [0.5, math.sqrt(0.25 + 1.0)])
+
+
+def test_published_uncertainty_ranges_and_dosing_defaults():
+    text = (PLAIN.replace("typical = 3.0", "typical = 3.0\nrse = 0.08")
+            .replace("[model]", "[model]\ncovariate_ranges = { WT = [40, 120] }")
+            + '\n[dosing]\nroute = "oral"\nstrengths = [100, 250]\n')
+    m = load_model(text)
+    assert m.parameter("CL").rse == 0.08 and m.parameter("V").rse is None
+    assert m.covariate_ranges == {"WT": (40.0, 120.0)}
+    assert m.dosing["strengths"] == [100, 250]
+    with pytest.raises(SpecError, match=r"covariate_ranges\.WT: must be \[low, high\]"):
+        load_model(PLAIN.replace("[model]", "[model]\ncovariate_ranges = { WT = [120, 40] }"))
+    with pytest.raises(SpecError, match=r"\[parameters.CL\]: rse"):
+        load_model(PLAIN.replace("typical = 3.0", "typical = 3.0\nrse = -1"))
