@@ -12,14 +12,33 @@ from .population.covariates import SpecError
 
 
 def _simulate(args) -> int:
-    from .simulation import simulate, write_table
+    from .simulation import SchedulerError, simulate_to_file
 
-    table = simulate(args.model, args.design, typical=args.typical, seed=args.seed)
-    write_table(table, args.out)
-    n_obs = int((table["EVID"] == 0).sum())
-    print(f"wrote {args.out}: {table['ID'].nunique()} subjects, {len(table)} records "
-          f"({n_obs} simulated observations)")
+    if args.workers is not None and args.scheduler != "local":
+        print("popkin simulate: error: --workers sets the size of --scheduler local; a remote "
+              "scheduler has the workers started there", file=sys.stderr)
+        return 2
+    try:
+        done = simulate_to_file(args.model, args.design, args.out, subjects=args.subjects,
+                                typical=args.typical, seed=args.seed, chunk_size=args.chunk_size,
+                                scheduler=args.scheduler, workers=args.workers,
+                                progress=not args.quiet)
+    except (SchedulerError, ImportError) as exc:
+        print(f"popkin simulate: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {done.path}: {done.subjects} subjects, {done.records} records "
+          f"({done.observations} simulated observations), seed {done.seed}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, not {value}")
+    return value
 
 
 def _demo(args) -> int:
@@ -166,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--typical", action="store_true",
                    help="no between-subject variability: every subject is the typical one")
     p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
+    p.add_argument("--subjects", type=_positive_int, default=None, metavar="N",
+                   help="virtual trial of N subjects: subject k has the records of design subject "
+                        "k mod n_design and ID k + 1 (default: the design's own subjects)")
+    p.add_argument("--chunk-size", type=_positive_int, default=2000, metavar="N",
+                   help="subjects simulated and written at a time; bounds the memory "
+                        "(default: 2000; the output does not depend on it)")
+    p.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
+                   help="run the chunks on Dask: 'local' for a cluster on this machine, or a "
+                        "scheduler address such as tcp://host:8786 (default: serially)")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="worker processes of --scheduler local (default: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress line for long runs")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("fit", help="fit a model to a dataset: summary.csv, posterior.nc, report.html")
