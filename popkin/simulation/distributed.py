@@ -98,7 +98,7 @@ def dask_client(scheduler, *, workers: int | None = None) -> Iterator[Any]:
         # Python/numpy that threads would serialise on the GIL. A failing task's error is raised
         # in the caller, so the workers' own logs of it would only repeat it.
         with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                      dashboard_address=None,
+                                      dashboard_address=":0",
                                       silence_logs=logging.CRITICAL) as cluster, \
                 distributed.Client(cluster) as client:
             yield client
@@ -283,7 +283,11 @@ def _check_serial_workers(workers) -> None:
 
 
 class _Progress:
-    """``label: done/total (pct) elapsed, ~left`` on standard error, quiet for short runs."""
+    """``label: done/total (pct) elapsed, ~left`` on standard error, quiet for short runs.
+
+    A long run ends with a line of its totals; on the way, a terminal line is redrawn twice a
+    second and a log (standard error not a terminal) gets a line every 10 s.
+    """
 
     def __init__(self, label: str, total: int | None, enabled: bool):
         self.label, self.total, self.enabled = label, total, enabled
@@ -297,14 +301,14 @@ class _Progress:
         if not self.enabled:
             return
         now = time.perf_counter()
-        # a terminal line is redrawn twice a second; a log gets a line every 10 s
         if now - self.start >= _PROGRESS_AFTER and now - self.last >= (0.5 if self.tty else 10):
             self.last = now
             self._show(now)
 
     def close(self) -> None:
-        if self.enabled and self.shown:
-            self._show(time.perf_counter())
+        now = time.perf_counter()
+        if self.enabled and (self.shown or now - self.start >= _PROGRESS_AFTER):
+            self._show(now)
             if self.tty:
                 sys.stderr.write("\n")
             sys.stderr.flush()
