@@ -117,12 +117,12 @@ def _gof(args) -> int:
 
     from .diagnostics.residuals import npde, residual_figure
     from .inference import Fit
-    from .report.figures import _pyplot
-    from .report.fit_report import gof_figure
+    from ._plotting import pyplot as _pyplot
+    from .diagnostics.gof import gof_figure
 
     result = Fit.load(args.fitdir)
     frame = npde(result, n_sim=args.n_sim, seed=args.seed)
-    figures = {"dv_vs_pred.png": gof_figure(result.predictions(), result.spec)}
+    figures = {"dv_vs_pred.png": gof_figure(result.predictions(), result.spec, log=args.log)}
     for name, panel in (("npde_vs_time.png", "TIME"), ("npde_vs_pred.png", "PRED"),
                         ("npde_qq.png", "QQ")):
         figures[name] = residual_figure(frame, result.spec, panels=(panel,))
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fitdir", help="fit folder written by `popkin fit`")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n-sim", type=int, default=500, help="simulations per subject (default: 500)")
+    p.add_argument("--log", action="store_true", help="logarithmic axes for DV vs PRED/IPRED")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_gof)
 

@@ -32,15 +32,14 @@ uniform imputation below the LLOQ.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..inference.draws import covariate_typical, flat, omega, sigma_variable
 from ..structural.backend import NumpyOps
+from ._replicates import PosteriorDraws
 
 __all__ = ["npde", "pit_residuals", "residual_figure"]
 
@@ -67,23 +66,9 @@ def npde(fit, n_sim: int = 500, seed: int = 0) -> pd.DataFrame:
         raise ValueError(f"n_sim must be at least 10 (got {n_sim}): the NPDE of an observation "
                          "is a quantile among n_sim simulations")
     rng = np.random.default_rng(seed)
-    draws = _Draws(fit, n_sim, rng)
-    spec, events = fit.spec, draws.events
-    n_sub = len(draws.subject_of)
-    sims = np.empty((draws.n, events.n_points))
-    for d in range(draws.n):
-        params = {}
-        new_eta = draws.new_etas(d, n_sub, rng)
-        for p in spec.parameters:
-            value = draws.typical[p.name][d]
-            if p.name in new_eta:
-                value = value * np.exp(new_eta[p.name][draws.subject_of])
-            if p.iov > 0:
-                sd = draws.value(f"omega_occ_{p.name}", d)
-                value = value * np.exp(sd * rng.standard_normal(len(value)))
-            params[p.name] = value
-        prediction = np.asarray(spec.structure.predict(events, params)) * draws.scale
-        sims[d] = _observe(spec, draws, d, prediction, rng.standard_normal(events.n_points))
+    draws = PosteriorDraws(fit, n_sim, rng)
+    events = draws.events
+    sims = draws.replicates(rng, "population")
     frame = _observations(fit, draws)
     keep = frame.index.to_numpy()
     y = np.array(frame["DV"], dtype=float)
@@ -115,7 +100,7 @@ def pit_residuals(fit, n_draws: int = 500, seed: int = 0) -> pd.DataFrame:
         ``PITRES = Phi^-1(PIT)``; below the LLOQ, ``PIT ~ U(0, mean_d F(LLOQ | ...))``.
     """
     rng = np.random.default_rng(seed)
-    draws = _Draws(fit, n_draws, rng)
+    draws = PosteriorDraws(fit, n_draws, rng)
     spec, events = fit.spec, draws.events
     frame = _observations(fit, draws)
     keep = frame.index.to_numpy()
@@ -124,8 +109,7 @@ def pit_residuals(fit, n_draws: int = 500, seed: int = 0) -> pd.DataFrame:
     cdf = np.zeros(len(frame))
     ipred = np.empty((draws.n, len(frame)))
     for d in range(draws.n):
-        prediction = np.asarray(spec.structure.predict(events, draws.individual(d))) * draws.scale
-        f = prediction[keep]
+        f = draws.predict(draws.individual(d))[keep]
         ipred[d] = f
         for k, err in enumerate(spec.errors):
             sel = dvid == k + 1
@@ -146,7 +130,7 @@ def residual_figure(frame: pd.DataFrame, spec, *, column: str = "NPDE",
 
     One row of panels per output of the model; censored (imputed) rows are drawn as triangles.
     """
-    from ..report.figures import _pyplot
+    from .._plotting import pyplot as _pyplot
 
     plt = _pyplot()
     outputs = spec.structure.outputs
@@ -188,75 +172,6 @@ def residual_figure(frame: pd.DataFrame, spec, *, column: str = "NPDE",
 
 # -- helpers ----------------------------------------------------------------------------------
 
-class _Draws:
-    """Posterior draws picked for a simulation, in the shapes the structural models take."""
-
-    def __init__(self, fit, n: int, rng: np.random.Generator):
-        from ..data.events import build_event_table
-
-        self.fit = fit
-        self.post = post = fit.idata.posterior
-        model = fit.model
-        if model.occasions is None:
-            self.events = build_event_table(fit.data, fit.spec.structure, points="observations")
-            self.subject_of = np.arange(fit.data.n_subjects)
-        else:                  # one event-table subject per occasion
-            self.events = model.events
-            self.subject_of = model.copy_subject
-        self.random = model.random
-        total = post.sizes["chain"] * post.sizes["draw"]
-        self.pick = np.sort(rng.choice(total, size=n, replace=n > total))
-        self.n = n
-        self.scale = np.asarray(fit.spec.output_scale)[self.events.point_dvid - 1]
-        self._individual = {p.name: self._stacked(f"{p.name}_i")[:, self.subject_of]
-                            for p in fit.spec.parameters}
-        # typical value with the subject's covariates: the individual value without its eta
-        self.typical = {k: v[self.pick][:, self.subject_of]
-                        for k, v in covariate_typical(post, fit.spec, self.random).items()}
-        if self.random:
-            self._omega_sd, self._omega_corr = omega(post, self.random)
-        self._kappa = {p.name: self._stacked(f"kappa_{p.name}")
-                       for p in fit.spec.parameters if p.iov > 0}
-
-    def _stacked(self, var: str) -> np.ndarray:
-        return flat(self.post, var)[self.pick]
-
-    def value(self, var: str, d: int):
-        return self._stacked(var)[d]
-
-    def individual(self, d: int) -> dict:
-        out = {k: v[d] for k, v in self._individual.items()}
-        for name, kappa in self._kappa.items():
-            out[name] = out[name] * np.exp(kappa[d])
-        return out
-
-    def new_etas(self, d: int, n_subjects: int, rng: np.random.Generator) -> dict:
-        """Fresh random effects from this draw's Omega (with its correlations, if any)."""
-        names = list(self.random)
-        if not names:
-            return {}
-        sd = self._omega_sd[self.pick[d]]
-        corr = self._omega_corr[self.pick[d]]
-        z = rng.standard_normal((n_subjects, len(names))) @ np.linalg.cholesky(corr).T
-        return {n: z[:, j] * sd[j] for j, n in enumerate(names)}
-
-    def sigmas(self, k: int, d: int) -> dict:
-        spec = self.fit.spec
-        return {s: float(flat(self.post, sigma_variable(spec, k, s))[self.pick[d]])
-                for s in spec.errors[k].sigmas}
-
-
-def _observe(spec, draws: _Draws, d: int, prediction: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Observations from predictions with this draw's residual error."""
-    out = np.empty_like(prediction)
-    dvid = draws.events.point_dvid
-    for k, err in enumerate(spec.errors):
-        sel = dvid == k + 1
-        out[sel] = dataclasses.replace(err, sigmas=draws.sigmas(k, d)).simulate(prediction[sel],
-                                                                                  noise[sel])
-    return out
-
-
 def _cdf(err, f: np.ndarray, y: np.ndarray, sigmas: dict) -> np.ndarray:
     sd = np.asarray(err.sd(NumpyOps, f, sigmas))
     if err.model == "exponential":
@@ -268,7 +183,7 @@ def _cdf(err, f: np.ndarray, y: np.ndarray, sigmas: dict) -> np.ndarray:
                         (y >= f).astype(float))
 
 
-def _observations(fit, draws: _Draws) -> pd.DataFrame:
+def _observations(fit, draws: PosteriorDraws) -> pd.DataFrame:
     """The observed rows, with PRED, indexed by their position in the event table."""
     pred = fit.predictions()
     frame = pred[["ID", "TIME", "DVID", "DV", "CENSORED", "PRED"]]

@@ -2,8 +2,9 @@ r"""Visual predictive checks (VPC), with prediction correction and a BLQ panel.
 
 Each replicate is the observed design simulated anew from the posterior predictive of the
 *population*: one posterior draw gives the population parameters (the typical value of every
-subject, its covariate effects included), new random effects :math:`\eta \sim N(0, \Omega)` and
-the residual error, all from that draw. The 5th, 50th and 95th percentiles of the observations in
+subject, its covariate effects included), new random effects :math:`\eta \sim N(0, \Omega)`,
+new between-occasion deviations when the model has them, and the residual error, all from that
+draw. The 5th, 50th and 95th percentiles of the observations in
 each time bin are compared with the 90% interval of the same percentile over the replicates.
 
 Prediction correction (Bergstrand et al. 2011, AAPS J 13:143-151) divides out the variability
@@ -28,9 +29,8 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data.events import build_event_table
 from ..data.schema import DatasetError, Problem
-from ..inference.draws import covariate_typical, error_models, omega
+from ._replicates import PosteriorDraws
 
 __all__ = ["VPCResult", "vpc_data", "vpc_figure"]
 
@@ -116,44 +116,18 @@ def vpc_data(
             f"cannot stratify by {stratify!r}: no such column in the fitted data (columns: "
             f"{', '.join(data.given_columns)})", column=stratify)], data.source)
 
-    events = build_event_table(data, spec.structure, points="observations")
     rng = np.random.default_rng(seed)
-    post = fit.idata.posterior
-    n_total = post.sizes["chain"] * post.sizes["draw"]
-    pick = rng.choice(n_total, size=n_sim, replace=n_sim > n_total)
-
-    random = [p.name for p in spec.parameters if f"eta_{p.name}" in post]
-    # typical value per draw and subject, covariate effects included
-    typical = covariate_typical(post, spec, random)
-    scale = np.asarray(spec.output_scale)[events.point_dvid - 1]
-    typical_median = {k: np.median(v, axis=0) for k, v in typical.items()}
-    pred = np.asarray(spec.structure.predict(events, typical_median)) * scale
-
-    sim = np.empty((n_sim, events.n_points))
-    if random:
-        sd, corr = omega(post, random)
-        cov = corr * sd[:, :, None] * sd[:, None, :]
-    errors = error_models(post, spec)
-    n_subjects = events.n_subjects
-    for r, d in enumerate(pick):
-        params = {k: v[d] for k, v in typical.items()}
-        if random:
-            chol = np.linalg.cholesky(cov[d] + 1e-12 * np.eye(len(random)))
-            etas = rng.standard_normal((n_subjects, len(random))) @ chol.T
-            for j, name in enumerate(random):
-                params[name] = params[name] * np.exp(etas[:, j])
-        ipred = np.asarray(spec.structure.predict(events, params)) * scale
-        noise = rng.standard_normal(events.n_points)
-        for k, err in enumerate(errors[d]):
-            sel = events.point_dvid == k + 1
-            sim[r, sel] = err.simulate(ipred[sel], noise[sel])
+    draws = PosteriorDraws(fit, n_sim, rng)
+    events = draws.events
+    pred = draws.predict(draws.median_typical())
+    sim = draws.replicates(rng, "population")
 
     keep = events.observed & (events.point_dvid == dvid)
     records = data.records.iloc[events.point_record[keep]]
     censored = ~np.isnan(events.point_lloq[keep])
     lloq = _lloq(records, events.point_lloq[keep])
     obs = pd.DataFrame({
-        "ID": [data.subjects[i] for i in events.point_subject[keep]],
+        "ID": [data.subjects[draws.subject_of[i]] for i in events.point_subject[keep]],
         "TIME": events.point_time[keep],
         "DVID": dvid,
         "DV": np.where(censored, events.point_lloq[keep], events.point_dv[keep]),
@@ -277,7 +251,7 @@ def vpc_figure(result: VPCResult, *, title: str | None = None):
     Shaded: the simulated 90% intervals of the 5th/95th (blue) and 50th (red) percentiles;
     lines: the observed percentiles; points: the observations.
     """
-    from ..report.figures import _pyplot
+    from .._plotting import pyplot as _pyplot
 
     plt = _pyplot()
     strata = list(dict.fromkeys(result.percentiles["stratum"]))

@@ -171,6 +171,8 @@ class Fit:
             return flat(post, var)[pick]
         indiv = {p.name: stacked(f"{p.name}_i")[:, subject_of] for p in spec.parameters}
         etas = {name: stacked(f"eta_{name}")[:, subject_of] for name in self.model.random}
+        # PRED: no random effects at all, between-subject or between-occasion
+        typical = {k: v / np.exp(etas[k]) if k in etas else v for k, v in indiv.items()}
         for p in spec.parameters:
             if p.iov > 0:
                 indiv[p.name] = indiv[p.name] * np.exp(stacked(f"kappa_{p.name}"))
@@ -179,7 +181,7 @@ class Fit:
         ipred = np.empty_like(pred)
         for d in range(len(pick)):
             ind = {k: v[d] for k, v in indiv.items()}
-            typ = {k: v[d] / np.exp(etas[k][d]) if k in etas else v[d] for k, v in indiv.items()}
+            typ = {k: v[d] for k, v in typical.items()}
             ipred[d] = np.asarray(spec.structure.predict(events, ind)) * scale
             pred[d] = np.asarray(spec.structure.predict(events, typ)) * scale
         lloq = events.point_lloq

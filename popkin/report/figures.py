@@ -5,16 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._plotting import pyplot as _pyplot
+
 __all__ = ["prediction_band_figure", "percentile_band"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def percentile_band(sim: pd.DataFrame, value: str = "IPRED",

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from ..diagnostics.gof import gof_figure
 from .figures import _pyplot
 from .html import HtmlDocument
 
@@ -16,37 +17,6 @@ __all__ = ["fit_report", "write_fit_report"]
 def _units(spec) -> tuple[str, str]:
     units = spec.units
     return units.get("time", "time"), units.get("concentration", "concentration")
-
-
-def gof_figure(pred: pd.DataFrame, spec, *, log: bool = False):
-    """Observed against population (PRED) and individual (IPRED) predictions, per output."""
-    plt = _pyplot()
-    outputs = spec.structure.outputs
-    _, conc = _units(spec)
-    fig, axes = plt.subplots(len(outputs), 2, figsize=(9, 4.2 * len(outputs)), squeeze=False)
-    for k, out in enumerate(outputs):
-        rows = pred[(pred["DVID"] == k + 1) & pred["OBSERVED"]]
-        unit = conc if out == "concentration" else out
-        for ax, col, label in ((axes[k, 0], "PRED", "population prediction (PRED)"),
-                               (axes[k, 1], "IPRED", "individual prediction (IPRED)")):
-            cens = rows["CENSORED"].to_numpy()
-            ax.scatter(rows[col][~cens], rows["DV"][~cens], s=12, alpha=0.6, color="#2c5d8a",
-                       label="observed")
-            if cens.any():
-                ax.scatter(rows[col][cens], rows["DV"][cens], s=14, marker="v", color="#d62728",
-                           label="below LLOQ (at LLOQ)")
-            both = np.concatenate([rows[col].to_numpy(float), rows["DV"].to_numpy(float)])
-            both = both[np.isfinite(both) & ((both > 0) if log else True)]
-            lo, hi = (both.min(), both.max()) if len(both) else (0.0, 1.0)
-            ax.plot([lo, hi], [lo, hi], color="k", lw=1, label="identity")
-            if log:
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-            ax.set_xlabel(f"{label} [{unit}]")
-            ax.set_ylabel(f"observed {out} [{unit}]")
-            ax.legend(loc="upper left", fontsize=8, frameon=False)
-    fig.tight_layout()
-    return fig
 
 
 def individual_figure(pred: pd.DataFrame, spec, data, *, max_subjects: int = 12):
@@ -155,6 +125,7 @@ def _predictive_sections(doc: HtmlDocument, fit) -> None:
             f"VPC of {out}: observed 5th, 50th and 95th percentiles per time bin (lines) against "
             f"the 90% intervals of the same percentiles in 200 posterior predictive replicates "
             f"(bands); {100 * result.inside_rate():.0f}% of observed percentiles lie inside."))
+    _statistic_checks(doc, fit)
     doc.heading("Normalised prediction distribution errors")
     residuals = npde(fit, n_sim=500, seed=1)
     values = residuals["NPDE"].to_numpy(float)
@@ -164,6 +135,36 @@ def _predictive_sections(doc: HtmlDocument, fit) -> None:
                   "misfit.")
     doc.figure(residual_figure(residuals, fit.spec), caption="NPDE against time and population "
                "prediction, with a normal quantile plot.")
+
+
+def _statistic_checks(doc: HtmlDocument, fit) -> None:
+    """Posterior and prior predictive checks of summary statistics, per observed output."""
+    from ..diagnostics.predictive import (predictive_check, predictive_check_figure,
+                                          prior_predictive_check)
+
+    doc.heading("Predictive checks of summary statistics")
+    columns = ["statistic", "description", "observed", "sim_q05", "sim_q50", "sim_q95", "p_value"]
+    for k, out in enumerate(fit.spec.structure.outputs, start=1):
+        if not (fit.data.observations["DVID"] == k).any():
+            continue
+        check = predictive_check(fit, n_sim=300, seed=1, dvid=k)
+        doc.notes(check.messages() or [f"{out}: every statistic lies within its posterior "
+                                       "predictive distribution (0.025 <= p <= 0.975)."],
+                  css="warn" if check.flagged else "ok")
+        doc.table(check.table[columns], caption=(
+            f"{out}: statistics of the data against 300 population posterior predictive "
+            "replicates (new subjects with the data's design and covariates); p is the share of "
+            "replicates above the observed value."))
+        doc.figure(predictive_check_figure(check), caption="Replicated statistics (histograms) "
+                   "and the observed value (line; red when outside).")
+        try:
+            prior = prior_predictive_check(fit.spec, fit.data, draws=300, seed=1, dvid=k)
+        except ValueError as exc:          # e.g. every subject has a missing genotype
+            doc.notes([f"prior predictive check not computed: {exc}"])
+            continue
+        doc.table(prior.table[columns], caption=(
+            f"{out}: the same statistics against 300 prior predictive replicates: the priors "
+            "should put the data well inside their (wide) range."))
 
 
 def fit_report(fit) -> HtmlDocument:
@@ -196,6 +197,8 @@ def fit_report(fit) -> HtmlDocument:
     doc.heading("Goodness of fit")
     doc.figure(gof_figure(pred, spec), caption="Observed against population and individual "
                                                  "predictions (posterior medians).")
+    if _spans_decades(pred):
+        doc.figure(gof_figure(pred, spec, log=True), caption="The same on logarithmic axes.")
     doc.figure(individual_figure(pred, spec, fit.data), caption="Individual fits.")
     screening = covariate_figure(fit)
     if screening is not None:
@@ -208,6 +211,13 @@ def fit_report(fit) -> HtmlDocument:
         doc.figure(rank_figure(fit), caption="Rank plots: for well-mixed chains every chain's "
                                              "ranks are uniform (flat bars).")
     return doc
+
+
+def _spans_decades(pred: pd.DataFrame, decades: float = 1.0) -> bool:
+    """Whether the positive observations span more than ``decades`` powers of ten."""
+    dv = pred.loc[pred["OBSERVED"], "DV"].to_numpy(float)
+    dv = dv[np.isfinite(dv) & (dv > 0)]
+    return len(dv) > 1 and np.log10(dv.max() / dv.min()) > decades
 
 
 def write_fit_report(fit, path: str | os.PathLike):

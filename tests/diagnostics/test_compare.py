@@ -42,6 +42,9 @@ def test_compare_and_gof_commands(tmp_path, capsys):
     assert {"dv_vs_pred.png", "npde_vs_time.png", "npde_vs_pred.png", "npde_qq.png",
             "npde.csv"} <= names
     assert np.isfinite(pd.read_csv(gof / "npde.csv")["NPDE"]).all()
+    logged = tmp_path / "gof-log"
+    assert main(["gof", str(tmp_path / "right"), "--out", str(logged), "--n-sim", "100", "--log"]) == 0
+    assert (logged / "dv_vs_pred.png").read_bytes() != (gof / "dv_vs_pred.png").read_bytes()
 
 
 def test_bad_fit_directory_exits_2_without_output(tmp_path, capsys):

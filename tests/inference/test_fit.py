@@ -100,6 +100,7 @@ def test_cli_fit_writes_the_outputs(theo_fit, theo_csv, tmp_path, capsys):
     assert "data:image/png;base64" in html and "http://" not in html and "https://" not in html
     assert "omega_CL" in html
     assert "Visual predictive check" in html and "NPDE mean" in html
+    assert "Predictive checks of summary statistics" in html and "prior predictive replicates" in html
     assert "sigma_add" in capsys.readouterr().out
 
 

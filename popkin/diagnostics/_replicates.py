@@ -1,0 +1,127 @@
+"""Replicate datasets from a fit's posterior, shared by the VPC, the NPDE and the predictive checks.
+
+A *population* replicate takes one posterior draw and simulates the observed design anew:
+the draw's typical values with each subject's covariates, fresh random effects
+:math:`\\eta \\sim N(0, \\Omega)` (correlations included), fresh between-occasion deviations
+:math:`\\kappa \\sim N(0, \\omega_{occ}^2)` per occasion, and residual error. An *individual*
+replicate keeps the subject's own posterior random effects (and occasion deviations) of that
+draw and adds only residual error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from ..data.events import build_event_table
+from ..inference.draws import covariate_typical, flat, omega, sigma_variable
+
+Level = Literal["population", "individual"]
+
+
+class PosteriorDraws:
+    """``n`` posterior draws picked at random, in the shapes the structural models take.
+
+    With between-occasion variability, the event table has one subject per (subject,
+    occasion) as in the fitted model; ``subject_of`` maps it to the data's subjects.
+    """
+
+    def __init__(self, fit, n: int, rng: np.random.Generator):
+        self.fit = fit
+        self.spec = spec = fit.spec
+        self.post = post = fit.idata.posterior
+        model = fit.model
+        if model.occasions is None:
+            self.events = build_event_table(fit.data, spec.structure, points="observations")
+            self.subject_of = np.arange(fit.data.n_subjects)
+        else:
+            self.events = model.events
+            self.subject_of = model.copy_subject
+        self.random = list(model.random)
+        total = post.sizes["chain"] * post.sizes["draw"]
+        self.pick = np.sort(rng.choice(total, size=n, replace=n > total))
+        self.n = n
+        self.scale = np.asarray(spec.output_scale)[self.events.point_dvid - 1]
+        typical = covariate_typical(post, spec, self.random)
+        self._typical_all = typical
+        # typical value with the subject's covariates: the individual value without its eta
+        self.typical = {k: v[self.pick][:, self.subject_of] for k, v in typical.items()}
+        self._individual = {p.name: flat(post, f"{p.name}_i")[self.pick][:, self.subject_of]
+                            for p in spec.parameters}
+        self._kappa = {p.name: flat(post, f"kappa_{p.name}")[self.pick]
+                       for p in spec.parameters if p.iov > 0}
+        self._omega_occ = {p.name: flat(post, f"omega_occ_{p.name}")[self.pick]
+                           for p in spec.parameters if p.iov > 0}
+        if self.random:
+            sd, corr = omega(post, self.random)
+            self._omega_sd, self._omega_corr = sd[self.pick], corr[self.pick]
+        self._sigmas = [{s: flat(post, sigma_variable(spec, k, s))[self.pick] for s in err.sigmas}
+                        for k, err in enumerate(spec.errors)]
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def median_typical(self) -> dict[str, np.ndarray]:
+        """Posterior-median typical values per event-table subject (over all draws)."""
+        return {k: np.median(v, axis=0)[self.subject_of] for k, v in self._typical_all.items()}
+
+    def individual(self, d: int) -> dict[str, np.ndarray]:
+        """Draw ``d``'s individual parameters (posterior etas and occasion deviations)."""
+        out = {k: v[d] for k, v in self._individual.items()}
+        for name, kappa in self._kappa.items():
+            out[name] = out[name] * np.exp(kappa[d])
+        return out
+
+    def new_etas(self, d: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Fresh random effects from draw ``d``'s Omega, one per data subject."""
+        if not self.random:
+            return {}
+        n_subjects = self.fit.data.n_subjects
+        z = rng.standard_normal((n_subjects, len(self.random))) @ np.linalg.cholesky(
+            self._omega_corr[d]).T
+        return {n: z[:, j] * self._omega_sd[d, j] for j, n in enumerate(self.random)}
+
+    def population(self, d: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Parameters of new subjects with the data's design and covariates, from draw ``d``."""
+        etas = self.new_etas(d, rng)
+        params = {}
+        for p in self.spec.parameters:
+            value = self.typical[p.name][d]
+            if p.name in etas:
+                value = value * np.exp(etas[p.name][self.subject_of])
+            if p.name in self._omega_occ:
+                sd = self._omega_occ[p.name][d]
+                value = value * np.exp(sd * rng.standard_normal(len(value)))
+            params[p.name] = value
+        return params
+
+    # -- observations -------------------------------------------------------------------------
+
+    def predict(self, params: dict) -> np.ndarray:
+        """Predictions at every event-table point, in the spec's units."""
+        return np.asarray(self.spec.structure.predict(self.events, params)) * self.scale
+
+    def sigmas(self, k: int, d: int) -> dict[str, float]:
+        return {s: float(v[d]) for s, v in self._sigmas[k].items()}
+
+    def observe(self, d: int, prediction: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Observations from predictions with draw ``d``'s residual error."""
+        out = np.empty_like(prediction)
+        dvid = self.events.point_dvid
+        for k, err in enumerate(self.spec.errors):
+            sel = dvid == k + 1
+            out[sel] = dataclasses.replace(err, sigmas=self.sigmas(k, d)).simulate(
+                prediction[sel], noise[sel])
+        return out
+
+    def replicate(self, d: int, rng: np.random.Generator, level: Level = "population") -> np.ndarray:
+        """One simulated value at every event-table point from draw ``d``."""
+        params = self.population(d, rng) if level == "population" else self.individual(d)
+        return self.observe(d, self.predict(params), rng.standard_normal(self.events.n_points))
+
+    def replicates(self, rng: np.random.Generator, level: Level = "population") -> np.ndarray:
+        """``(n, n_points)``: one replicate per picked draw."""
+        if level not in ("population", "individual"):
+            raise ValueError(f"level must be 'population' or 'individual', not {level!r}")
+        return np.stack([self.replicate(d, rng, level) for d in range(self.n)])
