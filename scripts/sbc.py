@@ -22,17 +22,20 @@ not depend on the number of workers or on the scheduler.
 
 Usage::
 
-    python scripts/sbc.py [--datasets 100] [--workers 2] [--scheduler processes|local]
+    python scripts/sbc.py [--datasets 100] [--scheduler local|serial|ADDRESS] [--workers 2]
                           [--chains 2 --draws 500 --tune 500] [--seed 7]
                           [--results sbc.csv] [--figure docs/figures/sbc_ranks.png]
 
-``--scheduler local`` runs the datasets on a ``dask.distributed`` LocalCluster instead of a
-process pool (needs ``pip install "dask[distributed]"``).
+The fits are Dask tasks (``popkin.simulation.run_tasks``): ``--scheduler local`` (the default)
+runs them on a LocalCluster of ``--workers`` processes, ``serial`` in this process, and a
+scheduler address (``tcp://host:8786``) on that cluster, whose workers must be able to import
+popkin and this folder's ``known_truth_genotype``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -49,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import popkin  # noqa: E402
 from known_truth_genotype import make_design, truth_spec  # noqa: E402
 from popkin.inference.result import RHAT_LIMIT  # noqa: E402
+from popkin.simulation import SchedulerError, run_tasks  # noqa: E402
 
 FIGURE = ROOT / "docs" / "figures" / "sbc_ranks.png"
 
@@ -139,32 +143,20 @@ def _thin(draws: np.ndarray, n: int) -> np.ndarray:
     return flat[np.linspace(0, flat.size - 1, n).round().astype(int)]
 
 
-# -- schedulers -------------------------------------------------------------------------------
+# -- tasks ------------------------------------------------------------------------------------
 
-def run_all(seeds, settings, workers: int, scheduler: str) -> list[dict]:
-    if scheduler == "processes":
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(run_dataset, i, s, settings) for i, s in enumerate(seeds)]
-            return _collect(as_completed(futures), len(seeds), lambda f: f.result())
-    try:
-        from dask.distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise SystemExit('--scheduler local needs dask.distributed: pip install "dask[distributed]"') from None
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True) as cluster, \
-            Client(cluster) as client:
-        futures = client.map(run_dataset, range(len(seeds)), seeds, settings=settings, pure=False)
-        return _collect(as_completed(futures), len(seeds), lambda f: f.result())
+def run_all(seeds, settings, scheduler: str, workers: int | None) -> list[dict]:
+    """One fit per dataset as a task; rows in dataset order whatever the scheduler."""
+    tasks = list(enumerate(seeds))
+    return run_tasks(functools.partial(_run_task, settings=settings), tasks,
+                     scheduler=None if scheduler == "serial" else scheduler,
+                     workers=workers if scheduler == "local" else None, progress=True,
+                     label="datasets")
 
 
-def _collect(done, total, result) -> list[dict]:
-    rows = []
-    for k, item in enumerate(done, 1):
-        rows.append(result(item))
-        if k % 10 == 0 or k == total:
-            print(f"  {k}/{total} datasets done", flush=True)
-    return sorted(rows, key=lambda r: r["dataset"])
+def _run_task(task, settings) -> dict:
+    index, seed = task
+    return run_dataset(index, seed, settings)
 
 
 # -- summaries --------------------------------------------------------------------------------
@@ -235,8 +227,9 @@ def plot_ranks(results: pd.DataFrame, path: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--scheduler", choices=("processes", "local"), default="processes")
+    parser.add_argument("--scheduler", default="local",
+                        help="local (a Dask LocalCluster, default), serial, or a Dask scheduler address")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of --scheduler local")
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=500)
     parser.add_argument("--tune", type=int, default=500)
@@ -247,13 +240,19 @@ def main(argv=None) -> int:
     if args.chains * args.draws < RANK_DRAWS:
         parser.error(f"chains * draws must be at least {RANK_DRAWS} (the draws a rank is taken among)")
 
-    cores = max(1, (os.cpu_count() or 1) // args.workers)
+    # the chains of a fit share the cores of its worker process; remote workers size themselves
+    processes = {"local": args.workers, "serial": 1}.get(args.scheduler)
+    cores = max(1, (os.cpu_count() or 1) // processes) if processes else args.chains
     settings = dict(chains=args.chains, draws=args.draws, tune=args.tune, cores=min(cores, args.chains))
     seeds = np.random.SeedSequence(args.seed).spawn(args.datasets)
     print(f"SBC: {args.datasets} datasets, {N_PATIENTS} patients each, NUTS {args.chains} x "
-          f"({args.tune} + {args.draws}), {args.workers} {args.scheduler} worker(s)", flush=True)
+          f"({args.tune} + {args.draws}), "
+          f"{f'{args.workers} local worker(s)' if args.scheduler == 'local' else args.scheduler}", flush=True)
     start = time.perf_counter()
-    results = pd.DataFrame(run_all(seeds, settings, args.workers, args.scheduler))
+    try:
+        results = pd.DataFrame(run_all(seeds, settings, args.scheduler, args.workers))
+    except SchedulerError as exc:
+        parser.error(str(exc))
     seconds = time.perf_counter() - start
     if args.results:
         results.to_csv(args.results, index=False, float_format="%.6g")
