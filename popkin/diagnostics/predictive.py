@@ -21,7 +21,9 @@ Replicates:
   the observed statistics should lie well inside the prior predictive range.
 
 Censored observations enter every statistic at their LLOQ, and replicated values below the
-LLOQ are set to it, alike.
+LLOQ are set to it, alike. Concentrations sampled before any drug has arrived (baseline and
+pre-dose samples, predicted to be 0) are left out: they would pin the lowest and first
+observations.
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ def predictive_check(fit, *, n_sim: int = 200, level: Literal["population", "ind
     draws = PosteriorDraws(fit, n_sim, rng)
     events = draws.events
     sims = draws.replicates(rng, level)
-    keep = events.observed & (events.point_dvid == dvid)
+    keep = events.observed & (events.point_dvid == dvid) & _after_dosing(spec, events, dvid)
     observed = np.where(np.isnan(events.point_lloq), events.point_dv, events.point_lloq)[keep]
     return _check(observed, sims[:, keep], events.point_subject[keep], events.point_time[keep],
                   events.point_lloq[keep], statistics, "posterior", level, _units(spec, dvid))
@@ -218,12 +220,23 @@ def prior_predictive_check(model, data, *, draws: int = 200, statistics: Sequenc
                          "observed variables (every such subject has missing covariate levels)")
     with built.model:
         prior = pm.sample_prior_predictive(draws=draws, random_seed=seed, var_names=[name])
-    points = np.asarray(built.observed[name])
     events = built.events
-    sims = prior.prior_predictive[name].values.reshape(-1, len(points))
+    after = _after_dosing(spec, events, dvid)
+    columns = after[np.asarray(built.observed[name])]
+    points = np.asarray(built.observed[name])[columns]
+    sims = prior.prior_predictive[name].values.reshape(-1, len(columns))[:, columns]
     observed = np.where(np.isnan(events.point_lloq), events.point_dv, events.point_lloq)[points]
     return _check(observed, sims, events.point_subject[points], events.point_time[points],
                   events.point_lloq[points], statistics, "prior", "prior", _units(spec, dvid))
+
+
+def _after_dosing(spec, events, dvid: int) -> np.ndarray:
+    """Per point: False for a concentration predicted to be 0 (before drug has arrived)."""
+    if spec.structure.outputs[dvid - 1] != "concentration":
+        return np.ones(events.n_points, dtype=bool)
+    # whether any drug has arrived depends on the dosing history, not on the parameter values
+    typical = {p.name: np.full(events.n_subjects, p.typical) for p in spec.parameters}
+    return np.asarray(spec.structure.predict(events, typical)) > 0
 
 
 def _check(observed, sims, subject, time, lloq, statistics, kind, level, units) -> PredictiveCheck:
