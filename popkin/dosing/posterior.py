@@ -1,0 +1,381 @@
+r"""The individual posterior of one patient: a small PyMC model, compiled once per model.
+
+Variables (all standard normal, so there are no transforms and the unconstrained space is
+the model's own): ``u`` (the population vector, see :mod:`popkin.dosing.prior`) and ``z``
+(the patient's standardised random effects). The likelihood is the spec's residual error
+model on the patient's concentrations, with Beal's M3 for censored levels.
+
+Compiled once per model
+-----------------------
+For the closed-form structures the patient's data enter only as *data* of fixed shapes: the
+dose/level pairs of each dose kind (bolus, infusion, steady state; into the depot or the
+central compartment) are padded to a capacity (a power of two, at least 64 pairs and 16
+levels) with zero-amount pairs, and the levels with a mask. A new patient with another number
+of doses and levels, other covariates or another population prior swaps these arrays into
+the compiled model: nutpie's ``with_data`` for NUTS, shared variables for the MAP functions.
+Only a patient whose pairs exceed the capacities, or who brings a dose kind the model was
+not compiled for, triggers a new compilation (counted in :func:`compilations`). The pairs are
+built by the same pair plan as :meth:`LinearCompartmentModel.predict`, and the prediction is
+the same kernels (``popkin.structural.divided``) evaluated on the padded arrays.
+
+ODE structures bake the patient's events into the solver Op, so they are compiled once per
+patient design (the same design, e.g. a refit with a new level on the same schedule, reuses
+it).
+
+Methods
+-------
+``"nuts"``: nutpie NUTS (4 chains by default). ``"map"``: the mode by L-BFGS on the exact gradient, the Hessian by
+central differences of that gradient, and draws from the Laplace (normal) approximation
+``N(mode, (-H)^{-1})`` in the standard-normal coordinates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data.events import EventTable
+from ..population.spec import ModelSpec
+from ..structural.linear import LinearCompartmentModel, _kernel, _pair_plan
+from .prior import PopulationPrior
+
+__all__ = ["IndividualPosterior", "sample_individual", "compilations"]
+
+_MIN_PAIRS, _MIN_POINTS = 64, 16
+_CACHE: "OrderedDict[tuple, _Compiled]" = OrderedDict()
+_CACHE_SIZE = 8
+_COUNTS = {"compilations": 0}
+
+
+def compilations() -> int:
+    """How many patient models this process has compiled (a new patient should add none)."""
+    return _COUNTS["compilations"]
+
+
+@dataclass
+class IndividualPosterior:
+    """Draws of the patient's parameters and residual SDs, and how they were obtained."""
+
+    parameters: dict[str, np.ndarray]
+    sigmas: dict[str, np.ndarray]
+    method: str
+    seconds: float
+    compiled: bool = False                  # whether this call compiled a model
+    diagnostics: dict = field(default_factory=dict)
+
+    @property
+    def n_draws(self) -> int:
+        return len(next(iter(self.parameters.values())))
+
+
+def _capacity(n: int, minimum: int) -> int:
+    return max(minimum, 1 << int(np.ceil(np.log2(max(n, 1)))))
+
+
+def _groups(events: EventTable, structure) -> list[dict]:
+    """The pair plan of the patient as plain arrays, one dict per (kind, route)."""
+    plan = _pair_plan(events, structure)
+    return [dict(kind=g.kind, into=bool(g.into_dose_compartment), tau=g.tau, amt=g.amt,
+                 rate=g.rate, duration=g.duration, period=g.period, point=g.point)
+            for g in plan.groups]
+
+
+def _padded(group: dict, capacity: int) -> dict[str, np.ndarray]:
+    n = len(group["tau"])
+    pad = capacity - n
+    out = {}
+    for name, fill in (("tau", 0.0), ("amt", 0.0), ("rate", 0.0), ("duration", 1.0),
+                       ("period", 1.0)):
+        out[name] = np.concatenate([np.asarray(group[name], float), np.full(pad, fill)])
+    out["point"] = np.concatenate([np.asarray(group["point"], np.int64), np.zeros(pad, np.int64)])
+    return out
+
+
+def _linear_prediction(structure: LinearCompartmentModel, ops, p, groups, n_points, given):
+    """Central concentration at the padded points: the closed form of
+    :meth:`LinearCompartmentModel.predict` on data arrays (one subject, scalar parameters)."""
+    from ..structural import divided
+
+    pt = ops.pt
+    lams, coefs = structure.disposition(ops, p)
+    iv_weights = [None] if structure.n_compartments == 1 else coefs
+    oral_weights = ([-p["KA"] if c is None else -p["KA"] * c for c in iv_weights]
+                    if structure.oral else None)
+    total = pt.zeros(n_points)
+    for g in groups:
+        tau, amount = g["tau"], g["amt"]
+        lagged = g["into"] and "ALAG" in given
+        if g["into"] and "F" in given:
+            amount = amount * p["F"]
+        if lagged:
+            tau = tau - p["ALAG"]
+        scale, duration = amount, None
+        if g["kind"] in ("infusion", "steady_state_infusion"):
+            rate = g["rate"]
+            duration = pt.switch(rate > 0, amount / pt.switch(rate > 0, rate, 1.0), g["duration"])
+            scale = pt.switch(rate > 0, rate, amount / g["duration"])
+        elif g["kind"] == "constant_infusion":
+            scale = g["rate"]
+        active = None
+        if g["kind"] in ("bolus", "infusion"):
+            if lagged:
+                active = tau >= 0.0
+                tau = pt.maximum(tau, 0.0)
+        elif g["kind"] != "constant_infusion":
+            tau = tau + g["period"] * pt.ceil(pt.maximum(-tau, 0.0) / g["period"])
+        kernel = _kernel(g["kind"], tau, duration, g["period"])
+        oral_route = structure.oral and g["into"]
+        for mode, lam in enumerate(lams):
+            alg = (divided.DividedAlgebra(ops, lam, p["KA"]) if oral_route
+                   else divided.ValueAlgebra(ops, lam))
+            contribution = scale * alg.result(kernel(alg))
+            if active is not None:
+                contribution = pt.switch(active, contribution, 0.0)
+            weight = (oral_weights if oral_route else iv_weights)[mode]
+            if weight is not None:
+                contribution = weight * contribution
+            total = pt.inc_subtensor(total[g["point"]], contribution)
+    return total / p[structure.volume]
+
+
+def _loglik(pm, pt, ops, err, sigmas, mu, dv, observed, censored):
+    """Per-point log-likelihood; padded and unobserved points are made harmless, then masked
+    (a masked NaN would still poison the gradient)."""
+    safe_mu = pt.switch(observed, mu, 1.0)
+    safe_dv = pt.switch(observed, dv, 1.0)
+    sd = err.sd(ops, safe_mu, sigmas)
+    if err.model == "exponential":
+        dist = pm.LogNormal.dist(mu=pt.log(pt.maximum(safe_mu, 1e-300)), sigma=sd)
+    else:
+        dist = pm.Normal.dist(mu=safe_mu, sigma=sd)
+    logp = pt.switch(censored, pm.logcdf(dist, safe_dv), pm.logp(dist, safe_dv))
+    return pt.switch(observed, logp, 0.0)
+
+
+@dataclass
+class _Compiled:
+    model: object
+    data_names: tuple[str, ...]
+    nutpie: object = None
+    map_functions: tuple | None = None
+    n_u: int = 0
+    n_z: int = 0
+
+
+def _spec_key(spec: ModelSpec) -> str:
+    return hashlib.sha256((spec.text or repr(spec)).encode()).hexdigest()
+
+
+def _build(spec: ModelSpec, prior: PopulationPrior, groups, capacities, n_points_cap,
+           events: EventTable | None):
+    """The patient model; ``events`` only for ODE structures (baked into the solver)."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from ..structural.backend import PyTensorOps
+
+    ops = PyTensorOps()
+    structure = spec.structure
+    linear = isinstance(structure, LinearCompartmentModel)
+    n_par, k = len(prior.parameters), len(prior.random)
+    names = []
+    with pm.Model() as model:
+        def data(name, value):
+            names.append(name)
+            return pm.Data(name, value)
+
+        mu = data("pop_mu", prior.mu)
+        chol = data("pop_chol", prior.chol)
+        corr = data("corr_chol", prior.corr_chol)
+        u = pm.Normal("u", 0.0, 1.0, shape=prior.size)
+        theta = mu + pt.dot(chol, u)
+        log_tv = theta[:n_par]
+        if k:
+            z = pm.Normal("z", 0.0, 1.0, shape=k)
+            eta = pt.exp(theta[n_par:n_par + k]) * pt.dot(corr, z)
+        params = {}
+        for i, name in enumerate(prior.parameters):
+            value = log_tv[i]
+            if name in prior.random:
+                value = value + eta[prior.random.index(name)]
+            params[name] = pt.exp(value)
+        sigmas = {s: pt.exp(theta[n_par + k + j]) for j, s in enumerate(prior.sigmas)}
+        dv = data("obs_dv", np.zeros(n_points_cap))
+        observed = data("obs_mask", np.zeros(n_points_cap, dtype=bool))
+        censored = data("obs_censored", np.zeros(n_points_cap, dtype=bool))
+        if linear:
+            tensors = []
+            for (kind, into), cap in zip(groups, capacities):
+                tag = f"{kind}_{'dose' if into else 'other'}"
+                arrays = {"kind": kind, "into": into}
+                for field_name, fill in (("tau", 0.0), ("amt", 0.0), ("rate", 0.0),
+                                         ("duration", 1.0), ("period", 1.0)):
+                    arrays[field_name] = data(f"{tag}_{field_name}", np.full(cap, fill))
+                arrays["point"] = data(f"{tag}_point", np.zeros(cap, dtype=np.int64))
+                tensors.append(arrays)
+            given = set(prior.parameters)
+            full = {n: params.get(n, structure.optional_parameters.get(n))
+                    for n in structure.parameters + tuple(structure.optional_parameters)}
+            prediction = _linear_prediction(structure, ops, full, tensors, n_points_cap, given)
+        else:
+            from ..ode import guard_prediction
+
+            raw = structure.predict(events, {n: v * np.ones(1) for n, v in params.items()})
+            raw, penalty = guard_prediction(raw)
+            pm.Potential("ode_solve_failed", penalty)
+            prediction = pt.concatenate([raw, pt.ones(n_points_cap - events.n_points)])
+        prediction = prediction * spec.output_scale[0]
+        logp = _loglik(pm, pt, ops, spec.errors[0], sigmas, prediction, dv, observed, censored)
+        pm.Potential("likelihood", logp.sum())
+    return model, tuple(names), prior.size, k
+
+
+def _compile(spec, prior, groups, capacities, n_points_cap, events):
+    model, names, n_u, n_z = _build(spec, prior, groups, capacities, n_points_cap, events)
+    _COUNTS["compilations"] += 1
+    return _Compiled(model=model, data_names=names, n_u=n_u, n_z=n_z)
+
+
+def _nutpie_model(compiled: _Compiled):
+    if compiled.nutpie is None:
+        import nutpie
+
+        compiled.nutpie = nutpie.compile_pymc_model(compiled.model, backend="numba")
+    return compiled.nutpie
+
+
+def _map_functions(compiled: _Compiled):
+    """``f(x) -> (logp, grad)`` over the flat vector ``(u, z)``."""
+    if compiled.map_functions is None:
+        import pytensor
+        import pytensor.tensor as pt
+        from pytensor.graph.replace import graph_replace
+
+        model = compiled.model
+        x = pt.vector("x")
+        replace = {model.rvs_to_values[model["u"]]: x[:compiled.n_u]}
+        if compiled.n_z:
+            replace[model.rvs_to_values[model["z"]]] = x[compiled.n_u:]
+        logp = graph_replace(model.logp(), replace, strict=False)
+        compiled.map_functions = pytensor.function([x], [logp, pt.grad(logp, x)])
+    return compiled.map_functions
+
+
+def _hessian(value_and_grad, x: np.ndarray, step: float = 1e-5) -> np.ndarray:
+    """Central differences of the exact gradient (a handful of dimensions: cheap, and no
+    symbolic Hessian to compile)."""
+    dim = len(x)
+    out = np.empty((dim, dim))
+    for i in range(dim):
+        e = np.zeros(dim)
+        e[i] = step
+        out[i] = (np.asarray(value_and_grad(x + e)[1]) - np.asarray(value_and_grad(x - e)[1])) / (2 * step)
+    return (out + out.T) / 2
+
+
+def _patient_arrays(spec: ModelSpec, prior: PopulationPrior, events: EventTable, groups,
+                    capacities, n_points_cap) -> dict[str, np.ndarray]:
+    observed = events.observed & (events.point_dvid == 1)
+    lloq = events.point_lloq
+    censored = ~np.isnan(lloq)
+    dv = np.where(censored, lloq, events.point_dv)
+    pad = n_points_cap - events.n_points
+    values = {"pop_mu": prior.mu, "pop_chol": prior.chol, "corr_chol": prior.corr_chol,
+              "obs_dv": np.concatenate([np.nan_to_num(dv, nan=1.0), np.ones(pad)]),
+              "obs_mask": np.concatenate([observed, np.zeros(pad, bool)]),
+              "obs_censored": np.concatenate([censored & observed, np.zeros(pad, bool)])}
+    for g, cap in zip(groups, capacities):
+        tag = f"{g['kind']}_{'dose' if g['into'] else 'other'}"
+        for name, array in _padded(g, cap).items():
+            values[f"{tag}_{name}"] = array
+    return values
+
+
+def _prepare(spec: ModelSpec, prior: PopulationPrior, events: EventTable):
+    """The compiled model for this patient (from the cache when the shapes fit) and its data."""
+    structure = spec.structure
+    linear = isinstance(structure, LinearCompartmentModel)
+    n_points_cap = _capacity(events.n_points, _MIN_POINTS)
+    if linear:
+        groups = _groups(events, structure)
+        kinds = tuple((g["kind"], g["into"]) for g in groups)
+        capacities = tuple(_capacity(len(g["tau"]), _MIN_PAIRS) for g in groups)
+        key = (_spec_key(spec), prior.size, len(prior.random), kinds, capacities, n_points_cap)
+    else:
+        groups, kinds, capacities = [], (), ()
+        design = hashlib.sha256(np.concatenate([
+            events.dose_time, events.dose_amt, events.dose_rate, events.dose_duration,
+            events.dose_ii, events.dose_ss.astype(float), events.dose_cmt.astype(float),
+            events.point_time]).tobytes()).hexdigest()
+        key = (_spec_key(spec), prior.size, len(prior.random), design, n_points_cap)
+    compiled_now = key not in _CACHE
+    if compiled_now:
+        _CACHE[key] = _compile(spec, prior, kinds, capacities, n_points_cap,
+                               None if linear else events)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    compiled = _CACHE[key]
+    values = _patient_arrays(spec, prior, events, groups, capacities, n_points_cap)
+    return compiled, values, compiled_now
+
+
+def sample_individual(spec: ModelSpec, prior: PopulationPrior, events: EventTable, *,
+                      method: str = "nuts", draws: int = 1000, chains: int = 4, tune: int = 500,
+                      seed: int = 0) -> IndividualPosterior:
+    """Draws of the patient's parameters given the patient's event table (one subject)."""
+    start = time.perf_counter()
+    compiled, values, compiled_now = _prepare(spec, prior, events)
+    # pm.Data chose the stored dtypes (int32 indices, int8 masks)
+    values = {name: np.asarray(value, dtype=compiled.model[name].dtype)
+              for name, value in values.items()}
+    for name, value in values.items():
+        compiled.model[name].set_value(value)
+    rng = np.random.default_rng(seed)
+    diagnostics = {}
+    if method == "nuts":
+        import nutpie
+
+        sampler = _nutpie_model(compiled)
+        # data the log-density does not read (e.g. the rate of a bolus) are not in the sampler
+        sampler = sampler.with_data(**{k: v for k, v in values.items() if k in sampler.shared_data})
+        per_chain = max(1, int(np.ceil(draws / chains)))
+        idata = nutpie.sample(sampler, draws=per_chain, tune=tune, chains=chains, seed=seed,
+                              progress_bar=False)
+        post = idata.posterior
+        u = post["u"].values.reshape(-1, compiled.n_u)
+        z = (post["z"].values.reshape(-1, compiled.n_z) if compiled.n_z
+             else np.zeros((len(u), 0)))
+        diverging = int(idata.sample_stats["diverging"].sum()) if "diverging" in \
+            idata.sample_stats else 0
+        diagnostics = {"divergences": diverging, "chains": chains, "draws_per_chain": per_chain,
+                       "tune": tune}
+        if compiled.n_z and post.sizes["chain"] > 1:
+            import arviz as az
+
+            diagnostics["max_r_hat"] = float(np.nanmax(az.rhat(post["z"]).to_array().values))
+    elif method == "map":
+        from scipy.optimize import minimize
+
+        value_and_grad = _map_functions(compiled)
+        dim = compiled.n_u + compiled.n_z
+
+        def negative(x):
+            lp, g = value_and_grad(x)
+            return -float(lp), -np.asarray(g)
+
+        result = minimize(negative, np.zeros(dim), jac=True, method="L-BFGS-B",
+                          options={"maxiter": 500, "gtol": 1e-8})
+        precision = -_hessian(value_and_grad, result.x)
+        cov_chol = np.linalg.cholesky(np.linalg.inv(precision + 1e-10 * np.eye(dim)))
+        x = result.x + rng.standard_normal((draws, dim)) @ cov_chol.T
+        u, z = x[:, :compiled.n_u], x[:, compiled.n_u:]
+        diagnostics = {"converged": bool(result.success), "iterations": int(result.nit)}
+    else:
+        raise ValueError(f"method must be 'nuts' or 'map', not {method!r}")
+    return IndividualPosterior(prior.individual(u, z), prior.sigma_values(u), method,
+                               time.perf_counter() - start, compiled_now, diagnostics)

@@ -1,0 +1,653 @@
+r"""Dose recommendation for one patient (or a table of patients).
+
+Steps: read the patient's records (doses, levels, covariates); flag what a clinician should
+know (covariates outside the model's data, levels before any dose, which are then left out);
+draw the patient's parameters from the individual posterior (:mod:`popkin.dosing.posterior`,
+from a library model's prior or a population fit's posterior); predict every candidate regimen
+for every draw (:mod:`popkin.dosing.regimens`); score the targets and limits
+(:mod:`popkin.dosing.targets`); choose.
+
+Choice rule
+-----------
+Every candidate gets ``P(target)`` (the fraction of posterior draws in which *every* target is
+inside its window) and ``P(limit)`` (the fraction in which *any* limit is outside its window).
+Among the candidates with ``P(limit) <= max_limit_probability`` (0.1 by default) the one with
+the highest ``P(target)`` is recommended; candidates within ``tie_tolerance`` (0.02, about
+the Monte-Carlo error of a probability from 1000 draws) of the best are ties, settled in favour
+of the simpler regimen: fewer doses a day (the longer interval), then no loading dose, then
+the shorter infusion, then the lower dose. When no candidate meets the limit bound, the
+candidate with the lowest ``P(limit)`` is shown, with a flag saying that none meets it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data.events import build_event_table
+from ..data.reader import Dataset, read_dataset
+from ..data.schema import DatasetError, Problem
+from ..population.covariates import SpecError
+from ..population.spec import ModelSpec, load_model
+from ..structural.linear import LinearCompartmentModel
+from . import regimens as rg
+from .posterior import IndividualPosterior, sample_individual
+from .prior import PopulationPrior, fit_prior, library_prior, patient_covariates
+from .targets import Target, parse_target
+
+__all__ = ["recommend", "recommend_batch", "Recommendation", "load_source"]
+
+METHODS = ("nuts", "map")
+
+
+@dataclass
+class Recommendation:
+    """The recommended regimen, every candidate's scores, and what the report shows."""
+
+    regimen: rg.Candidate
+    probability_of_target: float
+    probability_of_limit: float
+    candidates: pd.DataFrame
+    targets: tuple[Target, ...]
+    limits: tuple[Target, ...]
+    flags: list[str]
+    spec: ModelSpec
+    patient: Dataset
+    patient_id: object
+    start: float
+    method: str
+    source: str                             # "library model", "population fit", "fit draws"
+    posterior: IndividualPosterior
+    population: dict[str, np.ndarray]       # the patient's population distribution (no levels)
+    current: dict | None                    # the current regimen's scores, when it is known
+    current_regimen: rg.Candidate | None
+    curves: dict                            # time grid and bands, current and recommended
+    options: rg.DosingOptions
+    max_limit_probability: float
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+    # -- output -------------------------------------------------------------------------------
+
+    def summary_row(self) -> dict:
+        r = self.regimen
+        return {"ID": self.patient_id, "amount": r.amount, "interval": r.interval,
+                "duration": r.duration, "route": r.route, "loading_dose": r.loading_dose,
+                "probability_of_target": self.probability_of_target,
+                "probability_of_limit": self.probability_of_limit,
+                "flags": " | ".join(self.flags)}
+
+    def to_dict(self) -> dict:
+        r = self.regimen
+        units = dict(self.spec.units)
+        chosen = self.candidates.iloc[0]
+        metrics = []
+        for kind, items in (("target", self.targets), ("limit", self.limits)):
+            for t in items:
+                metrics.append({"kind": kind, "metric": t.label, "text": t.text,
+                                "window": [_finite(t.low), _finite(t.high)],
+                                "unit": t.metric.unit_label(units),
+                                "median": float(chosen[f"{t.label} median"]),
+                                "q05": float(chosen[f"{t.label} q05"]),
+                                "q95": float(chosen[f"{t.label} q95"])})
+        return {
+            "patient": _plain(self.patient_id),
+            "model": self.spec.name, "model_source": self.spec.source,
+            "reference": self.spec.reference, "units": units,
+            "method": self.method, "posterior_source": self.source,
+            "regimen": {"amount": r.amount, "interval": r.interval, "duration": r.duration,
+                        "route": r.route, "loading_dose": r.loading_dose, "start": self.start,
+                        "text": r.describe(units)},
+            "probability_of_target": self.probability_of_target,
+            "probability_of_limit": self.probability_of_limit,
+            "max_limit_probability": self.max_limit_probability,
+            "metrics": metrics,
+            "rule": ("highest P(target) among candidates with P(limit) <= "
+                     f"{self.max_limit_probability:g}; ties (within 0.02) go to the simpler "
+                     "regimen: longer interval, no loading dose, shorter infusion, lower dose"),
+            "flags": list(self.flags),
+            "current_regimen": None if self.current is None else {
+                "text": self.current_regimen.describe(units), **self.current},
+            "individual_parameters": {
+                p: {"median": float(np.median(v)), "q05": float(np.quantile(v, 0.05)),
+                    "q95": float(np.quantile(v, 0.95)),
+                    "population_median": float(np.median(self.population[p])),
+                    "population_q05": float(np.quantile(self.population[p], 0.05)),
+                    "population_q95": float(np.quantile(self.population[p], 0.95))}
+                for p, v in self.posterior.parameters.items()},
+            "posterior": {"draws": self.posterior.n_draws, **self.posterior.diagnostics},
+            "candidates": json.loads(self.candidates.to_json(orient="records")),
+            "seconds": round(self.seconds, 3), "timings": self.timings,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_plain)
+
+    def write(self, directory: str | os.PathLike) -> Path:
+        """Write ``recommendation.json``, ``report.html`` and ``report.pdf`` into
+        ``directory``: everything is built first, and the files appear together or not at all."""
+        from ..report.dose_report import dose_report_html, dose_report_pdf
+
+        files = {"recommendation.json": self.to_json().encode("utf-8"),
+                 "report.html": dose_report_html(self).encode("utf-8"),
+                 "report.pdf": dose_report_pdf(self)}
+        return _write_together(directory, files)
+
+
+def _write_together(directory, files: dict[str, bytes]) -> Path:
+    return _write_tree(directory, files)
+
+
+def _finite(x: float):
+    return None if math.isinf(x) else float(x)
+
+
+def _plain(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return x if isinstance(x, (int, float, str)) or x is None else str(x)
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+def load_source(model):
+    """``(spec, fit or None)`` from a spec, a library name, a TOML file, a Fit or a fit folder."""
+    from ..inference import Fit
+
+    if isinstance(model, Fit):
+        return model.spec, model
+    if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
+        return (fit := Fit.load(model)).spec, fit
+    return load_model(model), None
+
+
+def _patient_dataset(patient, patient_id) -> tuple[Dataset, object]:
+    data = patient if isinstance(patient, Dataset) else read_dataset(patient)
+    subjects = data.subjects
+    if patient_id is None:
+        if len(subjects) > 1:
+            raise DatasetError([Problem(
+                f"the patient file holds {len(subjects)} patients (IDs "
+                f"{', '.join(map(str, subjects[:5]))}{'...' if len(subjects) > 5 else ''}); "
+                "choose one (patient_id=..., --id) or use the batch form (recommend_batch, "
+                "--batch)", column="ID")], data.source)
+        patient_id = subjects[0]
+    elif patient_id not in subjects:
+        matches = [s for s in subjects if str(s) == str(patient_id)]
+        if not matches:
+            raise DatasetError([Problem(f"no patient with ID {patient_id!r} (IDs: "
+                                        f"{', '.join(map(str, subjects[:10]))})", column="ID")],
+                               data.source)
+        patient_id = matches[0]
+    if len(subjects) > 1:
+        from dataclasses import replace
+
+        data = replace(data, records=data.records[data.records["ID"] == patient_id].reset_index(drop=True))
+    return data, patient_id
+
+
+def _flag_early_levels(data: Dataset) -> tuple[Dataset, list[str]]:
+    """Levels before the first dose cannot come from this drug record: flag and leave out."""
+    from dataclasses import replace
+
+    r = data.records
+    doses = r[r["EVID"].isin((1, 4))]
+    first = doses["TIME"].min() if len(doses) else math.inf
+    obs = (r["EVID"] == 0) & (r["MDV"] == 0)
+    early = obs & (r["TIME"] < first) & (r["DV"] > 0)
+    if not early.any():
+        return data, []
+    rows = r.loc[early, "row"].tolist()
+    where = "before the first recorded dose" if len(doses) else "with no dose recorded"
+    flag = (f"Conflicting records: {len(rows)} drug level(s) {where} (data row(s) "
+            f"{', '.join(map(str, rows))}). A level cannot precede every dose unless a dose is "
+            "missing from the history; these levels were left out of the estimate.")
+    records = r.copy()
+    records.loc[early, "MDV"] = 1
+    return replace(data, records=records), [flag]
+
+
+def _range_flags(spec: ModelSpec, fit, data: Dataset) -> list[str]:
+    ranges = dict(spec.covariate_ranges)
+    origin = "the model's data"
+    if fit is not None:
+        base = fit.data.baseline([c for c in spec.covariate_columns if c in fit.data.records])
+        ranges = {}
+        for c in base.columns:
+            x = pd.to_numeric(base[c], errors="coerce")
+            if x.notna().all():
+                ranges[c] = (float(x.min()), float(x.max()))
+        origin = "the fitted data"
+    flags = []
+    for column, (low, high) in ranges.items():
+        if column not in data.records:
+            continue
+        values = pd.to_numeric(data.records[column], errors="coerce").dropna()
+        outside = values[(values < low) | (values > high)]
+        if len(outside):
+            flags.append(f"Covariate {column} = {outside.iloc[0]:g} is outside the range of "
+                         f"{origin} ({low:g}-{high:g}): the model extrapolates; interpret the "
+                         "recommendation with care.")
+    return flags
+
+
+def _same_patient(fit, data: Dataset, patient_id) -> bool:
+    """Whether the patient is in the fitted data with the same records."""
+    fitted = fit.data.records
+    if patient_id not in set(fitted["ID"]):
+        return False
+    columns = ["TIME", "AMT", "EVID", "MDV", "RATE", "II", "ADDL", "SS"]
+    a = fitted[fitted["ID"] == patient_id][columns + ["DV"]].reset_index(drop=True)
+    b = data.records[columns + ["DV"]].reset_index(drop=True)
+    if len(a) != len(b):
+        return False
+    same = np.allclose(a[columns].to_numpy(float), b[columns].to_numpy(float), equal_nan=True)
+    obs = a["MDV"].to_numpy() == 0
+    return bool(same and np.allclose(a["DV"].to_numpy(float)[obs], b["DV"].to_numpy(float)[obs]))
+
+
+def _targets(values, where) -> tuple[Target, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, (str, Target)):
+        values = [values]
+    return tuple(parse_target(v, where=where) for v in values)
+
+
+# -- evaluation -----------------------------------------------------------------------------
+
+def _evaluate(spec: ModelSpec, cands: Sequence[rg.Candidate], criteria: Sequence[Target],
+              params: dict[str, np.ndarray], history: pd.DataFrame, start: float) -> dict:
+    """Metric draws ``{(candidate index, label): (draws,)}`` for every candidate and criterion.
+
+    Linear structures: per (interval, duration) shape, the unit maintenance and loading
+    profiles and the history's contribution are combined linearly; at steady state a metric
+    that scales with the dose (all but ``ftmic``) is computed once on the unit profile.
+    """
+    hours = 24.0 / rg.hours_per_unit(spec)
+    linear = isinstance(spec.structure, LinearCompartmentModel)
+    shapes: dict[tuple, list[int]] = {}
+    for i, c in enumerate(cands):
+        key = (c.interval, c.duration, c.route) + (() if linear else (c.amount, c.loading_dose))
+        shapes.setdefault(key, []).append(i)
+    whens = sorted({t.when for t in criteria})
+    windows = {}
+    for key, members in shapes.items():
+        interval, duration, _ = key[:3]
+        loading = any(cands[i].loading_dose for i in members)
+        for when in whens:
+            windows[(key, when)] = rg.window(interval, duration, when, hours, loading=loading)
+    past = _history_contribution(spec, windows, params, history, start) if linear else {}
+    out = {}
+    for (key, when), win in windows.items():
+        members = shapes[key]
+        interval, duration, route = key[:3]
+        wanted = [t for t in criteria if t.when == when]
+        if linear:
+            unit = rg.predict_draws(spec, rg.unit_events(
+                spec, win, route, duration, interval, maintenance=1.0, loading=None, when=when),
+                params)
+            amounts = np.array([cands[i].amount for i in members])
+            if when == "ss":
+                scaled = [t for t in wanted if t.metric.homogeneous]
+                if scaled:
+                    prof = rg.profile(win, unit[None], hours)
+                    for t in scaled:
+                        values = t.compute(prof)[0]
+                        for j, i in enumerate(members):
+                            out[(i, t.label)] = amounts[j] * values
+                wanted = [t for t in wanted if not t.metric.homogeneous]
+                if not wanted:
+                    continue
+            conc = amounts[:, None, None] * unit
+            if when != "ss":
+                loads = np.array([cands[i].loading_dose or 0.0 for i in members])
+                if loads.any():
+                    unit_load = rg.predict_draws(spec, rg.unit_events(
+                        spec, win, route, duration, interval, maintenance=0.0, loading=1.0,
+                        when=when), params)
+                    conc = conc + loads[:, None, None] * unit_load
+                if (key, when) in past:
+                    conc = conc + past[(key, when)][None]
+        else:
+            c = cands[members[0]]
+            conc = rg.predict_draws(spec, rg.window_events(
+                spec, win, route, duration, interval, maintenance=c.amount,
+                loading=c.loading_dose, history=None if when == "ss" else history,
+                start=start), params)[None]
+        prof = rg.profile(win, conc, hours)
+        for t in wanted:
+            values = t.compute(prof)
+            for j, i in enumerate(members):
+                out[(i, t.label)] = values[j]
+    return out
+
+
+def _history_contribution(spec, windows, params, history, start) -> dict:
+    """The patient's past doses at every day-N grid point of every window, in one prediction
+    (superposition: the history adds the same amount to every candidate)."""
+    needed = [(k, w) for k, w in windows.items() if not w.steady_state]
+    if not needed or not (history["EVID"].isin((1, 4)) & (history["AMT"] > 0)).any():
+        return {}
+    times = np.unique(np.concatenate([w.times for _, w in needed]))
+    points = pd.DataFrame({"TIME": times + start, "AMT": 0.0, "EVID": 0, "MDV": 1})
+    frame = pd.concat([history, points], ignore_index=True).sort_values("TIME", kind="stable")
+    frame.insert(0, "ID", 1)
+    events = build_event_table(read_dataset(frame), spec.structure, points="observations")
+    conc = rg.predict_draws(spec, events, params)
+    return {k: conc[:, np.searchsorted(times, w.times)] for k, w in needed}
+
+
+def _score(cands, targets, limits, metrics) -> pd.DataFrame:
+    rows = []
+    for i, c in enumerate(cands):
+        attained = np.ones_like(metrics[(i, (targets or limits)[0].label)], dtype=bool)
+        for t in targets:
+            attained &= t.inside(metrics[(i, t.label)])
+        exceeded = np.zeros_like(attained)
+        for t in limits:
+            exceeded |= ~t.inside(metrics[(i, t.label)])
+        row = {"amount": c.amount, "interval": c.interval, "duration": c.duration,
+               "route": c.route, "loading_dose": c.loading_dose if c.loading_dose else np.nan,
+               "daily_dose": c.amount * c.doses_per_day if c.interval else np.nan,
+               "P(target)": float(attained.mean()) if targets else np.nan,
+               "P(limit)": float(exceeded.mean()) if limits else 0.0}
+        for t in (*targets, *limits):
+            x = metrics[(i, t.label)]
+            row[f"{t.label} median"] = float(np.median(x))
+            row[f"{t.label} q05"] = float(np.quantile(x, 0.05))
+            row[f"{t.label} q95"] = float(np.quantile(x, 0.95))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _choose(table: pd.DataFrame, bound: float, tie: float) -> tuple[pd.DataFrame, bool]:
+    """The table ordered best first (see the module docstring); whether any meets the bound."""
+    simplicity = ["interval", "has_loading", "duration", "amount"]
+    t = table.assign(has_loading=table["loading_dose"].notna().astype(int),
+                     meets=table["P(limit)"] <= bound + 1e-12)
+    met = bool(t["meets"].any())
+    if met:
+        best = t.loc[t["meets"], "P(target)"].max()
+        t["tier"] = np.where(t["meets"] & (t["P(target)"] >= best - tie), 0, 1)
+    else:
+        lowest = t["P(limit)"].min()
+        t["tier"] = np.where(t["P(limit)"] <= lowest + tie, 0, 1)
+    t["interval"] = -t["interval"]         # longer interval first
+    t = t.sort_values(["tier", "meets", "P(target)"], ascending=[True, False, False], kind="stable")
+    first = t[t["tier"] == 0].sort_values(simplicity, kind="stable")
+    rest = t[t["tier"] == 1]
+    ordered = pd.concat([first, rest])
+    ordered["interval"] = -ordered["interval"]
+    return ordered.drop(columns=["tier", "has_loading", "meets"]).reset_index(drop=True), met
+
+
+def _curves(spec, data, params, start, current: rg.Candidate | None, chosen: rg.Candidate,
+            history: pd.DataFrame, n_days: float) -> dict:
+    """Concentration bands (5/50/95%) from the first record to ``n_days`` after the start."""
+    hours = 24.0 / rg.hours_per_unit(spec)
+    t0 = float(data.records["TIME"].min())
+    t1 = start + n_days * hours
+    grid = np.unique(np.concatenate([np.linspace(t0, t1, 400), data.records["TIME"].to_numpy(float)]))
+    out = {"time": grid, "start": start}
+    for name, regimen in (("current", current), ("recommended", chosen)):
+        if regimen is None:
+            continue
+        rows = history.to_dict("records")
+        central = rg.central_compartment(spec)
+        times = []
+        t = start
+        if regimen.loading_dose:
+            rows.extend(rg._dose_rows([start], regimen.loading_dose, regimen.route,
+                                      regimen.duration, central))
+            t = start + regimen.interval
+        while t <= t1:
+            times.append(t)
+            t += regimen.interval
+        rows.extend(rg._dose_rows(times, regimen.amount, regimen.route, regimen.duration, central))
+        points = [{"TIME": x, "AMT": 0.0, "EVID": 0, "MDV": 1, "SS": 0, "II": 0.0, "RATE": 0.0,
+                   "DUR": 0.0, "CMT": np.nan} for x in grid]
+        frame = pd.DataFrame(rows + points).sort_values("TIME", kind="stable")
+        frame.insert(0, "ID", 1)
+        events = build_event_table(read_dataset(frame), spec.structure, points="observations")
+        conc = rg.predict_draws(spec, events, params)
+        out[name] = np.quantile(conc, [0.05, 0.5, 0.95], axis=0)
+        out[f"{name}_doses"] = np.array(times + ([start] if regimen.loading_dose else []))
+    return out
+
+
+# -- the entry points ----------------------------------------------------------------------
+
+def recommend(
+    model,
+    patient,
+    *,
+    target: str | Sequence[str] | None = None,
+    limit: str | Sequence[str] | None = None,
+    patient_id=None,
+    method: Literal["nuts", "map"] = "nuts",
+    route: str | None = None,
+    amount_step: float | None = None,
+    amount_range: tuple[float, float] | None = None,
+    intervals: Sequence[float] | None = None,
+    durations: Sequence[float] | None = None,
+    loading_dose: float | Sequence[float] | None = None,
+    start: float | None = None,
+    max_limit_probability: float = 0.1,
+    tie_tolerance: float = 0.02,
+    draws: int = 1000,
+    chains: int = 4,
+    tune: int = 500,
+    seed: int | None = 0,
+) -> Recommendation:
+    """Recommend a regimen for one patient.
+
+    Parameters
+    ----------
+    model
+        A library model name, a TOML spec, a :class:`~popkin.population.spec.ModelSpec`, a
+        :class:`~popkin.inference.Fit` or a fit folder written by ``popkin fit``.
+    patient
+        NONMEM-format records of the patient (CSV path, DataFrame or Dataset): doses, levels
+        (``DV``) and covariate columns. A table with several IDs needs ``patient_id``.
+    target, limit
+        One or more ``metric[(arg)][@when]:window`` strings (:mod:`popkin.dosing.targets`),
+        e.g. ``"auc24:400-600"`` and ``"trough:<20"``; defaults from the spec's ``[dosing]``.
+    method
+        ``"nuts"`` (full posterior, default) or ``"map"`` (mode and Laplace approximation).
+        A patient whose records are in a fit's data uses that fit's own draws.
+    route, amount_step, amount_range, intervals, durations
+        Override the spec's ``[dosing]`` table (:mod:`popkin.dosing.regimens`).
+    loading_dose
+        Loading dose amount(s) given at the start; each is tried with every candidate.
+    start
+        Time of the first dose of the new regimen (the patient's time scale); default: one
+        interval after the last dose, or the last record.
+    max_limit_probability, tie_tolerance
+        The choice rule (module docstring).
+    draws, chains, tune, seed
+        Posterior draws in all, NUTS chains and tuning steps, random seed.
+
+    Returns
+    -------
+    Recommendation
+        ``regimen``, ``probability_of_target``, the ``candidates`` table (best first),
+        ``flags``; ``write(directory)`` writes the JSON and the reports.
+    """
+    began = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"method must be 'nuts' or 'map', not {method!r}")
+    if not 0.0 <= max_limit_probability <= 1.0:
+        raise ValueError(f"max_limit_probability must lie in [0, 1], not {max_limit_probability}")
+    spec, fit = load_source(model)
+    data, patient_id = _patient_dataset(patient, patient_id)
+    spec.check_time_constant(data)
+    design = patient_covariates(spec, data)
+    data, flags = _flag_early_levels(data)
+    flags = _range_flags(spec, fit, data) + flags
+    current = rg.current_regimen(spec, data)
+    loads = () if loading_dose is None else tuple(np.atleast_1d(np.asarray(loading_dose, float)))
+    if any(not (x > 0 and math.isfinite(x)) for x in loads):
+        raise SpecError(f"loading dose {list(loads)!r}: must be positive amounts")
+    options = rg.dosing_options(spec, current, route=route, amount_step=amount_step,
+                                amount_range=None if amount_range is None else list(amount_range),
+                                intervals=None if intervals is None else list(intervals),
+                                durations=None if durations is None else list(durations),
+                                target=None, limit=None)
+    targets = _targets(target if target is not None else options.target or None, "target")
+    limits = _targets(limit if limit is not None else options.limit or None, "limit")
+    if not targets:
+        raise SpecError("no target: give one (e.g. target='auc24:400-600', --target "
+                        "auc24:400-600) or add target = ... to the model's [dosing] table")
+    cands = rg.candidates(options, loads)
+    last_time = float(data.records["TIME"].max())
+    if start is None:
+        start = (current.last_dose_time + current.interval
+                 if current.last_dose_time is not None and current.interval else last_time)
+        start = max(start, last_time)
+    elif current.last_dose_time is not None and start < current.last_dose_time:
+        raise SpecError(f"start {start:g} is before the patient's last recorded dose "
+                        f"({current.last_dose_time:g}); the new regimen must start after it")
+    n_levels = int(((data.records["EVID"] == 0) & (data.records["MDV"] == 0)).sum())
+    if n_levels == 0:
+        flags.append("No drug levels: the recommendation rests on the covariates alone "
+                     "(the population distribution for this patient).")
+    timings = {}
+    tick = time.perf_counter()
+    if fit is not None and _same_patient(fit, data, patient_id):
+        posterior = _fit_draws(fit, patient_id, draws, seed)
+        source = "fit draws"
+        prior = fit_prior(fit, design)
+    else:
+        prior = fit_prior(fit, design) if fit is not None else library_prior(spec, design)
+        source = prior.source
+        events = build_event_table(data, spec.structure, points="observations")
+        posterior = sample_individual(spec, prior, events, method=method, draws=draws,
+                                      chains=chains, tune=tune, seed=seed or 0)
+        timings["compiled"] = posterior.compiled
+    timings["posterior_s"] = round(time.perf_counter() - tick, 3)
+    if posterior.diagnostics.get("divergences"):
+        flags.append(f"{posterior.diagnostics['divergences']} divergent NUTS transition(s) in the "
+                     "individual posterior: its intervals may be unreliable.")
+    rng = np.random.default_rng(seed)
+    population = prior.individual(rng.standard_normal((posterior.n_draws, prior.size)),
+                                  rng.standard_normal((posterior.n_draws, len(prior.random))))
+    params = {k: v for k, v in posterior.parameters.items()}
+    tick = time.perf_counter()
+    history = rg.history_doses(data, start)
+    criteria = (*targets, *limits)
+    metrics = _evaluate(spec, cands, criteria, params, history, start)
+    table, met = _choose(_score(cands, targets, limits, metrics), max_limit_probability,
+                         tie_tolerance)
+    timings["candidates_s"] = round(time.perf_counter() - tick, 3)
+    if limits and not met:
+        flags.append(f"No candidate keeps P(limit exceeded) at or below "
+                     f"{max_limit_probability:g}; shown is the candidate with the lowest risk. "
+                     "Consider other intervals, infusion durations or a different drug.")
+    best = table.iloc[0]
+    chosen = rg.Candidate(float(best["amount"]), float(best["interval"]), float(best["duration"]),
+                          str(best["route"]),
+                          None if pd.isna(best["loading_dose"]) else float(best["loading_dose"]))
+    current_candidate = current_scores = None
+    if current.amount and current.interval:
+        current_candidate = rg.Candidate(current.amount, current.interval, current.duration,
+                                         current.route)
+        m = _evaluate(spec, [current_candidate], criteria, params, history, start)
+        row = _score([current_candidate], targets, limits, m).iloc[0]
+        current_scores = {k: (None if isinstance(v, float) and np.isnan(v) else _plain(v))
+                          for k, v in row.items()}
+    tick = time.perf_counter()
+    sub = {k: v[:min(len(v), 300)] for k, v in params.items()}
+    n_days = max(3.0, 3 * chosen.interval * rg.hours_per_unit(spec) / 24)
+    curves = _curves(spec, data, sub, start, current_candidate, chosen, history, n_days)
+    timings["curves_s"] = round(time.perf_counter() - tick, 3)
+    return Recommendation(
+        regimen=chosen, probability_of_target=float(best["P(target)"]),
+        probability_of_limit=float(best["P(limit)"]), candidates=table, targets=targets,
+        limits=limits, flags=flags, spec=spec, patient=data, patient_id=patient_id, start=start,
+        method="fit draws" if source == "fit draws" else method, source=source,
+        posterior=posterior, population=population, current=current_scores,
+        current_regimen=current_candidate, curves=curves, options=options,
+        max_limit_probability=max_limit_probability, seconds=time.perf_counter() - began,
+        timings=timings)
+
+
+def _fit_draws(fit, patient_id, draws: int, seed) -> IndividualPosterior:
+    from ..inference import draws as fit_draws
+
+    post = fit.idata.posterior
+    index = fit.data.subjects.index(patient_id)
+    n_total = post.sizes["chain"] * post.sizes["draw"]
+    pick = np.sort(np.random.default_rng(seed).choice(n_total, size=min(draws, n_total),
+                                                      replace=False))
+    params = {p.name: fit_draws.flat(post, f"{p.name}_i")[pick, index] for p in fit.spec.parameters}
+    sigmas = {s: fit_draws.flat(post, fit_draws.sigma_variable(fit.spec, 0, s))[pick]
+              for s in fit.spec.errors[0].sigmas}
+    return IndividualPosterior(params, sigmas, "fit draws", 0.0, False,
+                               {"note": "the patient's own draws from the population fit"})
+
+
+def recommend_batch(model, patients, directory=None, *, scheduler=None, **options) -> pd.DataFrame:
+    """One recommendation per patient of a table; with ``directory``, a sub-folder per patient
+    (``ID_<id>/``) and ``recommendations.csv``. Patients run one after another in this process
+    (the compiled patient model is shared); a patient whose input is wrong gets its error in
+    the ``error`` column instead of stopping the batch."""
+    data = patients if isinstance(patients, Dataset) else read_dataset(patients)
+    rows, outputs = [], {}
+    for pid in data.subjects:
+        try:
+            rec = recommend(model, data, patient_id=pid, **options)
+        except (DatasetError, SpecError) as exc:
+            rows.append({"ID": _plain(pid), "error": str(exc)})
+            continue
+        rows.append({**rec.summary_row(), "ID": _plain(pid), "error": ""})
+        outputs[pid] = rec
+    table = pd.DataFrame(rows)
+    if directory is not None:
+        from ..report.dose_report import dose_report_html, dose_report_pdf
+
+        files = {"recommendations.csv": table.to_csv(index=False).encode("utf-8")}
+        for pid, rec in outputs.items():
+            folder = f"ID_{_plain(pid)}"
+            files[f"{folder}/recommendation.json"] = rec.to_json().encode("utf-8")
+            files[f"{folder}/report.html"] = dose_report_html(rec).encode("utf-8")
+            files[f"{folder}/report.pdf"] = dose_report_pdf(rec)
+        _write_tree(directory, files)
+    return table
+
+
+def _write_tree(directory, files: dict[str, bytes]) -> Path:
+    import shutil
+    import tempfile
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".popkin-dose-", dir=directory.parent))
+    try:
+        for name, content in files.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        if not directory.exists():
+            os.replace(staging, directory)
+            return directory
+        for item in staging.iterdir():
+            target = directory / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
