@@ -28,7 +28,7 @@ h1{font-size:1.6em;border-bottom:2px solid #2c5d8a;padding-bottom:.2em}
 h2{font-size:1.25em;margin-top:1.6em;color:#2c5d8a}
 table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
 th,td{border:1px solid #c8d0d8;padding:.25em .6em;text-align:right}
-th{background:#eef2f6} td:first-child,th:first-child{text-align:left}
+th{background:#eef2f6} td:first-child,th:first-child,td.text{text-align:left}
 .warn{background:#fff4e0;border-left:4px solid #e69500;padding:.5em 1em;margin:.5em 0}
 .ok{background:#eaf6ea;border-left:4px solid #3a9a3a;padding:.5em 1em;margin:.5em 0}
 .meta{color:#555;font-size:.9em} figure{margin:1em 0} figcaption{font-size:.9em;color:#444}
@@ -54,6 +54,12 @@ def _format(value):
     return str(value)
 
 
+def _cell(value) -> str:
+    """A table cell: numbers right-aligned (the table's default), words left-aligned."""
+    css = ' class="text"' if isinstance(value, str) and len(value) > 12 else ""
+    return f"<td{css}>{html.escape(_format(value))}</td>"
+
+
 class HtmlDocument:
     """A report built section by section."""
 
@@ -74,7 +80,7 @@ class HtmlDocument:
 
     def table(self, frame: pd.DataFrame, caption: str | None = None) -> None:
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in row) + "</tr>"
+        rows = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>"
                        for row in frame.itertuples(index=False))
         if caption:
             self.parts.append(f'<p class="meta">{html.escape(caption)}</p>')
