@@ -56,7 +56,7 @@ def _format(value):
 
 def _cell(value) -> str:
     """A table cell: numbers right-aligned (the table's default), words left-aligned."""
-    css = ' class="text"' if isinstance(value, str) and len(value) > 12 else ""
+    css = ' class="text"' if isinstance(value, str) else ""
     return f"<td{css}>{html.escape(_format(value))}</td>"
 
 
