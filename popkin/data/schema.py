@@ -57,6 +57,10 @@ class DatasetError(ValueError):
         head = f"{len(self.problems)} problem(s) in dataset {source}:" if len(self.problems) > 1 else ""
         super().__init__("\n".join(([head] if head else []) + lines))
 
+    def __reduce__(self):
+        # rebuilt from its problems, so that it travels between processes (Dask workers)
+        return (type(self), (self.problems, self.source))
+
 
 def _fmt_id(value) -> str:
     if isinstance(value, float) and value.is_integer():

@@ -371,3 +371,14 @@ def test_blank_evid_cells_are_inferred_from_amt(tmp_path):
     path = write(tmp_path, "ID,TIME,AMT,EVID,DV\n1,0,100,.,.\n1,1,0,.,5\n1,2,0,3,.\n1,2,50,,.\n")
     ds = read_dataset(path)
     assert ds.records["EVID"].tolist() == [1, 0, 3, 1]
+
+
+def test_dataset_error_survives_pickling():
+    # errors raised on Dask workers travel back to the caller pickled
+    import pickle
+
+    from popkin.data.schema import DatasetError, Problem
+
+    error = DatasetError([Problem("TIME is not a number", row=3, subject=1, column="TIME")], "x.csv")
+    again = pickle.loads(pickle.dumps(error))
+    assert str(again) == str(error) and again.problems == error.problems and again.source == "x.csv"
