@@ -170,6 +170,44 @@ def _compare(args) -> int:
     return 0
 
 
+def _number_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _dose(args) -> int:
+    from .dosing import recommend, recommend_batch
+
+    options = dict(target=args.target, limit=args.limit, method=args.method, route=args.route,
+                   amount_step=args.amount_step, amount_range=args.amount_range,
+                   intervals=args.intervals, durations=args.durations,
+                   loading_dose=args.loading_dose, start=args.start,
+                   max_limit_probability=args.max_limit_probability, draws=args.draws,
+                   seed=args.seed)
+    if args.amount_range is not None and len(args.amount_range) != 2:
+        raise SpecError(f"--amount-range needs LOW,HIGH, not {args.amount_range!r}")
+    if args.batch:
+        table = recommend_batch(args.model, args.patient, args.out, scheduler=args.scheduler,
+                                progress=not args.quiet, **options)
+        with _pandas_wide():
+            print(table.drop(columns=["flags"], errors="ignore").to_string(index=False))
+        print(f"wrote {args.out}/: recommendations.csv and one folder per patient "
+              f"({len(table)} patients, {int((table['error'] != '').sum())} with errors)")
+        return 0
+    rec = recommend(args.model, args.patient, patient_id=args.id, **options)
+    rec.write(args.out)
+    print(f"patient {rec.patient_id}: {rec.regimen.describe(rec.spec.units)}, from time "
+          f"{rec.start:g}")
+    print(f"P(target) = {rec.probability_of_target:.2f}" +
+          (f", P(limit) = {rec.probability_of_limit:.2f}" if rec.limits else ""))
+    for flag in rec.flags:
+        print(f"flag: {flag}")
+    print(f"wrote {args.out}/: recommendation.json, report.html, report.pdf ({rec.seconds:.1f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="popkin", description="Bayesian population PK/PD modelling.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +275,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fitdirs", nargs="+", help="fit folders written by `popkin fit`")
     p.add_argument("--out", default=None, help="also write the table to this CSV file")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("dose", help="recommend a regimen for a patient: recommendation.json, "
+                                    "report.html, report.pdf")
+    p.add_argument("model", help="library model name, model spec (TOML) or fit folder")
+    p.add_argument("patient", help="NONMEM-format CSV of the patient (doses, levels, covariates)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--target", action="append", default=None,
+                   help="metric:window, e.g. auc24:400-600, trough:10-20, ftmic(2):>=40, "
+                        "trough@day2:10-20 (repeat for several; default: the model's [dosing])")
+    p.add_argument("--limit", action="append", default=None,
+                   help="toxicity limit, e.g. peak:<40, trough:<20 (repeat for several)")
+    p.add_argument("--method", choices=("nuts", "map"), default="nuts",
+                   help="full posterior (nuts, default) or MAP + Laplace (map, fast)")
+    p.add_argument("--id", default=None, help="the patient's ID when the file holds several")
+    p.add_argument("--batch", action="store_true",
+                   help="one recommendation per ID of the file: a folder each and "
+                        "recommendations.csv")
+    p.add_argument("--scheduler", default=None,
+                   help="with --batch: run patients on Dask ('local' or a scheduler address)")
+    p.add_argument("--route", choices=("oral", "iv_bolus", "infusion"), default=None)
+    p.add_argument("--amount-step", type=float, default=None, help="dose step (strength)")
+    p.add_argument("--amount-range", type=_number_list, default=None, metavar="LOW,HIGH")
+    p.add_argument("--intervals", type=_number_list, default=None, metavar="T1,T2,...")
+    p.add_argument("--durations", type=_number_list, default=None, metavar="D1,D2,...",
+                   help="infusion durations")
+    p.add_argument("--loading-dose", type=_number_list, default=None, metavar="AMT[,AMT...]",
+                   help="loading dose(s) at the start, each tried with every candidate")
+    p.add_argument("--start", type=float, default=None,
+                   help="time of the first dose of the new regimen (default: the next dose due)")
+    p.add_argument("--max-limit-probability", type=float, default=0.1,
+                   help="highest acceptable P(limit exceeded) (default 0.1)")
+    p.add_argument("--draws", type=int, default=1000, help="posterior draws (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress line (batch)")
+    p.set_defaults(func=_dose)
 
     p = sub.add_parser("models", help="list the models in the library")
     p.set_defaults(func=_models)

@@ -52,7 +52,8 @@ _COUNTS = {"compilations": 0}
 
 
 def compilations() -> int:
-    """How many patient models this process has compiled (a new patient should add none)."""
+    """How many compilations of patient models this process has done (the PyMC model, the
+    nutpie sampler, the MAP functions each count); a new patient should add none."""
     return _COUNTS["compilations"]
 
 
@@ -245,6 +246,7 @@ def _nutpie_model(compiled: _Compiled):
         import nutpie
 
         compiled.nutpie = nutpie.compile_pymc_model(compiled.model, backend="numba")
+        _COUNTS["compilations"] += 1
     return compiled.nutpie
 
 
@@ -262,6 +264,7 @@ def _map_functions(compiled: _Compiled):
             replace[model.rvs_to_values[model["z"]]] = x[compiled.n_u:]
         logp = graph_replace(model.logp(), replace, strict=False)
         compiled.map_functions = pytensor.function([x], [logp, pt.grad(logp, x)])
+        _COUNTS["compilations"] += 1
     return compiled.map_functions
 
 

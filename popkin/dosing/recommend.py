@@ -72,6 +72,7 @@ class Recommendation:
     curves: dict                            # time grid and bands, current and recommended
     options: rg.DosingOptions
     max_limit_probability: float
+    tie_tolerance: float
     seconds: float
     timings: dict = field(default_factory=dict)
 
@@ -84,6 +85,11 @@ class Recommendation:
                 "probability_of_target": self.probability_of_target,
                 "probability_of_limit": self.probability_of_limit,
                 "flags": " | ".join(self.flags)}
+
+    def to_rule(self) -> str:
+        return (f"the highest P(target) among candidates with P(limit) <= "
+                f"{self.max_limit_probability:g}; ties (within {self.tie_tolerance:g}) go to the "
+                "simpler regimen: longer interval, no loading dose, shorter infusion, lower dose")
 
     def to_dict(self) -> dict:
         r = self.regimen
@@ -110,9 +116,7 @@ class Recommendation:
             "probability_of_limit": self.probability_of_limit,
             "max_limit_probability": self.max_limit_probability,
             "metrics": metrics,
-            "rule": ("highest P(target) among candidates with P(limit) <= "
-                     f"{self.max_limit_probability:g}; ties (within 0.02) go to the simpler "
-                     "regimen: longer interval, no loading dose, shorter infusion, lower dose"),
+            "rule": self.to_rule(),
             "flags": list(self.flags),
             "current_regimen": None if self.current is None else {
                 "text": self.current_regimen.describe(units), **self.current},
@@ -580,7 +584,7 @@ def recommend(
         method="fit draws" if source == "fit draws" else method, source=source,
         posterior=posterior, population=population, current=current_scores,
         current_regimen=current_candidate, curves=curves, options=options,
-        max_limit_probability=max_limit_probability, seconds=time.perf_counter() - began,
+        max_limit_probability=max_limit_probability, tie_tolerance=tie_tolerance, seconds=time.perf_counter() - began,
         timings=timings)
 
 
@@ -599,33 +603,48 @@ def _fit_draws(fit, patient_id, draws: int, seed) -> IndividualPosterior:
                                {"note": "the patient's own draws from the population fit"})
 
 
-def recommend_batch(model, patients, directory=None, *, scheduler=None, **options) -> pd.DataFrame:
-    """One recommendation per patient of a table; with ``directory``, a sub-folder per patient
-    (``ID_<id>/``) and ``recommendations.csv``. Patients run one after another in this process
-    (the compiled patient model is shared); a patient whose input is wrong gets its error in
-    the ``error`` column instead of stopping the batch."""
-    data = patients if isinstance(patients, Dataset) else read_dataset(patients)
-    rows, outputs = [], {}
-    for pid in data.subjects:
-        try:
-            rec = recommend(model, data, patient_id=pid, **options)
-        except (DatasetError, SpecError) as exc:
-            rows.append({"ID": _plain(pid), "error": str(exc)})
-            continue
-        rows.append({**rec.summary_row(), "ID": _plain(pid), "error": ""})
-        outputs[pid] = rec
-    table = pd.DataFrame(rows)
-    if directory is not None:
-        from ..report.dose_report import dose_report_html, dose_report_pdf
+def recommend_batch(model, patients, directory=None, *, scheduler=None, workers=None,
+                    progress: bool = False, **options) -> pd.DataFrame:
+    """One recommendation per patient of a table.
 
+    With ``directory``: a sub-folder per patient (``ID_<id>/`` with the three files) and
+    ``recommendations.csv``, written together when all are built. A patient whose input is
+    wrong gets its error in the ``error`` column instead of stopping the batch. Patients run
+    serially in this process (sharing the compiled patient model) or, with ``scheduler``
+    (``"local"``, a Dask scheduler address or a client), as Dask tasks through
+    :func:`popkin.simulation.run_tasks`; each worker compiles the model once.
+    """
+    from functools import partial
+
+    from ..simulation import run_tasks
+
+    data = patients if isinstance(patients, Dataset) else read_dataset(patients)
+    task = partial(_batch_one, model, data, directory is not None, options)
+    results = run_tasks(task, data.subjects, scheduler=scheduler, workers=workers,
+                        progress=progress, label="patients")
+    table = pd.DataFrame([row for row, _ in results])
+    if directory is not None:
         files = {"recommendations.csv": table.to_csv(index=False).encode("utf-8")}
-        for pid, rec in outputs.items():
-            folder = f"ID_{_plain(pid)}"
-            files[f"{folder}/recommendation.json"] = rec.to_json().encode("utf-8")
-            files[f"{folder}/report.html"] = dose_report_html(rec).encode("utf-8")
-            files[f"{folder}/report.pdf"] = dose_report_pdf(rec)
+        for (row, outputs) in results:
+            for name, content in outputs.items():
+                files[f"ID_{row['ID']}/{name}"] = content
         _write_tree(directory, files)
     return table
+
+
+def _batch_one(model, data, with_files, options, patient_id):
+    try:
+        rec = recommend(model, data, patient_id=patient_id, **options)
+    except (DatasetError, SpecError) as exc:
+        return {"ID": _plain(patient_id), "error": str(exc)}, {}
+    files = {}
+    if with_files:
+        from ..report.dose_report import dose_report_html, dose_report_pdf
+
+        files = {"recommendation.json": rec.to_json().encode("utf-8"),
+                 "report.html": dose_report_html(rec).encode("utf-8"),
+                 "report.pdf": dose_report_pdf(rec)}
+    return {**rec.summary_row(), "ID": _plain(patient_id), "error": ""}, files
 
 
 def _write_tree(directory, files: dict[str, bytes]) -> Path:
@@ -635,6 +654,9 @@ def _write_tree(directory, files: dict[str, bytes]) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".popkin-dose-", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)       # mkdtemp's 0700 would stay on the renamed folder
     try:
         for name, content in files.items():
             path = staging / name

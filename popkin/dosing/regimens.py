@@ -328,7 +328,8 @@ def window(interval: float, duration: float, when: str, hours: float, loading: b
     """The evaluation grid of a shape; times are relative to the start of the new regimen
     (steady state: to a dose of the steady-state train)."""
     if when == "ss":
-        breaks = sorted({0.0, interval} | ({duration} if 0 < duration < interval else set()))
+        breaks = sorted({0.0, interval / 8, interval}
+                        | ({duration} if 0 < duration < interval else set()))
         return _grid(breaks, set(), (0.0, interval), (0.0, hours), (0.0,), None, True)
     day = int(when[3:])
     day_start, day_end = (day - 1) * hours, day * hours
@@ -344,7 +345,7 @@ def window(interval: float, duration: float, when: str, hours: float, loading: b
     doses = sorted(set(maintenance) | ({0.0} if loading else set()))
     breaks = {0.0, day_start, day_end, upper}
     for d in doses:
-        breaks.add(d)
+        breaks.update((d, d + interval / 8))
         if duration > 0 and d + duration <= upper:
             breaks.add(d + duration)
     breaks = sorted(b for b in breaks if b <= upper + 1e-9)

@@ -27,9 +27,10 @@ interval of the new regimen that begins in that day, ``auc24`` integrates the wh
 
 Numerics
 --------
-Concentrations are evaluated on a grid whose segments end at every dose and at the end of
-every infusion (a bolus jump is two points, before and after); AUCs are Simpson's rule per
-segment (64 sub-intervals), so kinks and jumps never fall inside a segment. ``trough`` is the
+Concentrations are evaluated on a grid whose segments end at every dose, at the end of every
+infusion and one eighth of an interval after each dose (where absorption bends the curve most;
+a bolus jump is two points, before and after); AUCs are Simpson's rule per segment
+(64 sub-intervals), so kinks and jumps never fall inside a segment. ``trough`` is the
 left limit at the end of the interval, ``peak`` the largest grid value (exact at the end of an
 infusion or at a bolus, within the grid spacing for oral absorption), ``ftmic`` interpolates
 log-linearly between grid points, exact for mono-exponential decline.
