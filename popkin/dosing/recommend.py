@@ -561,6 +561,10 @@ def recommend(
                      f"{max_limit_probability:g}; shown is the candidate with the lowest risk. "
                      "Consider other intervals, infusion durations or a different drug.")
     best = table.iloc[0]
+    if met and best["P(target)"] < 0.5:
+        flags.append(f"The best candidate attains the target with probability "
+                     f"{best['P(target)']:.0%} only: widen the dose range, the intervals or the "
+                     "infusion durations, or measure more levels to narrow the estimate.")
     chosen = rg.Candidate(float(best["amount"]), float(best["interval"]), float(best["duration"]),
                           str(best["route"]),
                           None if pd.isna(best["loading_dose"]) else float(best["loading_dose"]))

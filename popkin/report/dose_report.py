@@ -67,7 +67,7 @@ def concentration_figure(rec):
         top = 1e9
         if target in rec.limits:
             # a limit shades what it forbids
-            label = f"outside limit {target.describe()}"
+            label = f"breaks the limit {target.describe()}"
             if not math.isinf(target.high):
                 ax.axhspan(target.high, top, color=_RED, alpha=0.08, label=label)
                 label = None
@@ -177,11 +177,11 @@ def _criteria_table(rec) -> pd.DataFrame:
         for t in items:
             row = {"": kind, "metric": t.describe(), "unit": t.metric.unit_label(units),
                    "recommended: median": chosen[f"{t.label} median"],
-                   "90% interval": f"{chosen[f'{t.label} q05']:.3g}–{chosen[f'{t.label} q95']:.3g}"}
+                   "90% interval": f"{_num(chosen[f'{t.label} q05'])}–{_num(chosen[f'{t.label} q95'])}"}
             if rec.current is not None:
                 row["current regimen: median"] = rec.current[f"{t.label} median"]
-                row["current 90% interval"] = (f"{rec.current[f'{t.label} q05']:.3g}–"
-                                               f"{rec.current[f'{t.label} q95']:.3g}")
+                row["current 90% interval"] = (f"{_num(rec.current[f'{t.label} q05'])}–"
+                                               f"{_num(rec.current[f'{t.label} q95'])}")
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -227,7 +227,14 @@ def _parameter_table(rec) -> pd.DataFrame:
 
 def _interval(x) -> str:
     lo, hi = np.quantile(x, [0.05, 0.95])
-    return f"{lo:.3g}–{hi:.3g}"
+    return f"{_num(lo)}–{_num(hi)}"
+
+
+def _num(x: float) -> str:
+    """Three significant digits without exponents (1060, not 1.06e+03)."""
+    if not np.isfinite(x):
+        return "–"
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def _candidate_table(rec, n: int = 15) -> pd.DataFrame:
@@ -240,7 +247,7 @@ def _candidate_table(rec, n: int = 15) -> pd.DataFrame:
     columns += ["daily_dose", "P(target)"] + (["P(limit)"] if rec.limits else [])
     for c in (*rec.targets, *rec.limits):
         t[f"{c.label} (median, 90%)"] = [
-            f"{m:.3g} ({lo:.3g}–{hi:.3g})" for m, lo, hi in
+            f"{_num(m)} ({_num(lo)}–{_num(hi)})" for m, lo, hi in
             zip(t[f"{c.label} median"], t[f"{c.label} q05"], t[f"{c.label} q95"])]
         columns.append(f"{c.label} (median, 90%)")
     t = t[columns]
@@ -261,8 +268,9 @@ def _method_text(rec) -> str:
              if rec.source == "population fit" else
              "the library model's typical values and between-subject variability (typical values "
              "fixed unless the model gives their published uncertainty)")
+    compiled = " (including compiling the patient model, once per model)" if post.compiled else ""
     return (f"Individual posterior by {how}; the prior is {prior}. Computed in "
-            f"{rec.seconds:.1f} s.")
+            f"{rec.seconds:.1f} s{compiled}.")
 
 
 def _assumptions(rec) -> list[str]:
