@@ -124,6 +124,49 @@ def test_the_command_line_page_documents_every_command_and_option():
                 assert action.dest.upper() in section, (name, action.dest)
 
 
+def toml_blocks(text: str) -> list[tuple[int, str]]:
+    blocks, current, start = [], None, 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if current is None and line.strip() == "```toml":
+            current, start = [], number
+        elif current is not None and line.strip() == "```":
+            blocks.append((start, "\n".join(current)))
+            current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+@pytest.mark.parametrize("page", [p for p in nav_pages() if (DOCS / p).is_file()])
+def test_toml_examples_parse(page):
+    """Every TOML block is valid TOML, and one with a [model] table is a valid spec."""
+    import tomllib
+
+    import popkin
+
+    for line, block in toml_blocks((DOCS / page).read_text(encoding="utf-8")):
+        try:
+            document = tomllib.loads(block)
+        except tomllib.TOMLDecodeError as exc:
+            pytest.fail(f"docs/{page}, TOML block at line {line}: {exc}", pytrace=False)
+        if "model" in document and "parameters" in document:
+            popkin.load_model(block)
+
+
+def test_the_spec_reference_lists_every_structure_and_covariate_kind():
+    from popkin.population import covariate_kinds, error_models
+    from popkin.structural import structure_names
+
+    spec_page = (DOCS / "model-spec.md").read_text(encoding="utf-8")
+    covariate_page = (DOCS / "covariates.md").read_text(encoding="utf-8")
+    for name in structure_names():
+        assert f"| `{name}` |" in spec_page, f"structure {name} is not in model-spec.md"
+    for name in error_models():
+        assert f"| `{name}` |" in spec_page, f"error model {name} is not in model-spec.md"
+    for kind in covariate_kinds():
+        assert f"| `{kind}` |" in covariate_page, f"covariate kind {kind} is not in covariates.md"
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page_examples_run(page, tmp_path, monkeypatch):
     os.environ.setdefault("MPLBACKEND", "Agg")
