@@ -111,20 +111,39 @@ class ModelSpec:
 
     def with_covariate(self, parameter: str, effect: Mapping) -> "ModelSpec":
         """A new spec with one more covariate effect on ``parameter``."""
-        p = self.parameter(parameter)
-        new = make_effect(effect, parameter, f"{self.source}: [parameters.{parameter}].covariates")
-        return self._replace_parameter(replace(p, covariates=p.covariates + (new,)))
+        self.parameter(parameter)
+        make_effect(effect, parameter, f"{self.source}: [parameters.{parameter}].covariates")
+        return self._edited(lambda doc: doc["parameters"][parameter].setdefault(
+            "covariates", []).append(_plain(dict(effect))))
 
     def with_error(self, model: str, output: int = 1, **sigmas: float) -> "ModelSpec":
         """A new spec with error ``model`` (and its sigmas) on output ``output`` (1-based DVID)."""
-        err = ErrorModel.from_table({"model": model, **sigmas}, f"{self.source}: [error]")
-        errors = list(self.errors)
-        errors[output - 1] = err
-        return replace(self, errors=tuple(errors))
+        ErrorModel.from_table({"model": model, **sigmas}, f"{self.source}: [error]")
+        outputs = self.structure.outputs
+        if not 1 <= output <= len(outputs):
+            raise SpecError(f"{self.source}: model {self.name!r} has outputs 1 to {len(outputs)}, "
+                            f"not {output}")
+
+        def edit(doc):
+            table = {"model": model, **{k: float(v) for k, v in sigmas.items()}}
+            if len(outputs) == 1:
+                doc["error"] = table
+            else:
+                doc["error"][outputs[output - 1]] = table
+        return self._edited(edit)
 
     def with_parameter(self, name: str, **changes) -> "ModelSpec":
-        """A new spec with ``typical``, ``iiv`` or ``centered`` of one parameter changed."""
-        return self._replace_parameter(replace(self.parameter(name), **changes))
+        """A new spec with keys of one parameter changed (``typical``, ``iiv``, ``centered``, ...)."""
+        self.parameter(name)
+        return self._edited(lambda doc: doc["parameters"][name].update(_plain(changes)))
+
+    def _edited(self, edit) -> "ModelSpec":
+        """The spec re-read from its TOML after ``edit(document)``: text and spec stay one."""
+        import tomli_w
+
+        doc = tomllib.loads(self.text)
+        edit(doc)
+        return _parse(tomli_w.dumps(doc), self.source)
 
     def to_pymc(self, data):
         """The PyMC model of this spec for ``data`` (a Dataset, DataFrame or CSV path).
@@ -137,9 +156,6 @@ class ModelSpec:
 
         dataset = data if isinstance(data, Dataset) else read_dataset(data)
         return build_pymc_model(self, dataset).model
-
-    def _replace_parameter(self, new: ParameterSpec) -> "ModelSpec":
-        return replace(self, parameters=tuple(new if p.name == new.name else p for p in self.parameters))
 
     # -- covariates and individual parameters -------------------------------------------------
 
@@ -282,6 +298,15 @@ def _parse(text: str, source: str) -> ModelSpec:
                      reference=str(model.get("reference", "")), source=source,
                      omega_blocks=blocks, text=text, covariate_ranges=MappingProxyType(ranges),
                      dosing=MappingProxyType(dict(dosing)))
+
+
+def _plain(value):
+    """Python scalars, lists and dicts for the TOML writer (numpy values become Python's)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _covariate_ranges(value, source) -> dict[str, tuple[float, float]]:

@@ -171,3 +171,19 @@ def test_published_uncertainty_ranges_and_dosing_defaults():
         load_model(PLAIN.replace("[model]", "[model]\ncovariate_ranges = { WT = [120, 40] }"))
     with pytest.raises(SpecError, match=r"\[parameters.CL\]: rse"):
         load_model(PLAIN.replace("typical = 3.0", "typical = 3.0\nrse = -1"))
+
+
+def test_with_methods_keep_the_text_in_step():
+    # the text is what a fit saves (model.toml) and what the compile cache is keyed on
+    m = spec()
+    changed = (m.with_parameter("V", iiv=0.25)
+               .with_covariate("CL", {"kind": "power", "covariate": "WT", "reference": 70})
+               .with_error("combined", sigma_add=0.2, sigma_prop=0.1))
+    again = load_model(changed.text)
+    assert again == changed and again.text == changed.text
+    assert again.parameter("V").iiv == 0.25 and again.errors[0].model == "combined"
+    assert m.text != changed.text and load_model(m.text) == m
+    with pytest.raises(SpecError, match="outputs 1 to 1, not 2"):
+        m.with_error("additive", output=2, sigma_add=1.0)
+    with pytest.raises(KeyError, match="no parameter 'Q'"):
+        m.with_parameter("Q", typical=1.0)
