@@ -256,8 +256,9 @@ class _Categorical:
 
     @staticmethod
     def multiplier(effect, ops, column, values):
-        # column: level index per subject (0 = reference)
-        return ops.take(_factors(ops, effect, values), column)
+        # column: level index per subject (0 = reference); -1 (missing) gives NaN, never the
+        # last level by Python's negative indexing
+        return ops.where(column >= 0, ops.take(_factors(ops, effect, values), column), np.nan)
 
     @classmethod
     def encode(cls, effect, column, where):
@@ -283,7 +284,8 @@ class _Alleles:
     def multiplier(effect, ops, column, values):
         # column: (n, 2) allele indices; activity of the reference allele is 1
         act = _factors(ops, effect, values)
-        return 0.5 * (ops.take(act, column[:, 0]) + ops.take(act, column[:, 1]))
+        both = 0.5 * (ops.take(act, column[:, 0]) + ops.take(act, column[:, 1]))
+        return ops.where((column[:, 0] >= 0) & (column[:, 1] >= 0), both, np.nan)
 
     @staticmethod
     def encode(effect, column, where):

@@ -187,3 +187,10 @@ def test_with_methods_keep_the_text_in_step():
         m.with_error("additive", output=2, sigma_add=1.0)
     with pytest.raises(KeyError, match="no parameter 'Q'"):
         m.with_parameter("Q", typical=1.0)
+
+
+def test_missing_genotype_gives_no_silent_factor():
+    m = spec('covariates = [{ kind = "genotype", covariate = "G", reference = "*1/*1", '
+             'effects = { "*1/*2" = 0.5 } }]')
+    p = m.individual_parameters(m.covariate_design(_subjects(G=["*1/*2", None, "*1/*1"])))
+    assert p["CL"][0] == 1.5 and np.isnan(p["CL"][1]) and p["CL"][2] == 3.0
