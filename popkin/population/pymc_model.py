@@ -284,6 +284,7 @@ def build_pymc_model(spec: ModelSpec, data: Dataset) -> PopulationModel:
         expanded, copy_subject, occasions = split_occasions(spec, data)
         assignments = [{}] * len(copy_subject)
     events = build_event_table(expanded, spec.structure, points="observations")
+    _check_zero_predictions(spec, events, data.source)
     subjects = data.subjects
     random = tuple(p.name for p in spec.parameters if p.iiv > 0)
     coords = {"subject": subjects}
@@ -406,6 +407,30 @@ def _check_observations(spec: ModelSpec, data: Dataset) -> None:
                 row=int(r["row"]), subject=r["ID"], column="DV"))
     if problems:
         raise DatasetError(problems, data.source)
+
+
+def _check_zero_predictions(spec: ModelSpec, events, source: str) -> None:
+    """Observations predicted to be exactly 0 cannot be scored by an error model whose SD is
+    proportional to the prediction: reject them with their rows (NUTS would fail to start)."""
+    scaled = [k for k, err in enumerate(spec.errors) if err.model in ("proportional", "exponential")]
+    if not scaled:
+        return
+    # whether drug has arrived depends on the dosing history, not on the parameter values
+    typical = {p.name: np.full(events.n_subjects, p.typical) for p in spec.parameters}
+    prediction = np.asarray(spec.structure.predict(events, typical))
+    zero = (events.observed & (prediction == 0) & np.isnan(events.point_lloq)
+            & np.isin(events.point_dvid, np.asarray(scaled) + 1))
+    if not zero.any():
+        return
+    where = np.flatnonzero(zero)
+    problems = [Problem(
+        f"predicted to be 0 here (a sample before any dose, or at the time of an oral dose): the "
+        f"{spec.errors[events.point_dvid[i] - 1].model} error model gives it zero variance, so "
+        f"no parameters can explain DV {events.point_dv[i]:g}; set MDV = 1 for this record or "
+        f"use a combined error model ({len(where)} such observation(s))",
+        row=int(events.point_row[i]), subject=events.subjects[events.point_subject[i]],
+        column="DV") for i in where[:5]]
+    raise DatasetError(problems, source)
 
 
 def _effect_values(pm, pt, model, e: CovariateEffect, entries):

@@ -211,3 +211,14 @@ def test_observations_of_an_output_the_model_lacks_are_counted_and_explained():
     df["DVID"] = np.where(df["TIME"] > 5, 2, 1)
     with pytest.raises(DatasetError, match=r"DVID 2 but model 'geno' has 1 output.*4 observation\(s\) in all.*MDV = 1"):
         build_pymc_model(load_model(SPEC), read_dataset(df))
+
+
+def test_observations_predicted_zero_under_proportional_error_are_rejected():
+    # a sample at the time of an oral dose: nothing absorbed yet, so a proportional SD of 0
+    data = pd.DataFrame({"ID": [1, 1, 1], "TIME": [0.0, 0.0, 2.0], "AMT": [100.0, 0.0, 0.0],
+                         "EVID": [1, 0, 0], "DV": [np.nan, 0.3, 2.0]})
+    spec = load_model("theophylline").with_error("proportional", sigma_prop=0.2)
+    with pytest.raises(DatasetError, match=r"row 2, ID 1, column DV: predicted to be 0 here.*"
+                                           r"set MDV = 1 for this record"):
+        spec.to_pymc(read_dataset(data))
+    spec.with_error("combined", sigma_add=0.1, sigma_prop=0.2).to_pymc(read_dataset(data))
