@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import tempfile
+import warnings
 
 from .data.schema import DatasetError
 from .population.covariates import SpecError
@@ -56,10 +57,12 @@ def _fit(args) -> int:
     from .inference import fit
     from .report.fit_report import write_fit_report
 
-    result = fit(args.model, args.data, method=args.method, chains=args.chains, draws=args.draws,
-                 tune=args.tune, seed=args.seed, sampler=args.sampler,
-                 target_accept=args.target_accept, progress=not args.quiet,
-                 mass_matrix=args.mass_matrix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)     # printed below, in plain words, once
+        result = fit(args.model, args.data, method=args.method, chains=args.chains,
+                     draws=args.draws, tune=args.tune, seed=args.seed, sampler=args.sampler,
+                     target_accept=args.target_accept, progress=not args.quiet,
+                     mass_matrix=args.mass_matrix)
     result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
     summary = result.summary()
     with _pandas_wide():

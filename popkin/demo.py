@@ -13,6 +13,7 @@ output folder.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,10 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
     files.append(path)
 
     # 0. the population fit: NUTS, 4 chains
-    fit = fit_model(library, data, chains=4, draws=1000, tune=1000, seed=seed, progress=progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)     # the summary states them once
+        fit = fit_model(library, data, chains=4, draws=1000, tune=1000, seed=seed,
+                        progress=progress)
     fit_dir = os.path.join(out, "fit")
     fit.save(fit_dir, extra={"report.html": lambda p: write_fit_report(fit, p)})
     files += [os.path.join(fit_dir, n) for n in ("summary.csv", "posterior.nc", "report.html")]
@@ -145,7 +149,7 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
         f"Regimen {dose:g} mg every 12 h, day 5: median trough {trough.median():.1f} "
         f"{units.get('concentration', '')} (90% of virtual patients between {trough.quantile(0.05):.1f} "
         f"and {trough.quantile(0.95):.1f}); {share:.0%} have a trough within the target "
-        f"{therapeutic_window[0]:g}–{therapeutic_window[1]:g}.\n"
+        f"{therapeutic_window[0]:g}–{therapeutic_window[1]:g} {units.get('concentration', '')}.\n"
         + dose_line)
     path = os.path.join(out, "summary.txt")
     with open(path + ".tmp", "w", encoding="utf-8") as fh:

@@ -34,6 +34,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from ..inference.checks import quiet_pymc
 from ._replicates import PosteriorDraws
 
 __all__ = ["STATISTICS", "PredictiveCheck", "predictive_check", "predictive_check_figure",
@@ -219,7 +220,8 @@ def prior_predictive_check(model, data, *, draws: int = 200, statistics: Sequenc
         raise ValueError(f"no observations of output DVID {dvid} are modelled as ordinary "
                          "observed variables (every such subject has missing covariate levels)")
     with built.model:
-        prior = pm.sample_prior_predictive(draws=draws, random_seed=seed, var_names=[name])
+        with quiet_pymc():
+            prior = pm.sample_prior_predictive(draws=draws, random_seed=seed, var_names=[name])
     events = built.events
     after = _after_dosing(spec, events, dvid)
     columns = after[np.asarray(built.observed[name])]
@@ -322,3 +324,4 @@ def _units(spec, dvid: int) -> tuple[str, str]:
 def _check_dvid(spec, dvid: int) -> None:
     if not 1 <= dvid <= len(spec.errors):
         raise ValueError(f"model {spec.name!r} has outputs DVID 1 to {len(spec.errors)}, not {dvid}")
+

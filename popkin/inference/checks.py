@@ -7,6 +7,9 @@ on the study's design and sets them beside the data.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
 
@@ -34,8 +37,9 @@ def prior_predictive(model, data, *, draws: int = 500, seed: int | None = None) 
         raise ValueError("no observations are modelled as ordinary observed variables "
                          "(every subject has missing covariate levels)")
     with built.model:
-        prior = pm.sample_prior_predictive(draws=draws, random_seed=seed,
-                                           var_names=list(built.observed))
+        with quiet_pymc():
+            prior = pm.sample_prior_predictive(draws=draws, random_seed=seed,
+                                               var_names=list(built.observed))
     frames = []
     events = built.events
     for name, points in built.observed.items():
@@ -47,3 +51,15 @@ def prior_predictive(model, data, *, draws: int = 500, seed: int | None = None) 
             "TIME": events.point_time[points], "DVID": events.point_dvid[points], "DV": dv,
             "q05": q05, "q50": q50, "q95": q95, "inside": (dv >= q05) & (dv <= q95)}))
     return pd.concat(frames, ignore_index=True)
+
+
+@contextmanager
+def quiet_pymc():
+    """PyMC logs the variables it samples ("Sampling: [...]"): noise in a report or a demo."""
+    logger = logging.getLogger("pymc")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

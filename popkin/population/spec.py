@@ -182,19 +182,19 @@ class ModelSpec:
         return design
 
     def check_time_constant(self, data: Dataset) -> None:
-        """Closed forms need parameters constant within a subject: reject time-varying covariates."""
+        """Parameters are constant within a subject: reject time-varying covariates."""
         varying = [c for c in self.covariate_columns if c in data.time_varying]
-        if varying and not getattr(self.structure, "time_varying_parameters", False):
+        if varying:
             r = data.records
             problems = []
             for c in varying:
                 counts = r.groupby("ID", sort=False)[c].nunique()
                 first = counts[counts > 1].index[0]
                 problems.append(Problem(
-                    f"covariate {c} changes within the subject, but structure "
-                    f"{self.structure.name!r} superposes doses with parameters constant per "
-                    "subject; use the subject's baseline (e.g. keep the first value) or an ODE "
-                    "structure", subject=first, column=c))
+                    f"covariate {c} changes within the subject, but individual parameters are "
+                    f"constant per subject (structure {self.structure.name!r}); use the "
+                    "subject's baseline value (e.g. keep the first one), or occasions (an OCC "
+                    "column with iov) if the change marks a new period", subject=first, column=c))
             raise DatasetError(problems, data.source)
 
     def individual_parameters(self, design, etas: Mapping[str, np.ndarray] | None = None,
