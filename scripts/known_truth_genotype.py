@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -102,13 +100,12 @@ def truth_spec(spec: popkin.population.spec.ModelSpec, truth: dict) -> popkin.po
     and sigmas; any name missing from ``truth`` keeps the spec's value.
     """
     for p in spec.parameters:
-        effects = []
         for e in p.covariates:
             values = {k: truth.get(f"{p.name}:{e.covariate}[{k}]", truth.get(f"{p.name}:{e.covariate}", v))
                       for k, v in e.values.items()}
-            effects.append(replace(e, values=MappingProxyType(values)))
+            spec = spec.with_effect(p.name, e.covariate, **values)
         spec = spec.with_parameter(p.name, typical=truth.get(p.name, p.typical),
-                                   iiv=truth.get(f"omega_{p.name}", p.iiv), covariates=tuple(effects))
+                                   iiv=truth.get(f"omega_{p.name}", p.iiv))
     for k, err in enumerate(spec.errors):
         sigmas = {s: truth.get(s, v) for s, v in err.sigmas.items()}
         spec = spec.with_error(err.model, output=k + 1, **sigmas)

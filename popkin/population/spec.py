@@ -137,6 +137,29 @@ class ModelSpec:
         self.parameter(name)
         return self._edited(lambda doc: doc["parameters"][name].update(_plain(changes)))
 
+    def with_effect(self, parameter: str, covariate: str, **values: float) -> "ModelSpec":
+        """A new spec with values of one covariate effect changed: ``exponent=0.75``,
+        ``coefficient=...``, ``factor=...``, ``residual=...``, or level factors by level name
+        (``**{"*1/*1": 2.0}``)."""
+        effect = next((e for e in self.parameter(parameter).covariates if e.covariate == covariate),
+                      None)
+        if effect is None:
+            raise KeyError(f"parameter {parameter!r} of model {self.name!r} has no effect of "
+                           f"covariate {covariate!r}")
+        unknown = set(values) - set(effect.values)
+        if unknown:
+            raise KeyError(f"the {effect.kind} effect of {covariate} on {parameter} has no value(s) "
+                           f"{', '.join(sorted(unknown))} (its values: {', '.join(effect.values)})")
+
+        def edit(doc):
+            table = next(t for t in doc["parameters"][parameter]["covariates"]
+                         if t["covariate"] == covariate)
+            if effect.kind in _LEVEL_KINDS:
+                table["effects"] = {**table.get("effects", {}), **_plain(values)}
+            else:
+                table.update(_plain(values))
+        return self._edited(edit)
+
     def _edited(self, edit) -> "ModelSpec":
         """The spec re-read from its TOML after ``edit(document)``: text and spec stay one."""
         import tomli_w
@@ -212,6 +235,7 @@ class ModelSpec:
 
 
 _LABELLED = ("categorical", "genotype", "alleles", "activity_score")
+_LEVEL_KINDS = ("categorical", "genotype", "alleles")       # values are per-level factors
 
 
 def _impute(values: np.ndarray, effect: CovariateEffect) -> np.ndarray:

@@ -210,3 +210,12 @@ def test_batch_one_folder_per_patient(tmp_path):
     assert summary["error"].iloc[:2].eq("").all() and "*7/*7" in summary["error"].iloc[2]
     assert (out / "ID_1" / "report.pdf").is_file() and (out / "ID_2" / "recommendation.json").is_file()
     assert not (out / "ID_3").exists() and (out / "recommendations.csv").is_file()
+
+
+def test_batch_on_a_local_dask_cluster_matches_the_serial_batch():
+    table = pd.concat([patient(pid=1), patient(pid=2, genotype="*2/*2", wt=90.0)])
+    serial = recommend_batch(SPEC, table, method="map", start=48.0, seed=5)
+    cluster = recommend_batch(SPEC, table, method="map", start=48.0, seed=5, scheduler="local",
+                              workers=2)
+    columns = ["ID", "amount", "interval", "probability_of_target", "error"]
+    pd.testing.assert_frame_equal(serial[columns], cluster[columns])

@@ -194,3 +194,14 @@ def test_missing_genotype_gives_no_silent_factor():
              'effects = { "*1/*2" = 0.5 } }]')
     p = m.individual_parameters(m.covariate_design(_subjects(G=["*1/*2", None, "*1/*1"])))
     assert p["CL"][0] == 1.5 and np.isnan(p["CL"][1]) and p["CL"][2] == 3.0
+
+
+def test_with_effect_changes_one_effect_value():
+    m = spec('covariates = [{ kind = "genotype", covariate = "G", reference = "*1/*1", '
+             'effects = { "*1/*2" = 0.5 } }, { kind = "power", covariate = "WT", reference = 70 }]')
+    changed = m.with_effect("CL", "G", **{"*1/*2": 0.3}).with_effect("CL", "WT", exponent=1.0)
+    effects = {e.covariate: dict(e.values) for e in changed.parameter("CL").covariates}
+    assert effects == {"G": {"*1/*2": 0.3}, "WT": {"exponent": 1.0}}
+    assert load_model(changed.text) == changed
+    with pytest.raises(KeyError, match="no value.*coefficient"):
+        m.with_effect("CL", "WT", coefficient=1.0)
