@@ -256,13 +256,22 @@ class _Categorical:
 
     @staticmethod
     def multiplier(effect, ops, column, values):
-        # column: level index per subject (0 = reference); -1 (missing) gives NaN, never the
-        # last level by Python's negative indexing
-        return ops.where(column >= 0, ops.take(_factors(ops, effect, values), column), np.nan)
+        # column: level index per subject (0 = reference)
+        return _missing_as_nan(column >= 0, ops.take(_factors(ops, effect, values), column))
 
     @classmethod
     def encode(cls, effect, column, where):
         return _level_encode(effect, column, where, effect.levels, cls.normalise, cls.label)
+
+
+def _missing_as_nan(known, multiplier):
+    """NaN where a level is missing (code -1), never the last level by negative indexing.
+
+    Only data columns can hold missing codes (the PyMC model replaces them by one copy per
+    level first), so the log-density graph is left as it is.
+    """
+    known = np.asarray(known)
+    return multiplier if known.all() else np.where(known, multiplier, np.nan)
 
 
 @_register("genotype")
@@ -285,7 +294,7 @@ class _Alleles:
         # column: (n, 2) allele indices; activity of the reference allele is 1
         act = _factors(ops, effect, values)
         both = 0.5 * (ops.take(act, column[:, 0]) + ops.take(act, column[:, 1]))
-        return ops.where((column[:, 0] >= 0) & (column[:, 1] >= 0), both, np.nan)
+        return _missing_as_nan((column[:, 0] >= 0) & (column[:, 1] >= 0), both)
 
     @staticmethod
     def encode(effect, column, where):
