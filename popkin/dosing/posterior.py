@@ -43,7 +43,7 @@ from ..population.spec import ModelSpec
 from ..structural.linear import LinearCompartmentModel, _kernel, _pair_plan
 from .prior import PopulationPrior
 
-__all__ = ["IndividualPosterior", "sample_individual", "compilations"]
+__all__ = ["IndividualPosterior", "sample_individual", "sample_mixture", "compilations"]
 
 _MIN_PAIRS, _MIN_POINTS = 64, 16
 _CACHE: "OrderedDict[tuple, _Compiled]" = OrderedDict()
@@ -163,6 +163,7 @@ class _Compiled:
     data_names: tuple[str, ...]
     nutpie: object = None
     map_functions: tuple | None = None
+    logp_function: object = None
     n_u: int = 0
     n_z: int = 0
 
@@ -327,19 +328,19 @@ def _prepare(spec: ModelSpec, prior: PopulationPrior, events: EventTable):
     return compiled, values, compiled_now
 
 
-def sample_individual(spec: ModelSpec, prior: PopulationPrior, events: EventTable, *,
-                      method: str = "nuts", draws: int = 1000, chains: int = 4, tune: int = 500,
-                      seed: int = 0) -> IndividualPosterior:
-    """Draws of the patient's parameters given the patient's event table (one subject)."""
-    start = time.perf_counter()
-    compiled, values, compiled_now = _prepare(spec, prior, events)
+def _set_data(compiled: _Compiled, values: dict) -> dict:
     # pm.Data chose the stored dtypes (int32 indices, int8 masks)
     values = {name: np.asarray(value, dtype=compiled.model[name].dtype)
               for name, value in values.items()}
     for name, value in values.items():
         compiled.model[name].set_value(value)
+    return values
+
+
+def _draw(compiled: _Compiled, values: dict, method: str, draws: int, chains: int, tune: int,
+          seed: int) -> tuple[np.ndarray, dict]:
+    """Draws of the flat vector ``(u, z)`` (draws, n_u + n_z) for the data in ``values``."""
     rng = np.random.default_rng(seed)
-    diagnostics = {}
     if method == "nuts":
         import nutpie
 
@@ -361,7 +362,8 @@ def sample_individual(spec: ModelSpec, prior: PopulationPrior, events: EventTabl
             import arviz as az
 
             diagnostics["max_r_hat"] = float(np.nanmax(az.rhat(post["z"]).to_array().values))
-    elif method == "map":
+        return np.hstack([u, z]), diagnostics
+    if method == "map":
         from scipy.optimize import minimize
 
         value_and_grad = _map_functions(compiled)
@@ -376,9 +378,130 @@ def sample_individual(spec: ModelSpec, prior: PopulationPrior, events: EventTabl
         precision = -_hessian(value_and_grad, result.x)
         cov_chol = np.linalg.cholesky(np.linalg.inv(precision + 1e-10 * np.eye(dim)))
         x = result.x + rng.standard_normal((draws, dim)) @ cov_chol.T
-        u, z = x[:, :compiled.n_u], x[:, compiled.n_u:]
-        diagnostics = {"converged": bool(result.success), "iterations": int(result.nit)}
-    else:
-        raise ValueError(f"method must be 'nuts' or 'map', not {method!r}")
+        return x, {"converged": bool(result.success), "iterations": int(result.nit)}
+    raise ValueError(f"method must be 'nuts' or 'map', not {method!r}")
+
+
+def sample_individual(spec: ModelSpec, prior: PopulationPrior, events: EventTable, *,
+                      method: str = "nuts", draws: int = 1000, chains: int = 4, tune: int = 500,
+                      seed: int = 0) -> IndividualPosterior:
+    """Draws of the patient's parameters given the patient's event table (one subject)."""
+    start = time.perf_counter()
+    compiled, values, compiled_now = _prepare(spec, prior, events)
+    values = _set_data(compiled, values)
+    x, diagnostics = _draw(compiled, values, method, draws, chains, tune, seed)
+    u, z = x[:, :compiled.n_u], x[:, compiled.n_u:]
     return IndividualPosterior(prior.individual(u, z), prior.sigma_values(u), method,
                                time.perf_counter() - start, compiled_now, diagnostics)
+
+
+def _logp_function(compiled: _Compiled):
+    """``f(x) -> logp`` over the flat vector ``(u, z)`` (no gradient: cheaper, and an ODE
+    solve without sensitivities)."""
+    if compiled.logp_function is None:
+        import pytensor
+        import pytensor.tensor as pt
+        from pytensor.graph.replace import graph_replace
+
+        model = compiled.model
+        x = pt.vector("x")
+        replace = {model.rvs_to_values[model["u"]]: x[:compiled.n_u]}
+        if compiled.n_z:
+            replace[model.rvs_to_values[model["z"]]] = x[compiled.n_u:]
+        compiled.logp_function = pytensor.function([x], graph_replace(model.logp(), replace,
+                                                                      strict=False))
+        _COUNTS["compilations"] += 1
+    return compiled.logp_function
+
+
+def _log_evidence(compiled: _Compiled, x: np.ndarray, rng, n: int = 2000) -> tuple[float, float]:
+    """``log p(levels)`` under the data now in ``compiled``, by importance sampling.
+
+    The proposal is a multivariate t (4 degrees of freedom) with the mean and covariance of
+    the posterior draws ``x``: heavier-tailed than the posterior, so the weights stay bounded.
+    Returns the estimate and the effective sample size of the weights (a small one, relative
+    to ``n``, means an unreliable estimate).
+    """
+    from scipy import stats
+
+    logp = _logp_function(compiled)
+    dim = x.shape[1]
+    mean = x.mean(axis=0)
+    cov = np.atleast_2d(np.cov(x, rowvar=False)) * 1.2 + 1e-9 * np.eye(dim)
+    proposal = stats.multivariate_t(loc=mean, shape=cov, df=4)
+    y = proposal.rvs(size=n, random_state=rng).reshape(n, dim)
+    target = np.array([float(logp(row)) for row in y])
+    log_w = target - proposal.logpdf(y)
+    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+    top = np.max(log_w)
+    if not np.isfinite(top):
+        return -np.inf, 0.0
+    w = np.exp(log_w - top)
+    return float(top + np.log(w.mean())), float(w.sum() ** 2 / (w ** 2).sum())
+
+
+def sample_mixture(spec: ModelSpec, components, events: EventTable, *, method: str = "nuts",
+                   draws: int = 1000, chains: int = 4, tune: int = 500,
+                   seed: int = 0) -> IndividualPosterior:
+    """The individual posterior averaged over the patient's possible genotypes.
+
+    ``components`` is a list of ``(component, prior)``: each component's prior weight
+    (``component.log_weight``, from the population frequencies) and its own population prior
+    (:func:`popkin.dosing.prior.covariate_components`). Each component is sampled on its own
+    (the same compiled model, its data swapped in); its evidence ``p(levels | genotype)`` is
+    estimated by importance sampling (:func:`_log_evidence`); the components' posterior
+    probabilities are ``prior weight x evidence``, normalised; and the draws are a mixture of
+    the components' draws in those proportions, shuffled. Sampling the components apart is
+    more reliable than one sampler on the marginal density, whose modes (one per genotype) are
+    often far apart. The genotype probabilities are in ``diagnostics["genotypes"]``.
+    """
+    if len(components) == 1:
+        return sample_individual(spec, components[0][1], events, method=method, draws=draws,
+                                 chains=chains, tune=tune, seed=seed)
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    compiled_any = False
+    parts = []
+    for k, (component, prior) in enumerate(components):
+        compiled, values, compiled_now = _prepare(spec, prior, events)
+        compiled_any |= compiled_now
+        values = _set_data(compiled, values)
+        x, diagnostics = _draw(compiled, values, method, draws, chains, tune, seed + k)
+        log_z, ess = _log_evidence(compiled, x, rng)
+        parts.append((component, prior, x, diagnostics, log_z, ess, compiled.n_u))
+    log_post = np.array([c.log_weight + log_z for c, _, _, _, log_z, _, _ in parts])
+    if not np.isfinite(log_post).any():
+        raise RuntimeError("no genotype of the patient gives the levels a finite likelihood")
+    probs = np.exp(log_post - np.logaddexp.reduce(log_post))
+    counts = rng.multinomial(draws, probs)
+    parameters: dict[str, list] = {}
+    sigmas: dict[str, list] = {}
+    for (component, prior, x, _, _, _, n_u), count in zip(parts, counts):
+        if count == 0:
+            continue
+        pick = rng.choice(len(x), size=count, replace=count > len(x))
+        u, z = x[pick, :n_u], x[pick, n_u:]
+        for name, v in prior.individual(u, z).items():
+            parameters.setdefault(name, []).append(v)
+        for name, v in prior.sigma_values(u).items():
+            sigmas.setdefault(name, []).append(v)
+    order = rng.permutation(draws)
+    parameters = {k: np.concatenate(v)[order] for k, v in parameters.items()}
+    sigmas = {k: np.concatenate(v)[order] for k, v in sigmas.items()}
+    genotypes = [{"genotype": c.label, "assignment": [list(a) for a in c.assignment],
+                  "prior": float(np.exp(c.log_weight)), "posterior": float(p),
+                  "log_evidence": float(log_z), "evidence_ess": round(ess, 1)}
+                 for (c, _, _, _, log_z, ess, _), p in zip(parts, probs)]
+    diagnostics = {"genotypes": genotypes, "components": len(parts)}
+    first = parts[0][3]
+    if "divergences" in first:
+        diagnostics["divergences"] = int(sum(p[3].get("divergences", 0) for p in parts))
+        diagnostics.update(chains=first["chains"], draws_per_chain=first["draws_per_chain"],
+                           tune=first["tune"])
+        r_hats = [p[3]["max_r_hat"] for p in parts if "max_r_hat" in p[3]]
+        if r_hats:
+            diagnostics["max_r_hat"] = float(max(r_hats))
+    if "converged" in first:
+        diagnostics["converged"] = all(p[3]["converged"] for p in parts)
+    return IndividualPosterior(parameters, sigmas, method, time.perf_counter() - start,
+                               compiled_any, diagnostics)

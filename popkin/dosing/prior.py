@@ -30,10 +30,24 @@ Computing :math:`\log TV_P` per population draw *before* the patient model reduc
 covariate model, however complex, to a few numbers per patient: the compiled model takes
 :math:`\mu`, :math:`L` and :math:`L_R` as data, so a new patient, with other covariates, does
 not recompile it.
+
+A missing genotype
+------------------
+A patient whose genotype (a ``genotype``, ``categorical`` or ``alleles`` covariate) is not
+known gets one *component* per genotype it may have (:func:`covariate_components`), each with
+its prior probability: the population frequencies of the levels (for ``alleles``, the
+frequencies of the two alleles under Hardy-Weinberg equilibrium). The frequencies come from the spec's
+``frequencies``, or, for a population fit that estimated them, from their posterior mean, or
+else from the genotypes counted in the fitted data (the posterior mean under a flat Dirichlet
+prior). Each component has its own prior (the patient's covariates with that genotype
+filled in), and :func:`popkin.dosing.posterior.sample_mixture` weighs them by how well they
+explain the patient's levels. A missing continuous covariate stays an error: nothing here
+could say what it should be.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +59,12 @@ from ..population.covariates import CONTINUOUS_KINDS, SpecError
 from ..population.spec import ModelSpec
 from ..structural.backend import NumpyOps
 
-__all__ = ["PopulationPrior", "library_prior", "fit_prior", "patient_covariates"]
+__all__ = ["PopulationPrior", "Component", "library_prior", "fit_prior", "patient_covariates",
+           "covariate_components", "spec_frequencies", "fit_frequencies", "LEVEL_KINDS"]
+
+LEVEL_KINDS = ("genotype", "categorical", "alleles")
+# at most this many genotype combinations are averaged over
+_MAX_COMPONENTS = 64
 
 # at most this many posterior draws of a fit enter the moments of theta
 _MAX_FIT_DRAWS = 2000
@@ -96,21 +115,134 @@ class PopulationPrior:
         return {s: np.exp(log_sigma[:, j]) for j, s in enumerate(self.sigmas)}
 
 
+def _missing(effect, values) -> bool:
+    if effect.kind in CONTINUOUS_KINDS:
+        return bool(np.isnan(values).any())
+    return bool((np.asarray(values) < 0).any())
+
+
 def patient_covariates(spec: ModelSpec, patient: Dataset) -> dict:
-    """The encoded covariates of a one-patient dataset, with missing values rejected."""
+    """The encoded covariates of a one-patient dataset.
+
+    A missing level covariate (genotype, category, allele) stays marked (-1) for
+    :func:`covariate_components`; a missing continuous covariate is an error.
+    """
     design = spec.covariate_design(patient)
     for p in spec.parameters:
         for e in p.covariates:
-            values = design[(p.name, e.covariate)]
-            missing = np.isnan(values).any() if e.kind in CONTINUOUS_KINDS else (values < 0).any()
-            if missing:
-                what = "genotype" if e.kind in ("genotype", "alleles") else "value"
+            if e.kind in CONTINUOUS_KINDS and _missing(e, design[(p.name, e.covariate)]):
                 raise DatasetError([Problem(
                     f"the patient's {e.covariate} is missing, but the model's effect of "
-                    f"{e.covariate} on {p.name} needs it; give the {what} (a dose recommendation "
-                    "does not average over unknown covariates)", subject=patient.subjects[0],
+                    f"{e.covariate} on {p.name} needs it; give the value (a dose recommendation "
+                    "does not guess a continuous covariate)", subject=patient.subjects[0],
                     column=e.covariate)], patient.source)
     return design
+
+
+@dataclass(frozen=True)
+class Component:
+    """One way of filling in the patient's missing levels: the design and its probability."""
+
+    label: str                      # e.g. "CYP2C19 *1/*2" ("" when nothing is missing)
+    log_weight: float               # log prior probability
+    design: dict
+    assignment: tuple = ()          # ((covariate, level label), ...)
+
+
+def covariate_components(spec: ModelSpec, design, frequencies_of, *, where: str = "") -> list[Component]:
+    """The patient's genotype components (one, weight 1, when nothing is missing).
+
+    ``frequencies_of(covariate, levels)`` returns the population frequency of each level (a
+    mapping level -> frequency) or None when there is no source of frequencies, which makes a
+    missing value of that covariate an error.
+    """
+    by_covariate: dict[str, list] = {}
+    for p in spec.parameters:
+        for e in p.covariates:
+            if e.kind in LEVEL_KINDS and _missing(e, design[(p.name, e.covariate)]):
+                by_covariate.setdefault(e.covariate, []).append(e)
+    if not by_covariate:
+        return [Component("", 0.0, design)]
+    options = []            # per covariate: [(code, log prior, label), ...]
+    for covariate, effects in by_covariate.items():
+        e = effects[0]
+        if any(x.kind != e.kind or x.levels != e.levels for x in effects[1:]):
+            raise SpecError(f"{spec.source}: the effects of {covariate} on several parameters "
+                            "must use the same kind and levels to average over a missing value")
+        freqs = frequencies_of(covariate, e.levels)
+        if freqs is None:
+            what = "genotype" if e.kind in ("genotype", "alleles") else "value"
+            raise DatasetError([Problem(
+                f"the patient's {covariate} is missing and the model gives no population "
+                f"frequencies to average over its levels ({', '.join(e.levels)}); give the "
+                f"{what}, or add frequencies = {{...}} to the {e.kind} effect of {covariate}",
+                column=covariate)], where or spec.source)
+        f = np.array([float(freqs.get(lv, 0.0)) for lv in e.levels])
+        choices = []
+        if e.kind == "alleles":         # Hardy-Weinberg: p_a p_b, twice for a heterozygote
+            choices = [((a, b), np.log(f[a] * f[b] * (1 if a == b else 2)),
+                        f"{e.levels[a]}/{e.levels[b]}")
+                       for a in range(len(f)) for b in range(a, len(f)) if f[a] * f[b] > 0]
+        else:
+            choices = [(k, np.log(f[k]), e.levels[k]) for k in range(len(f)) if f[k] > 0]
+        options.append((covariate, effects, choices))
+    n = int(np.prod([len(c) for _, _, c in options]))
+    if n > _MAX_COMPONENTS:
+        raise DatasetError([Problem(
+            f"the patient's {' and '.join(by_covariate)} are missing: {n} genotype combinations "
+            f"to average over, more than {_MAX_COMPONENTS}; give at least one of them",
+            column=next(iter(by_covariate)))], where or spec.source)
+    out = []
+    for combo in itertools.product(*(c for _, _, c in options)):
+        filled = dict(design)
+        labels, log_w = [], 0.0
+        for (covariate, effects, _), (code, logp, label) in zip(options, combo):
+            for e in effects:
+                key = (e.parameter, covariate)
+                filled[key] = np.array([code], dtype=np.int64)
+            labels.append((covariate, label))
+            log_w += logp
+        out.append(Component(", ".join(f"{c} {lab}" for c, lab in labels), float(log_w), filled,
+                             tuple(labels)))
+    total = np.logaddexp.reduce([c.log_weight for c in out])
+    return [Component(c.label, c.log_weight - total, c.design, c.assignment) for c in out]
+
+
+def spec_frequencies(spec: ModelSpec):
+    """``frequencies_of`` for a library model: the spec's ``frequencies`` of the covariate."""
+    def frequencies_of(covariate, levels):
+        for p in spec.parameters:
+            for e in p.covariates:
+                if e.covariate == covariate and e.frequencies is not None:
+                    return dict(e.frequencies)
+        return None
+    return frequencies_of
+
+
+def fit_frequencies(fit):
+    """``frequencies_of`` for a population fit: the spec's values, else the posterior mean of
+    the estimated frequencies, else the genotypes counted in the fitted data (the posterior
+    mean under a flat Dirichlet prior)."""
+    from_spec = spec_frequencies(fit.spec)
+
+    def frequencies_of(covariate, levels):
+        given = from_spec(covariate, levels)
+        if given is not None:
+            return given
+        post = fit.idata.posterior
+        name = f"freq:{covariate}"
+        if name in post:
+            mean = post[name].mean(("chain", "draw")).values
+            return {lv: float(x) for lv, x in zip(levels, mean)}
+        design = fit.spec.covariate_design(fit.data)
+        for (_, cov), values in design.items():
+            if cov == covariate:
+                codes = np.asarray(values).ravel()
+                counts = np.bincount(codes[codes >= 0], minlength=len(levels)).astype(float)
+                share = (counts + 1.0) / (counts.sum() + len(levels))
+                return {lv: float(x) for lv, x in zip(levels, share)}
+        return None
+    return frequencies_of
 
 
 def _log_multipliers(spec: ModelSpec, design, values_of) -> dict[str, float]:

@@ -39,8 +39,9 @@ from ..population.covariates import SpecError
 from ..population.spec import ModelSpec, load_model
 from ..structural.linear import LinearCompartmentModel
 from . import regimens as rg
-from .posterior import IndividualPosterior, sample_individual
-from .prior import PopulationPrior, fit_prior, library_prior, patient_covariates
+from .posterior import IndividualPosterior, sample_mixture
+from .prior import (covariate_components, fit_frequencies, fit_prior,
+                    library_prior, patient_covariates, spec_frequencies)
 from .targets import Target, parse_target
 
 __all__ = ["recommend", "recommend_batch", "Recommendation", "load_source"]
@@ -530,24 +531,28 @@ def recommend(
                      "(the population distribution for this patient).")
     timings = {}
     tick = time.perf_counter()
+    components = covariate_components(
+        spec, design, fit_frequencies(fit) if fit is not None else spec_frequencies(spec),
+        where=str(data.source))
+    priors = [(c, fit_prior(fit, c.design) if fit is not None else library_prior(spec, c.design))
+              for c in components]
     if fit is not None and _same_patient(fit, data, patient_id):
         posterior = _fit_draws(fit, patient_id, draws, seed)
         source = "fit draws"
-        prior = fit_prior(fit, design)
     else:
-        prior = fit_prior(fit, design) if fit is not None else library_prior(spec, design)
-        source = prior.source
+        source = priors[0][1].source
         events = build_event_table(data, spec.structure, points="observations")
-        posterior = sample_individual(spec, prior, events, method=method, draws=draws,
-                                      chains=chains, tune=tune, seed=seed or 0)
+        posterior = sample_mixture(spec, priors, events, method=method, draws=draws,
+                                   chains=chains, tune=tune, seed=seed or 0)
         timings["compiled"] = posterior.compiled
     timings["posterior_s"] = round(time.perf_counter() - tick, 3)
     if posterior.diagnostics.get("divergences"):
         flags.append(f"{posterior.diagnostics['divergences']} divergent NUTS transition(s) in the "
                      "individual posterior: its intervals may be unreliable.")
+    if len(components) > 1:
+        flags.append(_genotype_flag(components, posterior))
     rng = np.random.default_rng(seed)
-    population = prior.individual(rng.standard_normal((posterior.n_draws, prior.size)),
-                                  rng.standard_normal((posterior.n_draws, len(prior.random))))
+    population = _population_draws(priors, posterior.n_draws, rng)
     params = {k: v for k, v in posterior.parameters.items()}
     tick = time.perf_counter()
     history = rg.history_doses(data, start)
@@ -590,6 +595,38 @@ def recommend(
         current_regimen=current_candidate, curves=curves, options=options,
         max_limit_probability=max_limit_probability, tie_tolerance=tie_tolerance, seconds=time.perf_counter() - began,
         timings=timings)
+
+
+def _population_draws(priors, n: int, rng) -> dict[str, np.ndarray]:
+    """The patient's population distribution (no levels): a mixture over the genotype
+    components by their prior weights."""
+    weights = np.exp([c.log_weight for c, _ in priors])
+    counts = rng.multinomial(n, weights / weights.sum())
+    parts = [prior.individual(rng.standard_normal((k, prior.size)),
+                              rng.standard_normal((k, len(prior.random))))
+             for (_, prior), k in zip(priors, counts) if k]
+    order = rng.permutation(n)
+    return {p: np.concatenate([part[p] for part in parts])[order] for p in parts[0]}
+
+
+def _genotype_flag(components, posterior: IndividualPosterior) -> str:
+    covariates = sorted({cov for c in components for cov, _ in c.assignment})
+    rows = posterior.diagnostics.get("genotypes")
+    if rows is None:            # the patient's own draws from a fit that marginalised it
+        return (f"{' and '.join(covariates)} unknown: the population fit averaged over the "
+                "genotypes with their population frequencies.")
+    shown = sorted(rows, key=lambda r: -r["posterior"])
+    text = ", ".join(f"{r['genotype']} {r['posterior']:.0%} (population {r['prior']:.0%})"
+                     for r in shown[:6])
+    weak = [r["genotype"] for r in rows if r["posterior"] > 0.01 and r["evidence_ess"] < 50]
+    out = (f"{' and '.join(covariates)} unknown: the recommendation averages over the possible "
+           f"genotypes, weighted by their population frequencies and by how well each explains "
+           f"the levels. Probabilities given the levels: {text}"
+           f"{', ...' if len(shown) > 6 else ''}. Genotyping would remove this uncertainty.")
+    if weak:
+        out += (f" (The weight of {', '.join(weak)} rests on few effective importance draws; "
+                "treat these probabilities as approximate.)")
+    return out
 
 
 def _fit_draws(fit, patient_id, draws: int, seed) -> IndividualPosterior:

@@ -225,6 +225,21 @@ def _parameter_table(rec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _genotype_table(rec) -> pd.DataFrame | None:
+    """Genotype probabilities of a patient whose genotype is unknown (None otherwise)."""
+    rows = rec.posterior.diagnostics.get("genotypes")
+    if not rows:
+        return None
+    return pd.DataFrame({"genotype": [r["genotype"] for r in rows],
+                         "population frequency": [f"{r['prior']:.1%}" for r in rows],
+                         "probability given the levels": [f"{r['posterior']:.1%}" for r in rows]})
+
+
+_GENOTYPE_CAPTION = ("The patient's genotype is unknown: every candidate is scored on draws "
+                     "from all genotypes in these proportions (each genotype's posterior weighed "
+                     "by its population frequency and by how well it explains the levels).")
+
+
 def _interval(x) -> str:
     lo, hi = np.quantile(x, [0.05, 0.95])
     return f"{_num(lo)}–{_num(hi)}"
@@ -348,6 +363,9 @@ def dose_report_html(rec) -> str:
     doc.paragraph(_method_text(rec))
     doc.table(_parameter_table(rec))
     doc.figure(figures["parameters"], caption=captions["parameters"])
+    genotypes = _genotype_table(rec)
+    if genotypes is not None:
+        doc.table(genotypes, caption=_GENOTYPE_CAPTION)
     doc.heading("Candidate regimens")
     doc.table(_candidate_table(rec), caption=f"The best {min(15, len(rec.candidates))} of "
                                              f"{len(rec.candidates)} candidates, in the order of "
@@ -439,6 +457,9 @@ def dose_report_pdf(rec) -> bytes:
     story += [Paragraph("Individual parameters", h2), Paragraph(esc(_method_text(rec)), body),
               table(_parameter_table(rec)), Spacer(1, 4),
               image(figures["parameters"], width), Paragraph(esc(captions["parameters"]), small)]
+    genotypes = _genotype_table(rec)
+    if genotypes is not None:
+        story += [Spacer(1, 4), table(genotypes), Paragraph(esc(_GENOTYPE_CAPTION), small)]
     story += [Paragraph("Candidate regimens", h2),
               Paragraph(esc(f"The best {min(15, len(rec.candidates))} of {len(rec.candidates)} "
                             "candidates, in the order of the choice rule."), small),
