@@ -96,10 +96,10 @@ MODELS = {"theophylline": "theophylline", "phenobarbital": "phenobarbital",
 # these data). The warfarin fit must still be free of divergences.
 REFERENCE_CONVERGED = {"theophylline": True, "phenobarbital": True, "warfarin_pk": False}
 
-# Sampler settings per dataset: the lag time makes the warfarin posterior awkward for a
-# diagonal mass matrix (a kink where a lag crosses a sampling time, correlated KA and ALAG),
-# so it uses nutpie's low-rank mass-matrix adaptation and a higher target acceptance.
-SETTINGS = {"warfarin_pk": dict(mass_matrix="low_rank", target_accept=0.9)}
+# Sampler settings per dataset: the warfarin posterior has correlated KA and ALAG and a wide
+# KA IIV, so it uses nutpie's low-rank mass-matrix adaptation and a high target acceptance
+# (its lag is smoothed in the model, lag_smoothing = 0.05 h, which removes the kink).
+SETTINGS = {"warfarin_pk": dict(mass_matrix="low_rank", target_accept=0.98)}
 
 
 def warfarin_pk_data() -> pd.DataFrame:

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..data.events import EventTable
 from ..population.spec import ModelSpec
-from ..structural.linear import LinearCompartmentModel, _kernel, _pair_plan
+from ..structural.linear import LinearCompartmentModel, _kernel, _pair_plan, lagged_time
 from .prior import PopulationPrior
 
 __all__ = ["IndividualPosterior", "sample_individual", "sample_mixture", "compilations"]
@@ -124,8 +124,7 @@ def _linear_prediction(structure: LinearCompartmentModel, ops, p, groups, n_poin
         active = None
         if g["kind"] in ("bolus", "infusion"):
             if lagged:
-                active = tau >= 0.0
-                tau = pt.maximum(tau, 0.0)
+                tau, active = lagged_time(ops, tau, structure.lag_smoothing)
         elif g["kind"] != "constant_infusion":
             tau = tau + g["period"] * pt.ceil(pt.maximum(-tau, 0.0) / g["period"])
         kernel = _kernel(g["kind"], tau, duration, g["period"])

@@ -54,7 +54,8 @@ __all__ = ["ModelSpec", "ParameterSpec", "SpecError", "load_model", "library_mod
 LIBRARY = Path(__file__).resolve().parents[2] / "models"
 
 _TOP_KEYS = {"model", "parameters", "error", "ode", "dosing"}
-_MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega", "covariate_ranges"}
+_MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega", "covariate_ranges",
+               "lag_smoothing"}
 _PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd", "iov", "rse"}
 _UNIT_KEYS = {"time", "amount", "volume", "concentration"}
 _MASS = {"g": 1.0, "mg": 1e-3, "ug": 1e-6, "µg": 1e-6, "mcg": 1e-6, "ng": 1e-9, "pg": 1e-12}
@@ -313,6 +314,7 @@ def _parse(text: str, source: str) -> ModelSpec:
     if missing:
         raise SpecError(f"{source}: [parameters]: structure {structure.name!r} needs "
                         f"{', '.join(missing)}; add a [parameters.{missing[0]}] table")
+    structure = _lag_smoothing(model, structure, params_doc, source)
     errors = _errors(doc, structure, source)
     blocks = _omega_blocks(model.get("omega", "diagonal"), parameters, source)
     ranges = _covariate_ranges(model.get("covariate_ranges", {}), source)
@@ -389,6 +391,28 @@ def _table(doc, key, where, *, required):
     if not isinstance(value, dict):
         raise SpecError(f"{where}: {key} must be a table")
     return value
+
+
+def _lag_smoothing(model, structure, params_doc, source) -> Structure:
+    """The structure with ``[model] lag_smoothing`` applied (see
+    :func:`popkin.structural.linear.lagged_time`)."""
+    if "lag_smoothing" not in model:
+        return structure
+    where = f"{source}: [model].lag_smoothing"
+    value = model["lag_smoothing"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value >= 0):
+        raise SpecError(f"{where} must be a number >= 0 (a width in the model's time unit), "
+                        f"not {value!r}")
+    from ..structural.linear import LinearCompartmentModel
+
+    if not isinstance(structure, LinearCompartmentModel):
+        raise SpecError(f"{where}: smoothing applies to the closed-form (linear compartment) "
+                        f"structures; structure {structure.name!r} is not one")
+    if "ALAG" not in params_doc:
+        raise SpecError(f"{where}: the model has no lag time to smooth; add [parameters.ALAG] "
+                        "or remove lag_smoothing")
+    return replace(structure, lag_smoothing=float(value))
 
 
 def _structure(model, doc, name, source) -> Structure:

@@ -13,6 +13,7 @@ class NumpyOps:
     name = "numpy"
     exp = staticmethod(np.exp)
     expm1 = staticmethod(np.expm1)
+    softplus = staticmethod(lambda x: np.logaddexp(0.0, x))
     sqrt = staticmethod(np.sqrt)
     abs = staticmethod(np.abs)
     ceil = staticmethod(np.ceil)
@@ -47,7 +48,7 @@ class PyTensorOps:
         import pytensor.tensor as pt
 
         self.pt = pt
-        self.exp, self.expm1, self.sqrt = pt.exp, pt.expm1, pt.sqrt
+        self.exp, self.expm1, self.sqrt, self.softplus = pt.exp, pt.expm1, pt.sqrt, pt.softplus
         self.abs, self.ceil, self.cos, self.arccos = pt.abs, pt.ceil, pt.cos, pt.arccos
         self.minimum, self.maximum, self.where = pt.minimum, pt.maximum, pt.switch
 

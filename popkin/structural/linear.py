@@ -53,6 +53,7 @@ class LinearCompartmentModel:
     parameters: tuple[str, ...]
     optional_parameters: Mapping[str, float] = field(
         default_factory=lambda: MappingProxyType({"ALAG": 0.0, "F": 1.0}))
+    lag_smoothing: float = 0.0   # width of the smoothed lag (model time units); 0: exact lag
 
     @property
     def compartments(self) -> tuple[str, ...]:
@@ -166,9 +167,7 @@ class LinearCompartmentModel:
             active = None
             if group.kind in ("bolus", "infusion"):
                 if lagged:
-                    # a lagged dose acts from its lagged time (without lag, the plan's tau >= 0)
-                    active = tau >= 0.0
-                    tau = ops.maximum(tau, 0.0)
+                    tau, active = lagged_time(ops, tau, self.lag_smoothing)
             elif group.kind != "constant_infusion":
                 # before the lagged steady-state dose acts, the previous interval is running
                 tau = tau + group.period * ops.ceil(ops.maximum(-tau, 0.0) / group.period)
@@ -210,6 +209,23 @@ class LinearCompartmentModel:
             value = ops.asarray(value)
             out[name] = value * ones if value.ndim == 0 else value
         return out
+
+
+def lagged_time(ops, tau, smoothing: float = 0.0):
+    """``(time since the lagged dose acts, whether it acts)`` from ``tau = t - dose - ALAG``.
+
+    Exact (``smoothing == 0``): ``max(tau, 0)``, acting from ``tau >= 0``. The prediction then
+    has a kink wherever a lag crosses an observation time (zero before, rising after): its
+    gradient in ``ALAG`` jumps, which NUTS sees as divergent transitions, and observations
+    just before the lag carry no gradient, so a sampler can settle where early levels are
+    explained as noise (a lag later than the data say). Smoothed (``smoothing = w > 0``):
+    ``w * softplus(tau / w)``, always acting; it differs from ``max(tau, 0)`` by at most
+    ``w log 2`` (at ``tau = 0``) and by less than ``w exp(-|tau| / w)`` elsewhere, so the
+    prediction is smooth in ``ALAG`` and equals the exact one a few ``w`` away from the lag.
+    """
+    if smoothing > 0:
+        return smoothing * ops.softplus(tau / smoothing), None
+    return ops.maximum(tau, 0.0), tau >= 0.0
 
 
 def _kernel(kind, tau, duration, period):
