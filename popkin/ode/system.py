@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Mapping, Sequence
 
 import sympy as sp
@@ -128,3 +129,41 @@ class OdeSystem:
 
     def output_parameter_jacobian(self) -> sp.Matrix:
         return sp.Matrix(self.outputs).jacobian(self.parameter_symbols)
+
+    # -- structure ---------------------------------------------------------------------------
+
+    @cached_property
+    def linear_in_states(self) -> bool:
+        r"""Whether the system is linear and homogeneous in its states, without time.
+
+        True when every right-hand side and every output is :math:`\sum_j c_j(p)\, y_j`
+        (no constant or forcing term, no product or other nonlinear function of states, no
+        explicit ``t``) and the initial state is zero. Then the solution is a linear function
+        of the doses: ``F`` scales each dose, ``ALAG`` shifts it, an infusion of fixed duration
+        scales with its amount, and a steady state is linear in the maintenance dose, so a
+        regimen's predictions are sums of scaled unit-dose predictions (superposition).
+
+        Examples
+        --------
+        >>> depot, central, KA, CL, V, VMAX, KM = sp.symbols("depot central KA CL V VMAX KM")
+        >>> oral = OdeSystem.from_expressions([depot, central],
+        ...     [-KA * depot, KA * depot - CL / V * central], {"concentration": central / V})
+        >>> oral.linear_in_states
+        True
+        >>> saturable = OdeSystem.from_expressions([central],
+        ...     [-VMAX * central / (KM * V + central)], {"concentration": central / V})
+        >>> saturable.linear_in_states
+        False
+        """
+        states = self.state_symbols
+        zero = dict.fromkeys(states, 0)
+        for expr in self.rhs + self.outputs:
+            if TIME in expr.free_symbols:
+                return False
+            slopes = [sp.diff(expr, y) for y in states]
+            if any(set(states) & c.free_symbols for c in slopes):
+                return False
+            # state-free slopes make expr affine in the states; the intercept must vanish
+            if sp.simplify(expr.subs(zero)) != 0:
+                return False
+        return all(sp.simplify(e) == 0 for e in self.initial)
