@@ -620,11 +620,11 @@ def _ss_advance(api, ssi, ud, t_from, t_to, y, sens, tret, work):
     """Integrate the steady-state system from an event at ``t_from`` to ``t_to``.
 
     ``work`` is ``(explicit, ctx_holder, rk_y, rk_work, rk_control, rtol, atol, max_steps,
-    sundials_major)``. Like the main solve, explicitly first when ``explicit`` (an interval of
+    sundials_major, affine)``. Like the main solve, explicitly first when ``explicit`` (an interval of
     a PK system is rarely stiff, and CVODES' per-step cost dominates for these few states),
     and CVODES (created on first need) from wherever the explicit integrator hands over.
     """
-    explicit, ctx_holder, rk_y, rk_work, rk_control, rtol, atol, max_steps, major = work
+    explicit, ctx_holder, rk_y, rk_work, rk_control, rtol, atol, max_steps, major, _ = work
     t = t_from
     if explicit:
         _pack(y, sens, rk_y)
@@ -680,14 +680,18 @@ def _one_period(api, model, handles, ud, buf, y_start, n, ns, c, bolus, a, da, r
 def _periodic_steady_state(api, model, handles, ud, buf, y0, n, ns, c, bolus, a, da, r, dr,
                            duration, d_duration, period, slot_f, rtol, atol, tret, out_sens, work):
     """Trough state of an infinite dosing train: Newton on ``Phi(y) = y`` where ``Phi`` is one
-    interval (one step for a linear system); then ``s = (I - dPhi/dy)^-1 dPhi/dp``."""
+    interval; then ``s = (I - dPhi/dy)^-1 dPhi/dp``. For a right-hand side affine in the
+    states (``work[-1]``) ``Phi`` is affine and the first step exact: without sensitivities
+    nothing is left to check, with them one more period at the fixed point gives ``dPhi/dp``
+    there."""
+    affine = work[-1]
     y_trough = y0.copy()
     y = np.zeros(n)
     sens = np.zeros((ns + n, n))
     converged = False
     previous = np.inf
     identity = np.eye(n)
-    for _ in range(50):
+    for iteration in range(50):
         flag = _one_period(api, model, handles, ud, buf, y_trough, n, ns, c, bolus, a, da, r, dr,
                            duration, d_duration, period, slot_f, tret, y, sens, work)
         if flag < 0:
@@ -697,6 +701,9 @@ def _periodic_steady_state(api, model, handles, ud, buf, y0, n, ns, c, bolus, a,
         y_trough += step
         if not np.all(np.isfinite(y_trough)):
             return y_trough, STEADY_STATE_FAILED
+        if affine and (ns == 0 or iteration > 0):
+            converged = True
+            break
         if _tolerance_met(step, y_trough, 1e-2 * rtol, 1e-2 * atol):
             converged = True
             break
@@ -756,14 +763,15 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                    jac, status):
     """Predict every point (and ``d pred / d extended parameter`` for ``sens_ext``).
 
-    ``dims`` = (states, parameters, outputs, dose compartment 0-based). ``doses`` and
+    ``dims`` = (states, parameters, outputs, dose compartment 0-based, whether the right-hand
+    side is affine in the states). ``doses`` and
     ``points`` are the event table's rows sorted by subject and order (see module columns);
     ``dose_start`` and ``point_start`` index each subject's first row (length S + 1).
     With ``explicit_first`` each subject starts on the explicit integrator and moves to
     CVODES for its remaining time when that hands over; otherwise CVODES solves throughout.
     Subjects whose solve fails get NaN predictions and a non-zero ``status``.
     """
-    n, n_par, n_out, dose_cmt = dims[0], dims[1], dims[2], dims[3]
+    n, n_par, n_out, dose_cmt, affine = dims[0], dims[1], dims[2], dims[3], dims[4] != 0
     ns = sens_ext.shape[0]
     slot_f, slot_lag = -1, -1
     codes = np.zeros(ns, dtype=np.int64)
@@ -973,7 +981,7 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                            ev_dtau_f[e])
                 else:
                     ss_work = (explicit, ctx_holder, ss_rk_y, ss_rk_work, ss_rk_control, rtol,
-                               atol, max_steps, sundials_major)
+                               atol, max_steps, sundials_major, affine)
                     code = _steady_state_event(
                         api, model, ssi, ss_ud, ss_buf, doses[ev_ref[e]], dose_cmt, f_value, lag,
                         n, n_par, ns, slot_f, slot_lag, sens_ext, rtol, atol, tret, y0, sens0,
@@ -1114,7 +1122,7 @@ def _solve_subjects_entry(block_address):
     solve_subjects(
         carray(_u64_ptr(b[_B_API]), np.int64(b[_B_N_API])),
         carray(_u64_ptr(b[_B_MODEL]), np.int64(b[_B_N_MODEL])),
-        carray(_i64_ptr(b[_B_DIMS]), 4),
+        carray(_i64_ptr(b[_B_DIMS]), 5),
         carray(_f64_ptr(b[_B_DOSES]), (n_doses, 9)),
         carray(_f64_ptr(b[_B_POINTS]), (n_points, 4)),
         carray(_i64_ptr(b[_B_DOSE_START]), n_sub + 1),

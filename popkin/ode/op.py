@@ -37,7 +37,7 @@ from pytensor.graph.op import Op
 
 from . import _native
 from ._sundials import SUNDIALS_VERSION
-from .solver import PreparedEvents, _api, solve
+from .solver import PreparedEvents, _api, _dims, solve
 
 __all__ = ["OdeEventsOp", "OdeSolveOp", "SolveCounts", "guard_logp", "guard_prediction",
            "solve_failures"]
@@ -341,10 +341,10 @@ def _register_numba():
     def _numba_ode_solve(op, node=None, **kwargs):
         s = op.structure
         compiled = s.compiled
-        n, n_par, n_out = compiled.dims
+        n_par = compiled.dims[1]
         api = _api()
         model = compiled.addresses
-        dims = np.array([n, n_par, n_out, s.dose_compartment - 1], dtype=np.int64)
+        dims = _dims(compiled, s.dose_compartment)
         prep = op.prepared
         doses, points = prep.doses, prep.points
         dose_start, point_start = prep.dose_start, prep.point_start
@@ -400,10 +400,10 @@ def _register_numba():
     @numba_funcify.register(OdeEventsOp)
     def _numba_ode_events(op, node=None, **kwargs):
         s = op.structure
-        n, n_par, n_out = s.compiled.dims
+        n_par = s.compiled.dims[1]
         api = _api()
         model = s.compiled.addresses
-        dims = np.array([n, n_par, n_out, s.dose_compartment - 1], dtype=np.int64)
+        dims = _dims(s.compiled, s.dose_compartment)
         wrt, sens_wrt, fixed = op.wrt, op._sensitivity_wrt, op.fixed
         rtol, atol = s.options.rtol, s.options.atol
         settings = _solver_settings(s.options)
