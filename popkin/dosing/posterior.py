@@ -18,9 +18,12 @@ not compiled for, triggers a new compilation (counted in :func:`compilations`). 
 built by the same pair plan as :meth:`LinearCompartmentModel.predict`, and the prediction is
 the same kernels (``popkin.structural.divided``) evaluated on the padded arrays.
 
-ODE structures bake the patient's events into the solver Op, so they are compiled once per
-patient design (the same design, e.g. a refit with a new level on the same schedule, reuses
-it).
+ODE structures take the patient's events as data too: the dose (D, 9) and point (N, 4)
+matrices of the solver's prepared events (:func:`popkin.ode.solver.prepare_events`) are the
+inputs of an :class:`~popkin.ode.op.OdeEventsOp`, of any size, so every patient of the model
+reuses the compiled model (no capacities, nor a dose kind to match). The prediction is padded
+with ones to the length of the level arrays (a capacity as above), whose mask leaves the
+padding out.
 
 Methods
 -------
@@ -171,9 +174,8 @@ def _spec_key(spec: ModelSpec) -> str:
     return hashlib.sha256((spec.text or repr(spec)).encode()).hexdigest()
 
 
-def _build(spec: ModelSpec, prior: PopulationPrior, groups, capacities, n_points_cap,
-           events: EventTable | None):
-    """The patient model; ``events`` only for ODE structures (baked into the solver)."""
+def _build(spec: ModelSpec, prior: PopulationPrior, groups, capacities, n_points_cap):
+    """The patient model, with the patient's data as placeholders (see the module docstring)."""
     import pymc as pm
     import pytensor.tensor as pt
 
@@ -225,18 +227,20 @@ def _build(spec: ModelSpec, prior: PopulationPrior, groups, capacities, n_points
         else:
             from ..ode import guard_prediction
 
-            raw = structure.predict(events, {n: v * np.ones(1) for n, v in params.items()})
+            doses = data("ode_doses", np.zeros((0, 9)))
+            points = data("ode_points", np.zeros((0, 4)))
+            raw = structure.predict_subject(doses, points, params)
             raw, penalty = guard_prediction(raw)
             pm.Potential("ode_solve_failed", penalty)
-            prediction = pt.concatenate([raw, pt.ones(n_points_cap - events.n_points)])
+            prediction = pt.concatenate([raw, pt.ones(dv.shape[0] - points.shape[0])])
         prediction = prediction * spec.output_scale[0]
         logp = _loglik(pm, pt, ops, spec.errors[0], sigmas, prediction, dv, observed, censored)
         pm.Potential("likelihood", logp.sum())
     return model, tuple(names), prior.size, k
 
 
-def _compile(spec, prior, groups, capacities, n_points_cap, events):
-    model, names, n_u, n_z = _build(spec, prior, groups, capacities, n_points_cap, events)
+def _compile(spec, prior, groups, capacities, n_points_cap):
+    model, names, n_u, n_z = _build(spec, prior, groups, capacities, n_points_cap)
     _COUNTS["compilations"] += 1
     return _Compiled(model=model, data_names=names, n_u=n_u, n_z=n_z)
 
@@ -295,6 +299,11 @@ def _patient_arrays(spec: ModelSpec, prior: PopulationPrior, events: EventTable,
         tag = f"{g['kind']}_{'dose' if g['into'] else 'other'}"
         for name, array in _padded(g, cap).items():
             values[f"{tag}_{name}"] = array
+    if not isinstance(spec.structure, LinearCompartmentModel):
+        from ..ode.solver import prepare_events
+
+        prepared = prepare_events(events)
+        values["ode_doses"], values["ode_points"] = prepared.doses, prepared.points
     return values
 
 
@@ -309,16 +318,12 @@ def _prepare(spec: ModelSpec, prior: PopulationPrior, events: EventTable):
         capacities = tuple(_capacity(len(g["tau"]), _MIN_PAIRS) for g in groups)
         key = (_spec_key(spec), prior.size, len(prior.random), kinds, capacities, n_points_cap)
     else:
+        # the events are data of any size, and the prediction is padded to the levels' length
         groups, kinds, capacities = [], (), ()
-        design = hashlib.sha256(np.concatenate([
-            events.dose_time, events.dose_amt, events.dose_rate, events.dose_duration,
-            events.dose_ii, events.dose_ss.astype(float), events.dose_cmt.astype(float),
-            events.point_time]).tobytes()).hexdigest()
-        key = (_spec_key(spec), prior.size, len(prior.random), design, n_points_cap)
+        key = (_spec_key(spec), prior.size, len(prior.random))
     compiled_now = key not in _CACHE
     if compiled_now:
-        _CACHE[key] = _compile(spec, prior, kinds, capacities, n_points_cap,
-                               None if linear else events)
+        _CACHE[key] = _compile(spec, prior, kinds, capacities, n_points_cap)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)

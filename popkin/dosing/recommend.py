@@ -37,7 +37,6 @@ from ..data.reader import Dataset, read_dataset
 from ..data.schema import DatasetError, Problem
 from ..population.covariates import SpecError
 from ..population.spec import ModelSpec, load_model
-from ..structural.linear import LinearCompartmentModel
 from . import regimens as rg
 from .posterior import IndividualPosterior, sample_mixture
 from .prior import (covariate_components, fit_frequencies, fit_prior,
@@ -277,38 +276,51 @@ def _evaluate(spec: ModelSpec, cands: Sequence[rg.Candidate], criteria: Sequence
               params: dict[str, np.ndarray], history: pd.DataFrame, start: float) -> dict:
     """Metric draws ``{(candidate index, label): (draws,)}`` for every candidate and criterion.
 
-    Linear structures: per (interval, duration) shape, the unit maintenance and loading
-    profiles and the history's contribution are combined linearly; at steady state a metric
-    that scales with the dose (all but ``ftmic``) is computed once on the unit profile.
+    Structures that superpose doses (:func:`popkin.dosing.regimens.superposes`): per
+    (interval, duration, route) shape, the unit maintenance and loading profiles and the
+    history's contribution are combined linearly; at steady state a metric that scales with
+    the dose (all but ``ftmic``) is computed once on the unit profile. Others: every candidate
+    is solved, at steady state once per maintenance dose (neither the history nor a loading
+    dose changes a steady state). Candidates with a loading dose have their own windows: their
+    first maintenance dose follows one interval after the start.
     """
     hours = 24.0 / rg.hours_per_unit(spec)
-    linear = isinstance(spec.structure, LinearCompartmentModel)
+    superposed = rg.superposes(spec)
     shapes: dict[tuple, list[int]] = {}
     for i, c in enumerate(cands):
-        key = (c.interval, c.duration, c.route) + (() if linear else (c.amount, c.loading_dose))
+        key = (c.interval, c.duration, c.route, bool(c.loading_dose))
+        if not superposed:
+            key += (c.amount, c.loading_dose)
         shapes.setdefault(key, []).append(i)
     whens = sorted({t.when for t in criteria})
-    windows = {}
-    for key, members in shapes.items():
-        interval, duration, _ = key[:3]
-        loading = any(cands[i].loading_dose for i in members)
-        for when in whens:
-            windows[(key, when)] = rg.window(interval, duration, when, hours, loading=loading)
-    past = _history_contribution(spec, windows, params, history, start) if linear else {}
+    windows = {(key, when): rg.window(key[0], key[1], when, hours, loading=key[3])
+               for key in shapes for when in whens}
+    past = _history_contribution(spec, windows, params, history, start) if superposed else {}
+    solved = {}
+
+    def unit(win, key, when, maintenance, loading):
+        """A unit regimen's concentrations; a steady-state window, the same with and without
+        a loading dose, is solved once."""
+        interval, duration, route = key[:3]
+        memo = (interval, duration, route, when, win.loading, maintenance, loading)
+        if memo not in solved:
+            solved[memo] = rg.predict_draws(spec, rg.unit_events(
+                spec, win, route, duration, interval, maintenance=maintenance, loading=loading,
+                when=when), params)
+        return solved[memo]
+
     out = {}
     for (key, when), win in windows.items():
         members = shapes[key]
         interval, duration, route = key[:3]
         wanted = [t for t in criteria if t.when == when]
-        if linear:
-            unit = rg.predict_draws(spec, rg.unit_events(
-                spec, win, route, duration, interval, maintenance=1.0, loading=None, when=when),
-                params)
+        if superposed:
+            maintenance = unit(win, key, when, 1.0, None)
             amounts = np.array([cands[i].amount for i in members])
             if when == "ss":
                 scaled = [t for t in wanted if t.metric.homogeneous]
                 if scaled:
-                    prof = rg.profile(win, unit[None], hours)
+                    prof = rg.profile(win, maintenance[None], hours)
                     for t in scaled:
                         values = t.compute(prof)[0]
                         for j, i in enumerate(members):
@@ -316,22 +328,26 @@ def _evaluate(spec: ModelSpec, cands: Sequence[rg.Candidate], criteria: Sequence
                 wanted = [t for t in wanted if not t.metric.homogeneous]
                 if not wanted:
                     continue
-            conc = amounts[:, None, None] * unit
+            conc = amounts[:, None, None] * maintenance
             if when != "ss":
-                loads = np.array([cands[i].loading_dose or 0.0 for i in members])
-                if loads.any():
-                    unit_load = rg.predict_draws(spec, rg.unit_events(
-                        spec, win, route, duration, interval, maintenance=0.0, loading=1.0,
-                        when=when), params)
-                    conc = conc + loads[:, None, None] * unit_load
+                if win.loading is not None:
+                    loads = np.array([cands[i].loading_dose for i in members])
+                    conc = conc + loads[:, None, None] * unit(win, key, when, 0.0, 1.0)
                 if (key, when) in past:
                     conc = conc + past[(key, when)][None]
+        elif when == "ss":
+            amount = cands[members[0]].amount
+            memo = (interval, duration, route, when, amount)
+            if memo not in solved:
+                solved[memo] = rg.predict_draws(spec, rg.window_events(
+                    spec, win, route, duration, interval, maintenance=amount, loading=None),
+                    params)[None]
+            conc = solved[memo]
         else:
             c = cands[members[0]]
             conc = rg.predict_draws(spec, rg.window_events(
                 spec, win, route, duration, interval, maintenance=c.amount,
-                loading=c.loading_dose, history=None if when == "ss" else history,
-                start=start), params)[None]
+                loading=c.loading_dose, history=history, start=start), params)[None]
         prof = rg.profile(win, conc, hours)
         for t in wanted:
             values = t.compute(prof)
@@ -557,7 +573,13 @@ def recommend(
     tick = time.perf_counter()
     history = rg.history_doses(data, start)
     criteria = (*targets, *limits)
-    metrics = _evaluate(spec, cands, criteria, params, history, start)
+    current_candidate = None
+    if current.amount and current.interval:
+        current_candidate = rg.Candidate(current.amount, current.interval, current.duration,
+                                         current.route)
+    # the current regimen is evaluated with the candidates: it shares their unit predictions
+    evaluated = cands if current_candidate is None else [*cands, current_candidate]
+    metrics = _evaluate(spec, evaluated, criteria, params, history, start)
     table, met = _choose(_score(cands, targets, limits, metrics), max_limit_probability,
                          tie_tolerance)
     timings["candidates_s"] = round(time.perf_counter() - tick, 3)
@@ -573,12 +595,10 @@ def recommend(
     chosen = rg.Candidate(float(best["amount"]), float(best["interval"]), float(best["duration"]),
                           str(best["route"]),
                           None if pd.isna(best["loading_dose"]) else float(best["loading_dose"]))
-    current_candidate = current_scores = None
-    if current.amount and current.interval:
-        current_candidate = rg.Candidate(current.amount, current.interval, current.duration,
-                                         current.route)
-        m = _evaluate(spec, [current_candidate], criteria, params, history, start)
-        row = _score([current_candidate], targets, limits, m).iloc[0]
+    current_scores = None
+    if current_candidate is not None:
+        own = {(0, label): values for (i, label), values in metrics.items() if i == len(cands)}
+        row = _score([current_candidate], targets, limits, own).iloc[0]
         current_scores = {k: (None if isinstance(v, float) and np.isnan(v) else _plain(v))
                           for k, v in row.items()}
     tick = time.perf_counter()

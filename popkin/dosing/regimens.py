@@ -29,10 +29,14 @@ Predictions
 Candidates are predicted for all posterior draws at once: the draws are the subjects of one
 event table (:func:`tile_events` repeats a candidate's events per draw without rebuilding
 them) and the structure's own ``predict`` evaluates it, the same code as ``popkin.simulate``.
-For the linear (closed-form) structures the concentration is linear in each dose amount, so
-each (interval, duration) shape is predicted once per unit maintenance dose, once per unit
-loading dose and once for the patient's history, and the candidates are exact linear
-combinations of these. ODE structures are predicted candidate by candidate.
+When the structure superposes doses (:func:`superposes`: the closed forms, and ODE systems
+linear and homogeneous in their states such as transit or Erlang absorption into linear
+disposition) the concentration is linear in each dose amount, so each (interval, duration)
+shape is predicted once per unit maintenance dose, once per unit loading dose and once for
+the patient's history, and the candidates are exact linear combinations of these (an ODE
+structure solves a few unit regimens instead of every candidate). Other ODE structures
+(saturable elimination, a turnover response) are predicted candidate by candidate; their
+steady-state windows leave the history out, which a steady state does not remember.
 """
 
 from __future__ import annotations
@@ -154,7 +158,9 @@ def current_regimen(spec: ModelSpec, patient: Dataset) -> PatientRegimen:
     duration = 0.0
     if infused:
         duration = float(last["DUR"]) if last["RATE"] == -2 else float(last["AMT"] / last["RATE"])
-    oral_structure = getattr(spec.structure, "oral", False)
+    # an ODE structure has no depot of its own: a dose into its dose compartment is given by
+    # the route of the spec's [dosing] table
+    oral_structure = getattr(spec.structure, "oral", spec.dosing.get("route") == "oral")
     cmt = last["CMT"]
     into_depot = oral_structure and (np.isnan(cmt) or cmt in (0, spec.structure.dose_compartment))
     route = "infusion" if infused else ("oral" if into_depot else "iv_bolus")
@@ -305,6 +311,12 @@ def _dose_rows(times, amount, route, duration, cmt_central, *, ss=0, ii=0.0):
     return rows
 
 
+def superposes(spec: ModelSpec) -> bool:
+    """Whether the spec's predictions are linear in the dose amounts (see the module
+    docstring); structures that do not say are assumed not to."""
+    return bool(getattr(spec.structure, "superposition", False))
+
+
 def central_compartment(spec: ModelSpec) -> int:
     s = spec.structure
     return s.central if isinstance(s, LinearCompartmentModel) else s.dose_compartment
@@ -421,12 +433,16 @@ _UNIT_TABLES: dict[tuple, EventTable] = {}
 def unit_events(spec: ModelSpec, win: Window, route: str, duration: float, interval: float, *,
                 maintenance: float, loading: float | None, when: str) -> EventTable:
     """:func:`window_events` without history, kept per shape: these tables do not depend on
-    the patient (nor do their pair plans and tiled copies, cached inside them)."""
-    if not isinstance(spec.structure, LinearCompartmentModel):
-        return window_events(spec, win, route, duration, interval, maintenance=maintenance,
-                             loading=loading)
-    key = (spec.structure.name, central_compartment(spec), route, duration, interval, when,
-           win.day, win.loading, maintenance, loading)
+    the patient (nor do their pair plans, solver arrays and tiled copies, cached inside them).
+
+    The key holds what the table is built from: the structure's compartment layout (an event
+    table depends on nothing else of the model, so specs sharing a layout share the tables),
+    the dose route and sizes, and the window."""
+    s = spec.structure
+    layout = (type(s).__name__, s.name, tuple(s.compartments), s.dose_compartment,
+              tuple(s.dosable), tuple(s.observed), tuple(s.outputs))
+    key = (layout, central_compartment(spec), route, duration, interval, when, win.day,
+           win.loading, maintenance, loading)
     if key not in _UNIT_TABLES:
         if len(_UNIT_TABLES) > 512:
             _UNIT_TABLES.clear()

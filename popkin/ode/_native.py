@@ -2,8 +2,9 @@
 
 Between events a subject is integrated by an explicit Dormand-Prince 5(4) pair while the
 system is not stiff, and by CVODES (BDF, dense Newton) from the moment it is, or throughout
-with ``method="bdf"``; CVODES is created only when a solve needs it. Both integrate the
-states and their forward sensitivities as one system, through the same right-hand side.
+with ``method="bdf"``; CVODES is created only when a solve needs it. The periods that the
+steady-state Newton iteration integrates are solved the same way. Both integrators integrate
+the states and their forward sensitivities as one system, through the same right-hand side.
 
 Everything here is numba nopython code and is cached on disk (``cache=True``). It does not
 depend on the model: the model's right-hand side, Jacobian, parameter derivatives, initial
@@ -615,8 +616,33 @@ def _constant_infusion_steady_state(model, n, n_par, ud, c, r, y0, sens_ext, out
 
 
 @njit(cache=True)
+def _ss_advance(api, ssi, ud, t_from, t_to, y, sens, tret, work):
+    """Integrate the steady-state system from an event at ``t_from`` to ``t_to``.
+
+    ``work`` is ``(explicit, ctx_holder, rk_y, rk_work, rk_control, rtol, atol, max_steps,
+    sundials_major, affine)``. Like the main solve, explicitly first when ``explicit`` (an interval of
+    a PK system is rarely stiff, and CVODES' per-step cost dominates for these few states),
+    and CVODES (created on first need) from wherever the explicit integrator hands over.
+    """
+    explicit, ctx_holder, rk_y, rk_work, rk_control, rtol, atol, max_steps, major, _ = work
+    t = t_from
+    if explicit:
+        _pack(y, sens, rk_y)
+        _rk_reset(rk_control, t_from)
+        done = _rk_advance(ud, t_to, rk_y, rk_work, rk_control, rtol, atol, max_steps)
+        _unpack(rk_y, y, sens)
+        # a hand-over on the step that lands on t_to leaves nothing to integrate
+        if done == RK_DONE or rk_control[_RK_T] >= t_to:
+            return 0
+        t = rk_control[_RK_T]
+    flag = _integrator_open(api, ctx_holder, ssi, ud, rtol, atol, max_steps, major)
+    flag |= _reinit(api, ssi, t, y, sens)
+    return flag | _advance(api, ssi, t_to, t_to, y, sens, tret)
+
+
+@njit(cache=True)
 def _one_period(api, model, handles, ud, buf, y_start, n, ns, c, bolus, a, da, r, dr,
-                duration, d_duration, period, slot_f, tret, y, sens):
+                duration, d_duration, period, slot_f, tret, y, sens, work):
     """Integrate one dosing interval from just before a dose; initial-state sensitivities
     (rows ``ns..ns+n-1``) start at the identity, parameter sensitivities at zero."""
     rates = buf[0:n]
@@ -636,34 +662,38 @@ def _one_period(api, model, handles, ud, buf, y_start, n, ns, c, bolus, a, da, r
     else:
         rates[c] = r
         drate[c] = dr
-    flag = _reinit(api, handles, 0.0, y, sens)
+    t = 0.0
+    flag = 0
     if not bolus and duration < period:
-        flag |= _advance(api, handles, duration, duration, y, sens, tret)
+        flag = _ss_advance(api, handles, ud, 0.0, duration, y, sens, tret, work)
         if flag < 0:
             return flag
         _rhs(model, duration, y, ud, rates, fminus)
         rates[c] = 0.0
         drate[c] = 0.0
         _shift(model, duration, y, ud, rates, sens, slot_f, fminus, fplus, d_duration)
-        flag |= _reinit(api, handles, duration, y, sens)
-    flag |= _advance(api, handles, period, period, y, sens, tret)
-    return flag
+        t = duration
+    return flag | _ss_advance(api, handles, ud, t, period, y, sens, tret, work)
 
 
 @njit(cache=True)
 def _periodic_steady_state(api, model, handles, ud, buf, y0, n, ns, c, bolus, a, da, r, dr,
-                           duration, d_duration, period, slot_f, rtol, atol, tret, out_sens):
+                           duration, d_duration, period, slot_f, rtol, atol, tret, out_sens, work):
     """Trough state of an infinite dosing train: Newton on ``Phi(y) = y`` where ``Phi`` is one
-    interval (one step for a linear system); then ``s = (I - dPhi/dy)^-1 dPhi/dp``."""
+    interval; then ``s = (I - dPhi/dy)^-1 dPhi/dp``. For a right-hand side affine in the
+    states (``work[-1]``) ``Phi`` is affine and the first step exact: without sensitivities
+    nothing is left to check, with them one more period at the fixed point gives ``dPhi/dp``
+    there."""
+    affine = work[-1]
     y_trough = y0.copy()
     y = np.zeros(n)
     sens = np.zeros((ns + n, n))
     converged = False
     previous = np.inf
     identity = np.eye(n)
-    for _ in range(50):
+    for iteration in range(50):
         flag = _one_period(api, model, handles, ud, buf, y_trough, n, ns, c, bolus, a, da, r, dr,
-                           duration, d_duration, period, slot_f, tret, y, sens)
+                           duration, d_duration, period, slot_f, tret, y, sens, work)
         if flag < 0:
             return y_trough, SOLVER_FAILED
         phi_y = sens[ns:, :].T.copy()         # d y_end_i / d y_start_j
@@ -671,6 +701,9 @@ def _periodic_steady_state(api, model, handles, ud, buf, y0, n, ns, c, bolus, a,
         y_trough += step
         if not np.all(np.isfinite(y_trough)):
             return y_trough, STEADY_STATE_FAILED
+        if affine and (ns == 0 or iteration > 0):
+            converged = True
+            break
         if _tolerance_met(step, y_trough, 1e-2 * rtol, 1e-2 * atol):
             converged = True
             break
@@ -730,14 +763,15 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                    jac, status):
     """Predict every point (and ``d pred / d extended parameter`` for ``sens_ext``).
 
-    ``dims`` = (states, parameters, outputs, dose compartment 0-based). ``doses`` and
+    ``dims`` = (states, parameters, outputs, dose compartment 0-based, whether the right-hand
+    side is affine in the states). ``doses`` and
     ``points`` are the event table's rows sorted by subject and order (see module columns);
     ``dose_start`` and ``point_start`` index each subject's first row (length S + 1).
     With ``explicit_first`` each subject starts on the explicit integrator and moves to
     CVODES for its remaining time when that hands over; otherwise CVODES solves throughout.
     Subjects whose solve fails get NaN predictions and a non-zero ``status``.
     """
-    n, n_par, n_out, dose_cmt = dims[0], dims[1], dims[2], dims[3]
+    n, n_par, n_out, dose_cmt, affine = dims[0], dims[1], dims[2], dims[3], dims[4] != 0
     ns = sens_ext.shape[0]
     slot_f, slot_lag = -1, -1
     codes = np.zeros(ns, dtype=np.int64)
@@ -774,6 +808,9 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
     ss_sens = np.zeros((ns, n))
     ss_y = np.zeros(n)
     ss_full_sens = np.zeros((ns + n, n))
+    ss_rk_y = np.zeros(n * (1 + ns + n))
+    ss_rk_work = np.zeros((11, n * (1 + ns + n)))
+    ss_rk_control = np.zeros(5)
     big_n = n * (1 + ns)
     rk_y = np.zeros(big_n)
     rk_work = np.zeros((11, big_n))
@@ -900,7 +937,8 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                                 if ev_kind[sequence[later]] != _POINT:
                                     t_stop = ev_time[sequence[later]]
                                     break
-                        if _advance(api, main, te, t_stop, y, sens, tret) < 0:
+                        # (an explicit stretch may hand over on the step that lands on te)
+                        if te > t_cur and _advance(api, main, te, t_stop, y, sens, tret) < 0:
                             status[s] = SOLVER_FAILED
                             break
                     t_cur = te
@@ -942,12 +980,12 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                     _shift(model, te, y, main_ud, rates, sens, slot_f, fminus, fplus,
                            ev_dtau_f[e])
                 else:
-                    _integrator_open(api, ctx_holder, ssi, ss_ud, rtol, atol, max_steps,
-                                     sundials_major)
+                    ss_work = (explicit, ctx_holder, ss_rk_y, ss_rk_work, ss_rk_control, rtol,
+                               atol, max_steps, sundials_major, affine)
                     code = _steady_state_event(
                         api, model, ssi, ss_ud, ss_buf, doses[ev_ref[e]], dose_cmt, f_value, lag,
                         n, n_par, ns, slot_f, slot_lag, sens_ext, rtol, atol, tret, y0, sens0,
-                        y, sens, rates, drate, ss_y, ss_sens, ss_full_sens)
+                        y, sens, rates, drate, ss_y, ss_sens, ss_full_sens, ss_work)
                     if code != OK:
                         status[s] = code
                         break
@@ -968,8 +1006,9 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
 @njit(cache=True)
 def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value, lag, n, n_par,
                         ns, slot_f, slot_lag, sens_ext, rtol, atol, tret, y0, sens0, y, sens,
-                        rates, drate, ss_y, ss_sens, ss_full_sens):
-    """Apply a steady-state dose record (SS=1 replaces the state, SS=2 adds to it)."""
+                        rates, drate, ss_y, ss_sens, ss_full_sens, work):
+    """Apply a steady-state dose record (SS=1 replaces the state, SS=2 adds to it); ``work``
+    as for :func:`_ss_advance`."""
     c = int(dose[_D_CMT])
     t = dose[_D_TIME]
     replace = dose[_D_SS] == 1
@@ -991,7 +1030,7 @@ def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value,
             return LAG_LONGER_THAN_INTERVAL
         trough, code = _periodic_steady_state(api, model, ssi, ss_ud, ss_buf, y0, n, ns, c, bolus,
                                               a, da, r, dr, dur, ddur, period, slot_f, rtol, atol,
-                                              tret, ss_sens)
+                                              tret, ss_sens, work)
         if code != OK:
             return code
         ss_rates = ss_buf[0:n]
@@ -1025,20 +1064,21 @@ def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value,
             else:
                 ss_rates[c], ss_drate[c] = r, dr
             _shift(model, t0, ss_y, ss_ud, ss_rates, ss_full_sens, slot_lag, fminus, fplus, dlag)
-            flag = _reinit(api, ssi, t0, ss_y, ss_full_sens)
+            flag = 0
+            t_from = t0
             if not bolus and t0 + dur < t:
-                flag |= _advance(api, ssi, t0 + dur, t0 + dur, ss_y, ss_full_sens, tret)
+                flag = _ss_advance(api, ssi, ss_ud, t0, t0 + dur, ss_y, ss_full_sens, tret, work)
                 _rhs(model, t0 + dur, ss_y, ss_ud, ss_rates, fminus)
                 ss_rates[c], ss_drate[c] = 0.0, 0.0
                 _shift(model, t0 + dur, ss_y, ss_ud, ss_rates, ss_full_sens, slot_lag, fminus,
                        fplus, dlag)
                 _shift(model, t0 + dur, ss_y, ss_ud, ss_rates, ss_full_sens, slot_f, fminus,
                        fplus, ddur)
-                flag |= _reinit(api, ssi, t0 + dur, ss_y, ss_full_sens)
+                t_from = t0 + dur
             elif not bolus:
                 running_r, running_dr = r, dr
-            if t > t0:
-                flag |= _advance(api, ssi, t, t, ss_y, ss_full_sens, tret)
+            if t > t_from:
+                flag |= _ss_advance(api, ssi, ss_ud, t_from, t, ss_y, ss_full_sens, tret, work)
             if flag < 0:
                 return SOLVER_FAILED
             ss_sens[:] = ss_full_sens[:ns]
@@ -1053,3 +1093,91 @@ def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value,
     rates[c] += running_r
     drate[c] += running_dr
     return OK
+
+
+# ---------------------------------------------------------------------------------------------
+# the solve through a C entry point
+#
+# A numba function that calls solve_subjects links the solver's code into its own, and numba
+# optimises the linked module again each time it compiles such a caller (tens of seconds, in
+# every process: a caller closing over a model's constants cannot be cached). The PyTensor
+# Ops' numba functions are such callers, so they reach the solver through the address of a
+# cached cfunc instead, which takes every argument through one block of words.
+
+# words of the argument block: array addresses and lengths, then the integer settings
+(_B_API, _B_N_API, _B_MODEL, _B_N_MODEL, _B_DIMS, _B_DOSES, _B_N_DOSES, _B_POINTS,
+ _B_N_POINTS, _B_DOSE_START, _B_POINT_START, _B_N_SUBJECTS, _B_PARAMS, _B_N_PAR, _B_F_VALUES,
+ _B_LAGS, _B_SENS, _B_N_SENS, _B_MAX_STEPS, _B_EXPLICIT, _B_MAJOR, _B_PRED, _B_JAC, _B_STATUS,
+ _B_RTOL, _B_ATOL) = range(26)
+_B_SIZE = 26
+
+
+@cfunc(types.void(types.uintp), cache=True)
+def _solve_subjects_entry(block_address):
+    b = carray(_u64_ptr(block_address), _B_SIZE)
+    n_doses, n_points, n_sub = np.int64(b[_B_N_DOSES]), np.int64(b[_B_N_POINTS]), np.int64(
+        b[_B_N_SUBJECTS])
+    n_par, n_sens = np.int64(b[_B_N_PAR]), np.int64(b[_B_N_SENS])
+    tolerances = carray(_f64_ptr(block_address + 8 * _B_RTOL), 2)
+    solve_subjects(
+        carray(_u64_ptr(b[_B_API]), np.int64(b[_B_N_API])),
+        carray(_u64_ptr(b[_B_MODEL]), np.int64(b[_B_N_MODEL])),
+        carray(_i64_ptr(b[_B_DIMS]), 5),
+        carray(_f64_ptr(b[_B_DOSES]), (n_doses, 9)),
+        carray(_f64_ptr(b[_B_POINTS]), (n_points, 4)),
+        carray(_i64_ptr(b[_B_DOSE_START]), n_sub + 1),
+        carray(_i64_ptr(b[_B_POINT_START]), n_sub + 1),
+        carray(_f64_ptr(b[_B_PARAMS]), (n_sub, n_par)),
+        carray(_f64_ptr(b[_B_F_VALUES]), n_sub),
+        carray(_f64_ptr(b[_B_LAGS]), n_sub),
+        carray(_i64_ptr(b[_B_SENS]), n_sens),
+        tolerances[0], tolerances[1], np.int64(b[_B_MAX_STEPS]), b[_B_EXPLICIT] != 0,
+        np.int64(b[_B_MAJOR]),
+        carray(_f64_ptr(b[_B_PRED]), n_points),
+        carray(_f64_ptr(b[_B_JAC]), (n_points, n_sens)),
+        carray(_i64_ptr(b[_B_STATUS]), n_sub))
+
+
+def solve_entry_address() -> int:
+    """The address of the solver's C entry point (for :func:`solve_subjects_by_address`)."""
+    return _solve_subjects_entry.address
+
+
+@njit(cache=True)
+def solve_subjects_by_address(entry, api, model, dims, doses, points, dose_start, point_start,
+                              params, f_values, lags, sens_ext, rtol, atol, max_steps,
+                              explicit_first, sundials_major, pred, jac, status):
+    """:func:`solve_subjects` through its C entry point ``entry``
+    (:func:`solve_entry_address`): the same arguments, C-contiguous, and nothing of the solver
+    compiled into the caller."""
+    api = np.ascontiguousarray(api)
+    model = np.ascontiguousarray(model)
+    dims = np.ascontiguousarray(dims)
+    doses = np.ascontiguousarray(doses)
+    points = np.ascontiguousarray(points)
+    dose_start = np.ascontiguousarray(dose_start)
+    point_start = np.ascontiguousarray(point_start)
+    params = np.ascontiguousarray(params)
+    f_values = np.ascontiguousarray(f_values)
+    lags = np.ascontiguousarray(lags)
+    sens_ext = np.ascontiguousarray(sens_ext)
+    block = np.zeros(_B_SIZE, dtype=np.uint64)
+    for slot, array in ((_B_API, api), (_B_MODEL, model)):
+        block[slot] = array.ctypes.data
+        block[slot + 1] = array.shape[0]
+    block[_B_DIMS] = dims.ctypes.data
+    block[_B_DOSES], block[_B_N_DOSES] = doses.ctypes.data, doses.shape[0]
+    block[_B_POINTS], block[_B_N_POINTS] = points.ctypes.data, points.shape[0]
+    block[_B_DOSE_START], block[_B_POINT_START] = dose_start.ctypes.data, point_start.ctypes.data
+    block[_B_N_SUBJECTS] = dose_start.shape[0] - 1
+    block[_B_PARAMS], block[_B_N_PAR] = params.ctypes.data, params.shape[1]
+    block[_B_F_VALUES], block[_B_LAGS] = f_values.ctypes.data, lags.ctypes.data
+    block[_B_SENS], block[_B_N_SENS] = sens_ext.ctypes.data, sens_ext.shape[0]
+    block[_B_MAX_STEPS], block[_B_EXPLICIT] = max_steps, 1 if explicit_first else 0
+    block[_B_MAJOR] = sundials_major
+    block[_B_PRED], block[_B_JAC], block[_B_STATUS] = pred.ctypes.data, jac.ctypes.data, \
+        status.ctypes.data
+    tolerances = carray(_f64_ptr(block.ctypes.data + 8 * _B_RTOL), 2)
+    tolerances[0] = rtol
+    tolerances[1] = atol
+    _call_v_u(entry, block.ctypes.data)

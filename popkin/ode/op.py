@@ -19,6 +19,10 @@ and the numba backend alike; :func:`solve_failures` reads the counts back from a
     before = solve_failures(model)
     ...                                                   # sample
     failed = solve_failures(model).failed_solves - before.failed_solves
+
+:class:`OdeEventsOp` is the one-subject variant whose event arrays are inputs (data) rather
+than constants of the Op: a patient model built on it (:mod:`popkin.dosing.posterior`)
+compiles once and takes any patient's doses and levels by swapping data.
 """
 
 from __future__ import annotations
@@ -27,15 +31,16 @@ from typing import NamedTuple
 
 import numpy as np
 import pytensor.tensor as pt
-from pytensor.gradient import DisconnectedType
+from pytensor.gradient import DisconnectedType, disconnected_type
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 
 from . import _native
 from ._sundials import SUNDIALS_VERSION
-from .solver import _api, solve
+from .solver import PreparedEvents, _api, _dims, solve
 
-__all__ = ["OdeSolveOp", "SolveCounts", "guard_logp", "guard_prediction", "solve_failures"]
+__all__ = ["OdeEventsOp", "OdeSolveOp", "SolveCounts", "guard_logp", "guard_prediction",
+           "solve_failures"]
 
 # slots of OdeSolveOp.counter
 _SOLVES, _FAILED_SOLVES, _FAILED_SUBJECTS = range(3)
@@ -124,6 +129,87 @@ class OdeSolveOp(Op):
         return [[True, True] for _ in node.inputs]
 
 
+class OdeEventsOp(Op):
+    """``(doses, points, p_1, ..., p_k) -> (prediction, d prediction / d p)`` for one subject
+    whose events are inputs.
+
+    ``doses`` (D, 9) and ``points`` (N, 4) are the matrices of
+    :class:`~popkin.ode.solver.PreparedEvents` for one subject; any D and N (a new patient
+    swaps them, nothing is recompiled). They carry no gradient. Each parameter input is a
+    float64 vector of length 1; ``wrt`` holds its extended-parameter index (model parameters
+    by position, then ``F``, then ``ALAG``) and ``fixed`` the values of all extended
+    parameters, used for those not among the inputs. ``sensitivities`` and ``counter`` as for
+    :class:`OdeSolveOp` (the same rewrite drops unused sensitivities).
+    """
+
+    def __init__(self, structure, wrt, fixed, *, sensitivities=True, counter=None):
+        self.structure = structure
+        self.wrt = np.asarray(wrt, dtype=np.int64)
+        self.fixed = np.ascontiguousarray(fixed, dtype=np.float64)
+        n_par = len(structure.parameters)
+        if self.fixed.shape != (n_par + 2,):
+            raise ValueError(f"fixed holds the {n_par} parameters of {structure.name!r}, F and "
+                             f"ALAG ({n_par + 2} values), not {self.fixed.shape}")
+        self.sensitivities = sensitivities
+        self.counter = np.zeros(3, dtype=np.int64) if counter is None else counter
+
+    def _variant(self, sensitivities):
+        if sensitivities == self.sensitivities:
+            return self
+        return OdeEventsOp(self.structure, self.wrt, self.fixed, sensitivities=sensitivities,
+                           counter=self.counter)
+
+    @property
+    def _sensitivity_wrt(self):
+        return self.wrt if self.sensitivities else self.wrt[:0]
+
+    def make_node(self, doses, points, *params):
+        doses = pt.as_tensor_variable(doses).astype("float64")
+        points = pt.as_tensor_variable(points).astype("float64")
+        params = [pt.as_tensor_variable(x).astype("float64") for x in params]
+        if doses.ndim != 2 or points.ndim != 2:
+            raise TypeError(f"{type(self).__name__} takes the dose (D, 9) and point (N, 4) "
+                            "matrices of one subject")
+        if len(params) != len(self.wrt) or any(x.ndim != 1 for x in params):
+            raise TypeError(f"{type(self).__name__} takes {len(self.wrt)} parameter vectors of "
+                            "length 1")
+        outputs = [pt.vector(dtype="float64"), pt.matrix(dtype="float64")]
+        return Apply(self, [doses, points, *params], outputs)
+
+    def perform(self, node, inputs, output_storage):
+        doses, points, *params = inputs
+        extended = self.fixed.copy()
+        for index, value in zip(self.wrt, params):
+            extended[index] = value[0]
+        s = self.structure
+        n_par = len(s.parameters)
+        prepared = PreparedEvents(
+            doses=np.ascontiguousarray(doses, dtype=np.float64).reshape(-1, 9),
+            points=np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 4),
+            dose_start=np.array([0, len(doses)], dtype=np.int64),
+            point_start=np.array([0, len(points)], dtype=np.int64), n_subjects=1)
+        solution = solve(s.compiled, prepared, extended[None, :n_par], extended[n_par:n_par + 1],
+                         extended[n_par + 1:], s.dose_compartment, wrt=self._sensitivity_wrt,
+                         options=s.options)
+        self.counter[_SOLVES] += 1
+        if solution.status[0] != 0:
+            self.counter[_FAILED_SOLVES] += 1
+            self.counter[_FAILED_SUBJECTS] += 1
+        output_storage[0][0] = solution.prediction
+        output_storage[1][0] = solution.jacobian
+
+    def grad(self, inputs, output_grads):
+        if not isinstance(output_grads[1].type, DisconnectedType):
+            raise NotImplementedError("the Jacobian output of an ODE solve has no gradient")
+        _, jacobian = self._variant(True)(*inputs)
+        weighted = output_grads[0][:, None] * jacobian
+        return [disconnected_type(), disconnected_type()] + [
+            weighted[:, k].sum(keepdims=True) for k in range(len(inputs) - 2)]
+
+    def connection_pattern(self, node):
+        return [[False, False], [False, False]] + [[True, True] for _ in node.inputs[2:]]
+
+
 class SolveCounts(NamedTuple):
     """How often the ODE solves of a model ran and failed (cumulative since the Op was built)."""
 
@@ -133,7 +219,7 @@ class SolveCounts(NamedTuple):
 
 
 def solve_failures(source) -> SolveCounts:
-    """The solve counts of every :class:`OdeSolveOp` in ``source``.
+    """The solve counts of every :class:`OdeSolveOp` and :class:`OdeEventsOp` in ``source``.
 
     ``source`` is an Op, a PyTensor variable, a PyMC model, or a list of these. Counts are
     cumulative, so take the difference of two readings to count one sampling run. They are
@@ -150,7 +236,7 @@ def _find_ops(source) -> list:
     from pytensor.graph.basic import Variable
     from pytensor.graph.traversal import ancestors
 
-    if isinstance(source, OdeSolveOp):
+    if isinstance(source, (OdeSolveOp, OdeEventsOp)):
         return [source]
     if isinstance(source, (list, tuple)):
         found = {}
@@ -166,7 +252,7 @@ def _find_ops(source) -> list:
                         f"model; got {type(source).__name__}")
     found = {}
     for var in ancestors(roots):
-        if var.owner is not None and isinstance(var.owner.op, OdeSolveOp):
+        if var.owner is not None and isinstance(var.owner.op, (OdeSolveOp, OdeEventsOp)):
             found[id(var.owner.op)] = var.owner.op
     return list(found.values())
 
@@ -220,7 +306,7 @@ def _register_rewrite():
     from pytensor.tensor.rewriting.basic import register_specialize
 
     @register_specialize
-    @node_rewriter([OdeSolveOp])
+    @node_rewriter([OdeSolveOp, OdeEventsOp])
     def ode_solve_without_sensitivities(fgraph, node):
         """Skip the sensitivity states of a solve whose Jacobian output nothing uses."""
         if not node.op.sensitivities or fgraph.clients[node.outputs[1]]:
@@ -231,6 +317,17 @@ def _register_rewrite():
 def _point_subjects(prepared) -> np.ndarray:
     counts = np.diff(prepared.point_start)
     return np.repeat(np.arange(prepared.n_subjects), counts).astype(np.int64)
+
+
+def _solver_settings(options) -> np.ndarray:
+    """``(max_steps, explicit first, SUNDIALS major version, solver entry address)`` for the
+    numba Ops, which reach the solver through its C entry point
+    (:func:`popkin.ode._native.solve_subjects_by_address`), so that compiling a model's Op
+    compiles no solver code. They are array reads, not captured integers: those would be
+    literal types, and the cached caller would be compiled again for each value.
+    """
+    return np.array([options.max_steps, options.method == "auto", SUNDIALS_VERSION[0],
+                     _native.solve_entry_address()], dtype=np.uint64)
 
 
 def _register_numba():
@@ -244,23 +341,22 @@ def _register_numba():
     def _numba_ode_solve(op, node=None, **kwargs):
         s = op.structure
         compiled = s.compiled
-        n, n_par, n_out = compiled.dims
+        n_par = compiled.dims[1]
         api = _api()
         model = compiled.addresses
-        dims = np.array([n, n_par, n_out, s.dose_compartment - 1], dtype=np.int64)
+        dims = _dims(compiled, s.dose_compartment)
         prep = op.prepared
         doses, points = prep.doses, prep.points
         dose_start, point_start = prep.dose_start, prep.point_start
         wrt = op.wrt
         sens_wrt = op._sensitivity_wrt
         fixed_params, fixed_f, fixed_lag = op.fixed_params, op.fixed_f, op.fixed_lag
-        rtol, atol, max_steps = s.options.rtol, s.options.atol, s.options.max_steps
-        explicit_first = s.options.method == "auto"
-        major = SUNDIALS_VERSION[0]
+        rtol, atol = s.options.rtol, s.options.atol
+        settings = _solver_settings(s.options)
         counter_address = op.counter.ctypes.data
         n_points, n_wrt, n_subjects = points.shape[0], len(wrt), prep.n_subjects
         n_sens = len(sens_wrt)
-        solve_subjects = _native.solve_subjects
+        solve = _native.solve_subjects_by_address
         atomic_add = _native.atomic_add
 
         @numba.njit
@@ -279,9 +375,9 @@ def _register_numba():
             pred = np.zeros(n_points)
             jac = np.zeros((n_points, n_sens))
             status = np.zeros(n_subjects, dtype=np.int64)
-            solve_subjects(api, model, dims, doses, points, dose_start, point_start, params,
-                           f_values, lags, sens_wrt, rtol, atol, max_steps, explicit_first,
-                           major, pred, jac, status)
+            solve(settings[3], api, model, dims, doses, points, dose_start, point_start, params,
+                  f_values, lags, sens_wrt, rtol, atol, np.int64(settings[0]), settings[1] != 0,
+                  np.int64(settings[2]), pred, jac, status)
             failed = 0
             for s_ in range(n_subjects):
                 if status[s_] != 0:
@@ -300,6 +396,51 @@ def _register_numba():
         exec(f"def ode_solve({names}):\n    m = np.empty((n_wrt, n_subjects))\n{stack}\n"
              f"    return run(m)\n", namespace)
         return numba.njit(namespace["ode_solve"])
+
+    @numba_funcify.register(OdeEventsOp)
+    def _numba_ode_events(op, node=None, **kwargs):
+        s = op.structure
+        n_par = s.compiled.dims[1]
+        api = _api()
+        model = s.compiled.addresses
+        dims = _dims(s.compiled, s.dose_compartment)
+        wrt, sens_wrt, fixed = op.wrt, op._sensitivity_wrt, op.fixed
+        rtol, atol = s.options.rtol, s.options.atol
+        settings = _solver_settings(s.options)
+        counter_address = op.counter.ctypes.data
+        n_wrt, n_sens = len(wrt), len(sens_wrt)
+        solve = _native.solve_subjects_by_address
+        atomic_add = _native.atomic_add
+
+        @numba.njit
+        def run(doses, points, values):
+            extended = fixed.copy()
+            for k in range(n_wrt):
+                extended[wrt[k]] = values[k]
+            params = np.empty((1, n_par))
+            params[0] = extended[:n_par]
+            f_values = extended[n_par:n_par + 1].copy()
+            lags = extended[n_par + 1:n_par + 2].copy()
+            dose_start = np.array([0, doses.shape[0]], dtype=np.int64)
+            point_start = np.array([0, points.shape[0]], dtype=np.int64)
+            pred = np.zeros(points.shape[0])
+            jac = np.zeros((points.shape[0], n_sens))
+            status = np.zeros(1, dtype=np.int64)
+            solve(settings[3], api, model, dims, doses, points, dose_start, point_start, params,
+                  f_values, lags, sens_wrt, rtol, atol, np.int64(settings[0]), settings[1] != 0,
+                  np.int64(settings[2]), pred, jac, status)
+            atomic_add(counter_address + 8 * _SOLVES, 1)
+            if status[0] != 0:
+                atomic_add(counter_address + 8 * _FAILED_SOLVES, 1)
+                atomic_add(counter_address + 8 * _FAILED_SUBJECTS, 1)
+            return pred, jac
+
+        names = ", ".join(f"x{k}" for k in range(n_wrt))
+        stack = "\n".join(f"    v[{k}] = x{k}[0]" for k in range(n_wrt))
+        namespace = {"run": run, "np": np, "n_wrt": n_wrt}
+        exec(f"def ode_events(doses, points{', ' if n_wrt else ''}{names}):\n"
+             f"    v = np.empty(n_wrt)\n{stack}\n    return run(doses, points, v)\n", namespace)
+        return numba.njit(namespace["ode_events"])
 
 
 _register_rewrite()

@@ -32,6 +32,14 @@ def _api() -> np.ndarray:
     return _API
 
 
+def _dims(compiled: CompiledSystem, dose_compartment: int) -> np.ndarray:
+    """The solver's ``dims``: states, parameters, outputs, the dose compartment (0-based) and
+    whether the right-hand side is affine in the states."""
+    n, n_par, n_out = compiled.dims
+    return np.array([n, n_par, n_out, dose_compartment - 1, compiled.system.affine_in_states],
+                    dtype=np.int64)
+
+
 _METHODS = ("auto", "bdf")
 _BACKENDS = ("popkin", "sunode")
 
@@ -145,13 +153,13 @@ def solve(
     derivatives are wanted: the model's parameters by position, then ``F`` (= number of
     parameters) and ``ALAG`` (+1).
     """
-    n, n_par, n_out = compiled.dims
+    n_par = compiled.dims[1]
     wrt = np.zeros(0, dtype=np.int64) if wrt is None else np.asarray(wrt, dtype=np.int64)
     n_points = prepared.points.shape[0]
     pred = np.zeros(n_points)
     jac = np.zeros((n_points, len(wrt)))
     status = np.zeros(prepared.n_subjects, dtype=np.int64)
-    dims = np.array([n, n_par, n_out, dose_compartment - 1], dtype=np.int64)
+    dims = _dims(compiled, dose_compartment)
     _native.solve_subjects(
         _api(), compiled.addresses, dims, prepared.doses, prepared.points, prepared.dose_start,
         prepared.point_start, np.ascontiguousarray(params, dtype=np.float64).reshape(-1, n_par),

@@ -62,6 +62,12 @@ class OdeStructure:
     def outputs(self) -> tuple[str, ...]:
         return self.system.output_names
 
+    @property
+    def superposition(self) -> bool:
+        """Whether predictions superpose over doses: the system is linear and homogeneous in
+        its states, without time (:attr:`OdeSystem.linear_in_states`)."""
+        return self.system.linear_in_states
+
     @cached_property
     def compiled(self) -> CompiledSystem:
         return compile_system(self.system)
@@ -121,3 +127,29 @@ class OdeStructure:
         op = OdeSolveOp(self, prepared, wrt, fixed, fixed_f, fixed_lag)
         return op(*inputs)[0]
 
+    def predict_subject(self, doses, points, params: Mapping):
+        """The output each point's ``DVID`` selects, for one subject whose events are PyTensor
+        variables: the ``doses`` (D, 9) and ``points`` (N, 4) matrices of
+        :func:`~popkin.ode.solver.prepare_events` (an :class:`~popkin.ode.op.OdeEventsOp`).
+
+        ``params`` maps parameter names to scalars, numpy or PyTensor; the graph does not
+        depend on the events' values or sizes, so data of another subject can replace them.
+        """
+        check_parameter_names(self, params)
+        import pytensor.tensor as pt
+
+        from .op import OdeEventsOp
+
+        names = self.parameters + ("F", "ALAG")
+        fixed = np.array([float(self.optional_parameters.get(name, 0.0)) for name in names])
+        wrt, inputs = [], []
+        for index, name in enumerate(names):
+            if name not in params:
+                continue
+            value = params[name]
+            if type(value).__module__.startswith("pytensor"):
+                wrt.append(index)
+                inputs.append(pt.as_tensor_variable(value).astype("float64").reshape((1,)))
+            else:
+                fixed[index] = float(np.asarray(value))
+        return OdeEventsOp(self, wrt, fixed)(doses, points, *inputs)[0]

@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Mapping, Sequence
 
 import sympy as sp
@@ -128,3 +129,52 @@ class OdeSystem:
 
     def output_parameter_jacobian(self) -> sp.Matrix:
         return sp.Matrix(self.outputs).jacobian(self.parameter_symbols)
+
+    # -- structure ---------------------------------------------------------------------------
+
+    @cached_property
+    def affine_in_states(self) -> bool:
+        """Whether every right-hand side is affine in the states (``d f / d y`` free of them).
+
+        Then one dosing interval maps the state before a dose affinely to the state before
+        the next, and the solver's steady-state Newton iteration is exact in one step.
+        """
+        states = set(self.state_symbols)
+        return not any(states & e.free_symbols for e in self.jacobian())
+
+    @cached_property
+    def linear_in_states(self) -> bool:
+        r"""Whether the system is linear and homogeneous in its states, without time.
+
+        True when every right-hand side and every output is :math:`\sum_j c_j(p)\, y_j`
+        (no constant or forcing term, no product or other nonlinear function of states, no
+        explicit ``t``) and the initial state is zero. Then the solution is a linear function
+        of the doses: ``F`` scales each dose, ``ALAG`` shifts it, an infusion of fixed duration
+        scales with its amount, and a steady state is linear in the maintenance dose, so a
+        regimen's predictions are sums of scaled unit-dose predictions (superposition).
+
+        Examples
+        --------
+        >>> depot, central, KA, CL, V, VMAX, KM = sp.symbols("depot central KA CL V VMAX KM")
+        >>> oral = OdeSystem.from_expressions([depot, central],
+        ...     [-KA * depot, KA * depot - CL / V * central], {"concentration": central / V})
+        >>> oral.linear_in_states
+        True
+        >>> saturable = OdeSystem.from_expressions([central],
+        ...     [-VMAX * central / (KM * V + central)], {"concentration": central / V})
+        >>> saturable.linear_in_states
+        False
+        """
+        if not self.affine_in_states:
+            return False
+        states = self.state_symbols
+        zero = dict.fromkeys(states, 0)
+        outputs_affine = not any(set(states) & e.free_symbols
+                                 for e in self.output_state_jacobian())
+        if not outputs_affine:
+            return False
+        # affine, so each expression is its slopes times the states plus this intercept
+        for expr in self.rhs + self.outputs:
+            if TIME in expr.free_symbols or sp.simplify(expr.subs(zero)) != 0:
+                return False
+        return all(sp.simplify(e) == 0 for e in self.initial)

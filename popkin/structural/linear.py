@@ -82,6 +82,11 @@ class LinearCompartmentModel:
         return ("concentration",)
 
     @property
+    def superposition(self) -> bool:
+        """Predictions are sums over doses, each linear in its amount (the closed form)."""
+        return True
+
+    @property
     def volume(self) -> str:
         return "V" if self.n_compartments == 1 else "V1"
 

@@ -145,3 +145,32 @@ def test_stiff_system_is_handed_to_bdf_and_stays_exact():
         ode = ode_structure_from_block(ODE_BLOCKS["one_compartment_oral"]).with_options(
             **TIGHT, method=method, max_steps=5000)
         np.testing.assert_allclose(ode.predict(events, params), expected, rtol=1e-6)
+
+
+def test_steady_state_is_exact_when_the_explicit_integrator_hands_over():
+    # the steady-state Newton integrates its periods explicitly first, like the main solve:
+    # with a stiff absorption it hands them to BDF, and on these Erlang-absorption parameters
+    # (a posterior draw of tacrolimus_woillard) the hand-over comes on the step that lands on
+    # the interval's end, which leaves nothing for BDF to integrate
+    closed = get_structure("one_compartment_oral")
+    rows = [{"ID": 1, "TIME": 0.0, "AMT": 1.0, "II": 24.0, "SS": 1},
+            {"ID": 1, "TIME": 0.0, "AMT": 0.0}, {"ID": 1, "TIME": 6.0, "AMT": 0.0}]
+    events = build_event_table(read_dataset(pd.DataFrame(rows)), closed)
+    params = {"CL": 2.0, "V": 20.0, "KA": 1000.0}
+    ode = ode_structure_from_block(ODE_BLOCKS["one_compartment_oral"]).with_options(**TIGHT)
+    np.testing.assert_allclose(ode.predict(events, params), closed.predict(events, params),
+                               rtol=1e-6)
+    erlang = ode_structure_from_block({
+        "states": ["depot", "transit1", "transit2", "central", "peripheral"],
+        "equations": ["d/dt(depot) = -KTR * depot",
+                      "d/dt(transit1) = KTR * depot - KTR * transit1",
+                      "d/dt(transit2) = KTR * transit1 - KTR * transit2",
+                      "d/dt(central) = KTR * transit2 - (CL + Q) / V1 * central "
+                      "+ Q / V2 * peripheral",
+                      "d/dt(peripheral) = Q / V1 * central - Q / V2 * peripheral"],
+        "output": "central / V1"})
+    params = {"KTR": 6.635281010915333, "CL": 19.826765452360664, "V1": 437.8212935258499,
+              "Q": 101.48357906737047, "V2": 286.19262624871016}
+    events = build_event_table(read_dataset(pd.DataFrame(rows)), erlang)
+    expected = erlang.with_options(method="bdf").predict(events, params)
+    np.testing.assert_allclose(erlang.predict(events, params), expected, rtol=1e-6)
