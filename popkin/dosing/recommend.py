@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -101,9 +102,9 @@ class Recommendation:
                 metrics.append({"kind": kind, "metric": t.label, "text": t.text,
                                 "window": [_finite(t.low), _finite(t.high)],
                                 "unit": t.metric.unit_label(units),
-                                "median": float(chosen[f"{t.label} median"]),
-                                "q05": float(chosen[f"{t.label} q05"]),
-                                "q95": float(chosen[f"{t.label} q95"])})
+                                "median": _finite(chosen[f"{t.label} median"]),
+                                "q05": _finite(chosen[f"{t.label} q05"]),
+                                "q95": _finite(chosen[f"{t.label} q95"])})
         return {
             "patient": _plain(self.patient_id),
             "model": self.spec.name, "model_source": self.spec.source,
@@ -151,7 +152,7 @@ def _write_together(directory, files: dict[str, bytes]) -> Path:
 
 
 def _finite(x: float):
-    return None if math.isinf(x) else float(x)
+    return float(x) if math.isfinite(x) else None
 
 
 def _plain(x):
@@ -352,7 +353,9 @@ def _evaluate(spec: ModelSpec, cands: Sequence[rg.Candidate], criteria: Sequence
         for t in wanted:
             values = t.compute(prof)
             for j, i in enumerate(members):
-                out[(i, t.label)] = values[j]
+                # solved one by one, the members of a shape are the same regimen (a candidate
+                # and the current regimen)
+                out[(i, t.label)] = values[j if superposed else 0]
     return out
 
 
@@ -579,7 +582,17 @@ def recommend(
                                          current.route)
     # the current regimen is evaluated with the candidates: it shares their unit predictions
     evaluated = cands if current_candidate is None else [*cands, current_candidate]
-    metrics = _evaluate(spec, evaluated, criteria, params, history, start)
+    with warnings.catch_warnings():
+        # draws whose solve fails (NaN) miss the target and exceed the limits; flagged below
+        warnings.filterwarnings("ignore", ".*ODE solve failed", RuntimeWarning)
+        metrics = _evaluate(spec, evaluated, criteria, params, history, start)
+    unpredicted = sum(any(not np.isfinite(metrics[(i, t.label)]).all() for t in criteria)
+                      for i in range(len(cands)))
+    if unpredicted:
+        flags.append(f"{unpredicted} candidate regimen(s) could not be predicted for some "
+                     "posterior draws (the ODE solve failed, e.g. no steady state because the "
+                     "dose rate exceeds a saturable elimination's capacity); those draws count "
+                     "as missing the target and exceeding the limits.")
     table, met = _choose(_score(cands, targets, limits, metrics), max_limit_probability,
                          tie_tolerance)
     timings["candidates_s"] = round(time.perf_counter() - tick, 3)

@@ -563,7 +563,12 @@ def _rk_initial_step(ud, t, span, y, f0, f1, y1, rtol, atol):
 
 @njit(cache=True)
 def _solve(a, b):
-    return np.linalg.solve(a, b)
+    """``a^-1 b``, or NaN when ``a`` is singular (e.g. no steady state: a dose rate beyond a
+    saturable elimination's capacity), which the callers report as a failed steady state."""
+    try:
+        return np.linalg.solve(a, b)
+    except Exception:
+        return np.full(b.shape[0], np.nan)
 
 
 @njit(cache=True)

@@ -57,6 +57,10 @@ outputs = ["concentration = central / V"]
 dose_compartment = "depot"
 parameters = ["CL", "V", "KA"]
 """)
+SATURABLE = popkin.load_model(
+    '[model]\nname = "saturable"\nstructure = "michaelis_menten_oral"'
+    + _BODY.replace("[parameters.CL]\ntypical = 5.0", "[parameters.VMAX]\ntypical = 20.0")
+    .replace("[parameters.V]\n", "[parameters.KM]\ntypical = 2.0\niiv = 0.2\n\n[parameters.V]\n"))
 TACROLIMUS = popkin.load_model("tacrolimus_woillard")
 
 
@@ -139,10 +143,7 @@ def test_superposed_candidates_equal_candidate_by_candidate_solves(monkeypatch):
 
 
 def test_nonlinear_steady_state_is_solved_once_per_maintenance_dose(monkeypatch):
-    spec = popkin.load_model('[model]\nname = "saturable"\nstructure = "michaelis_menten_oral"'
-                             + _BODY.replace("[parameters.CL]", "[parameters.VMAX]")
-                             .replace("[parameters.V]\n", "[parameters.KM]\ntypical = 2.0\n"
-                                      "iiv = 0.2\n\n[parameters.V]\n"))
+    spec = SATURABLE
     params = {"VMAX": np.full(4, 20.0), "KM": np.full(4, 2.0), "V": np.full(4, 50.0),
               "KA": np.full(4, 1.2)}
     cands = [rg.Candidate(amount, 12.0, 0.0, "oral", load)
@@ -212,3 +213,15 @@ def test_tacrolimus_map_recommendation():
     assert rec.probability_of_target == pytest.approx(np.mean((trough >= 5) & (trough <= 10)))
     assert 5 <= chosen["trough median"] <= 10 and rec.probability_of_target > 0.5
     assert rec.to_dict()["regimen"]["text"].endswith("orally")
+
+
+def test_saturable_model_recommends_and_flags_regimens_without_a_steady_state():
+    # VMAX about 20 mg/h: 400 mg every 12 h or more has no steady state in most draws
+    data = oral_patient(4.0, n_doses=4, interval=12.0, level_times=(38.0, 47.5), dose=100.0)
+    rec = recommend(SATURABLE, data, method="map", start=48.0, draws=200, seed=2,
+                    amount_step=100.0, amount_range=(100.0, 600.0), target="trough:1-5")
+    assert any("could not be predicted for some posterior draws" in f for f in rec.flags)
+    t = rec.candidates.set_index(["interval", "amount"])
+    assert t.loc[(12.0, 600.0), "P(target)"] == 0.0 and t.loc[(12.0, 600.0), "P(limit)"] == 1.0
+    assert rec.regimen.amount / rec.regimen.interval < np.median(rec.posterior.parameters["VMAX"])
+    assert rec.to_dict()["regimen"]["amount"] == rec.regimen.amount

@@ -78,3 +78,21 @@ def test_pymc_model_with_guarded_prediction_reports_failures():
 def test_solve_failures_rejects_what_it_cannot_search():
     with pytest.raises(TypeError, match="solve_failures takes"):
         solve_failures(42)
+
+
+@pytest.mark.parametrize("method", ["auto", "bdf"])
+def test_a_steady_state_that_does_not_exist_is_a_failed_solve(method):
+    # 100 mg every 2 h into a saturable elimination of at most VMAX = 20 mg/h: the amount grows
+    # without bound, Newton's matrix is singular; the subject fails, the other one is solved
+    from popkin.structural import get_structure
+
+    structure = get_structure("michaelis_menten_oral").with_options(method=method)
+    rows = [{"ID": i, "TIME": 0.0, "AMT": 100.0, "SS": 1, "II": ii} for i, ii in ((1, 2.0),
+                                                                                 (2, 24.0))]
+    rows += [{"ID": i, "TIME": 1.0, "AMT": 0.0} for i in (1, 2)]
+    frame = pd.DataFrame(rows).sort_values(["ID", "TIME"], kind="stable")
+    events = build_event_table(read_dataset(frame), structure, points="observations")
+    params = {"KA": 1.0, "VMAX": 20.0, "KM": 2.0, "V": 50.0}
+    with pytest.warns(RuntimeWarning, match="subject 1: the steady state did not converge"):
+        conc = structure.predict(events, params)
+    assert np.isnan(conc[0]) and np.isfinite(conc[1]) and conc[1] > 0
