@@ -196,6 +196,14 @@ def dosing_options(spec: ModelSpec, current: PatientRegimen, **overrides) -> Dos
     if route == "oral" and not getattr(spec.structure, "oral", True):
         raise SpecError(f"{at('route')}: route \"oral\" needs a structure with an absorption "
                         f"depot; {spec.structure.name!r} has none")
+    declared = spec.dosing.get("route")
+    if (not isinstance(spec.structure, LinearCompartmentModel) and declared in ROUTES
+            and (route == "oral") != (declared == "oral")):
+        # an ODE structure has one dose compartment; the spec's route says what it is
+        raise SpecError(f"{at('route')}: model {spec.name!r} takes every dose into its dose "
+                        f"compartment, which its [dosing] table declares as route {declared!r}; "
+                        f"route {route!r} would be given there too. Use route {declared!r}, or "
+                        "a model with a compartment for this route")
     if "amount_step" in table:
         step = _number_list(table["amount_step"], at("amount_step"))
         if len(step) != 1:

@@ -14,6 +14,7 @@ from popkin.dosing.recommend import _evaluate
 from popkin.dosing import regimens as rg
 from popkin.dosing.targets import parse_target
 from popkin.ode import OdeSystem
+from popkin.population.covariates import SpecError
 from popkin.structural import get_structure
 
 _BODY = """
@@ -225,3 +226,10 @@ def test_saturable_model_recommends_and_flags_regimens_without_a_steady_state():
     assert t.loc[(12.0, 600.0), "P(target)"] == 0.0 and t.loc[(12.0, 600.0), "P(limit)"] == 1.0
     assert rec.regimen.amount / rec.regimen.interval < np.median(rec.posterior.parameters["VMAX"])
     assert rec.to_dict()["regimen"]["amount"] == rec.regimen.amount
+
+
+def test_an_ode_model_rejects_a_route_its_dose_compartment_is_not():
+    """tacrolimus_woillard doses into its depot ([dosing] route = "oral"): an IV route would
+    silently be given into the depot, so it is refused."""
+    with pytest.raises(SpecError, match="declares as route 'oral'"):
+        recommend("tacrolimus_woillard", tacrolimus_patient(), route="iv_bolus", method="map")
