@@ -187,16 +187,18 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
     entry = _CACHE.get(key)
     if entry is not None and entry.observations in (None, observations):
         _CACHE.move_to_end(key)
-        as_data = entry.observations is None
-        built = build_pymc_model(spec, dataset, observations_as_data=as_data)   # cheap: no compile
         compiled = entry.sampler
-        if as_data:
+        if entry.observations is None:
+            built = build_pymc_model(spec, dataset)      # cheap: the graph, not the compilation
             updates = {}
             for name in built.observed:
                 for suffix in ("_dv", "_lloq"):
                     if f"{name}{suffix}" in built.model.named_vars:
                         updates[f"{name}{suffix}"] = built.model[f"{name}{suffix}"].get_value()
             compiled = compiled.with_data(**updates)
+        else:
+            # the same design and observations: the model the sampler was compiled from
+            built = entry.built
     else:
         # a design's first fit compiles its observations in; other observations on the same
         # design get a sampler whose observations are data, kept for all later ones
