@@ -83,8 +83,9 @@ def fit(
         plus low-rank correction learned from the gradients; more effective draws per draw
         when typical values and covariate effects are correlated, at a higher cost per step).
 
-    Chains start from the prior's central point with the population parameters jittered and
-    every subject's random effects at zero, so no chain starts with extreme individuals.
+    Chains start from the prior's central point with the typical values and the variability
+    parameters jittered, covariate effects at their spec values and every subject's random
+    effects at zero, so no chain starts with extreme individuals.
 
     Returns
     -------
@@ -175,8 +176,13 @@ def _failures(built: PopulationModel) -> int:
 
 
 def _population_rvs(model) -> set:
-    """Free variables to jitter at the start: all but the per-subject standardised effects."""
-    return {rv for rv in model.free_RVs if not rv.name.startswith(("z_", "eta_"))}
+    """Free variables to jitter at the start: all but the per-subject standardised effects and
+    the covariate effects (named ``P:COV``). nutpie jitters by U(-1, 1) on the unconstrained
+    scale, hundreds of prior SDs for a linear or exponential coefficient per unit of creatinine
+    clearance or age (prior SD 0.5 / reference): some subjects' clearance would start negative
+    or enormous, and such a chain can adapt its step size to 0 and never move."""
+    return {rv for rv in model.free_RVs
+            if not rv.name.startswith(("z_", "eta_")) and ":" not in rv.name}
 
 
 def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, cores, low_rank):

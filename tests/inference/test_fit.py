@@ -168,3 +168,20 @@ def test_prior_predictive_check(theo_csv):
     wrong = popkin.load_model("theophylline").with_parameter("V", typical=3150.0, typical_sd=0.1)
     assert prior_predictive(wrong, theo_csv, draws=400, seed=1)["inside"].mean() < \
         check["inside"].mean() - 0.3
+
+
+def test_chains_start_with_covariate_effects_at_their_spec_values():
+    """Only typical values and variability parameters are jittered: a U(-1, 1) jitter is
+    hundreds of prior SDs for a coefficient per unit of creatinine clearance, which starts
+    some subjects with a negative clearance (the chain then never moves)."""
+    from popkin.inference.fit import _population_rvs
+    from popkin.population.pymc_model import build_pymc_model
+
+    spec = popkin.load_model(popkin.load_model("theophylline").text.replace(
+        "[parameters.CL]", '[parameters.CL]\ncovariates = [{ kind = "linear", covariate = "CRCL", '
+        'reference = 100, coefficient = 0.004 }]'))
+    data = theophylline().assign(CRCL=90.0)
+    model = build_pymc_model(spec, popkin.read_dataset(data)).model
+    jittered = {rv.name for rv in _population_rvs(model)}
+    assert jittered == {"KA", "CL", "V", "omega_KA", "omega_CL", "omega_V", "sigma_add"}
+    assert "CL:CRCL" in {rv.name for rv in model.free_RVs}
