@@ -233,9 +233,22 @@ def _level_encode(effect, column, where, levels, normalise, label):
     return out
 
 
-def _factors(ops, effect, values):
+def _factors(effect, values):
     """Factor per level in ``effect.levels`` order, the reference first (= 1)."""
-    return ops.stack([ops.asarray(1.0)] + [ops.asarray(values[k]) for k in effect.levels[1:]])
+    return [1.0] + [values[k] for k in effect.levels[1:]]
+
+
+def _per_subject(factors, codes):
+    """``factors[codes]`` written as ``sum_j factors[j] [codes == j]`` (exact: one term is not 0).
+
+    A gather would do, but PyTensor rewrites a gather from a stack of scalars at constant
+    indices into a vector of one entry per subject, which numba then compiles in time growing
+    faster than the number of subjects (minutes for a few hundred).
+    """
+    total = 0.0
+    for j, factor in enumerate(factors):
+        total = total + factor * (codes == j)
+    return total
 
 
 def _str_level(v):
@@ -257,7 +270,7 @@ class _Categorical:
     @staticmethod
     def multiplier(effect, ops, column, values):
         # column: level index per subject (0 = reference)
-        return _missing_as_nan(column >= 0, ops.take(_factors(ops, effect, values), column))
+        return _missing_as_nan(column >= 0, _per_subject(_factors(effect, values), column))
 
     @classmethod
     def encode(cls, effect, column, where):
@@ -292,8 +305,8 @@ class _Alleles:
     @staticmethod
     def multiplier(effect, ops, column, values):
         # column: (n, 2) allele indices; activity of the reference allele is 1
-        act = _factors(ops, effect, values)
-        both = 0.5 * (ops.take(act, column[:, 0]) + ops.take(act, column[:, 1]))
+        act = _factors(effect, values)
+        both = 0.5 * (_per_subject(act, column[:, 0]) + _per_subject(act, column[:, 1]))
         return _missing_as_nan((column[:, 0] >= 0) & (column[:, 1] >= 0), both)
 
     @staticmethod

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .phi import phi_derivative, pytensor_phi
+
 
 class NumpyOps:
     name = "numpy"
@@ -23,6 +25,7 @@ class NumpyOps:
     maximum = staticmethod(np.maximum)
     where = staticmethod(np.where)
     stack = staticmethod(lambda xs: np.stack(xs, axis=-1))
+    phi = staticmethod(lambda x: phi_derivative(0, x))
 
     @staticmethod
     def asarray(x):
@@ -54,6 +57,10 @@ class PyTensorOps:
 
     def stack(self, xs):
         return self.pt.stack(xs, axis=-1)
+
+    @staticmethod
+    def phi(x):
+        return pytensor_phi(x)
 
     def asarray(self, x):
         return self.pt.as_tensor_variable(x)

@@ -14,18 +14,11 @@ algebras evaluate it: :class:`ValueAlgebra` (the kernel itself) and :class:`Divi
 (the triple ``(K(a), K(b), D[K](a, b))``, combined with the product rule
 ``D[fg] = D[f] g(a) + f(b) D[g]``). The primitives' differences are computed without
 cancellation, e.g. ``D[E(u)](a, b) = -u exp(-min(a,b) u) phi(|a-b| u)`` with
-``phi(x) = (1 - exp(-x)) / x``, so the result is accurate to rounding for any ``KA``.
+``phi(x) = (1 - exp(-x)) / x`` (:mod:`popkin.structural.phi`, one elementwise Op in PyTensor
+whose gradient is its derivative), so the result is accurate to rounding for any ``KA``.
 """
 
 from __future__ import annotations
-
-
-def phi(ops, x):
-    """``(1 - exp(-x)) / x`` for ``x >= 0``, equal to 1 at 0, without cancellation."""
-    small = x < 1e-3
-    safe = ops.where(small, 1.0, x)
-    series = 1.0 - x / 2.0 + x * x / 6.0 - x * x * x / 24.0
-    return ops.where(small, series, -ops.expm1(-safe) / safe)
 
 
 class _Rates:
@@ -136,7 +129,7 @@ class DividedAlgebra:
     gap = property(lambda self: self._rates.gap)
 
     def _d_exp(self, u):
-        return -u * self.ops.exp(-self.low * u) * phi(self.ops, self.gap * u)
+        return -u * self.ops.exp(-self.low * u) * self.ops.phi(self.gap * u)
 
     def E(self, u):
         ops = self.ops

@@ -191,7 +191,8 @@ class LinearCompartmentModel:
                 where.append(group.point)
         if not buckets:
             return ops.asarray(np.zeros(events.n_points))
-        amount = None
+        concentration = None
+        volume = p[self.volume]
         for (oral_route, mode), (pieces, where) in buckets.items():
             index = np.concatenate(where)
             if len(index) == events.n_points and np.array_equal(index, np.arange(events.n_points)):
@@ -199,11 +200,12 @@ class LinearCompartmentModel:
                 summed = pieces[0] if len(pieces) == 1 else ops.concatenate(pieces)
             else:
                 summed = ops.scatter_add(events.n_points, index, ops.concatenate(pieces))
+            # the mode's weight and the volume, combined per subject: one read per point
             weight = (oral_weights if oral_route else iv_weights)[mode]
-            if weight is not None:
-                summed = ops.take(weight, plan.point_subject) * summed
-            amount = summed if amount is None else amount + summed
-        return amount / ops.take(p[self.volume], plan.point_subject)
+            factor = 1.0 / volume if weight is None else weight / volume
+            term = ops.take(factor, plan.point_subject) * summed
+            concentration = term if concentration is None else concentration + term
+        return concentration
 
     def _subject_params(self, ops, params, n_subjects):
         check_parameter_names(self, params)

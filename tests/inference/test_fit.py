@@ -73,21 +73,39 @@ def test_save_and_load_round_trip(theo_fit, tmp_path):
     assert list(csv.columns) == SUMMARY_COLUMNS
 
 
-def test_new_observations_on_the_same_design_do_not_recompile(theo_fit, theo_csv, monkeypatch):
+def test_new_observations_on_the_same_design_compile_once_more_then_never(theo_fit, theo_csv,
+                                                                          monkeypatch):
     import nutpie
 
-    def no_compile(*args, **kwargs):
-        raise AssertionError("recompiled")
+    compiles = []
+    compile_pymc_model = nutpie.compile_pymc_model
 
-    monkeypatch.setattr(nutpie, "compile_pymc_model", no_compile)
+    def counting(*args, **kwargs):
+        compiles.append(1)
+        return compile_pymc_model(*args, **kwargs)
+
+    monkeypatch.setattr(nutpie, "compile_pymc_model", counting)
     frame = pd.read_csv(theo_csv)
-    frame.loc[frame["EVID"] == 0, "DV"] *= 1.3          # new data, same design
-    refit = popkin.fit("theophylline", frame, chains=1, draws=100, tune=100, seed=3,
-                       progress=False)
-    # the new data are used: clearance scales as 1/1.3 for the same exposure
-    ratio = refit.summary().set_index("parameter").loc["CL", "q50"] / \
-        theo_fit.summary().set_index("parameter").loc["CL", "q50"]
-    assert 0.6 < ratio < 0.95
+
+    def refit(scale, seed):
+        scaled = frame.copy()
+        scaled.loc[scaled["EVID"] == 0, "DV"] *= scale          # new data, same design
+        fit = popkin.fit("theophylline", scaled, chains=1, draws=100, tune=100, seed=seed,
+                         progress=False)
+        # the new data are used: clearance scales as 1/scale for the same exposure
+        ratio = fit.summary().set_index("parameter").loc["CL", "q50"] / \
+            theo_fit.summary().set_index("parameter").loc["CL", "q50"]
+        assert 0.75 / scale < ratio < 1.25 / scale, (scale, ratio)
+
+    # the theophylline fit compiled its observations in: the same data reuse that sampler
+    refit(1.0, 3)
+    assert compiles == []
+    # other observations: one sampler whose observations are data, then no more compiling
+    refit(1.3, 4)
+    assert len(compiles) == 1
+    refit(0.8, 5)
+    refit(1.0, 6)
+    assert len(compiles) == 1
 
 
 def test_cli_fit_writes_the_outputs(theo_fit, theo_csv, tmp_path, capsys):
@@ -150,3 +168,20 @@ def test_prior_predictive_check(theo_csv):
     wrong = popkin.load_model("theophylline").with_parameter("V", typical=3150.0, typical_sd=0.1)
     assert prior_predictive(wrong, theo_csv, draws=400, seed=1)["inside"].mean() < \
         check["inside"].mean() - 0.3
+
+
+def test_chains_start_with_covariate_effects_at_their_spec_values():
+    """Only typical values and variability parameters are jittered: a U(-1, 1) jitter is
+    hundreds of prior SDs for a coefficient per unit of creatinine clearance, which starts
+    some subjects with a negative clearance (the chain then never moves)."""
+    from popkin.inference.fit import _population_rvs
+    from popkin.population.pymc_model import build_pymc_model
+
+    spec = popkin.load_model(popkin.load_model("theophylline").text.replace(
+        "[parameters.CL]", '[parameters.CL]\ncovariates = [{ kind = "linear", covariate = "CRCL", '
+        'reference = 100, coefficient = 0.004 }]'))
+    data = theophylline().assign(CRCL=90.0)
+    model = build_pymc_model(spec, popkin.read_dataset(data)).model
+    jittered = {rv.name for rv in _population_rvs(model)}
+    assert jittered == {"KA", "CL", "V", "omega_KA", "omega_CL", "omega_V", "sigma_add"}
+    assert "CL:CRCL" in {rv.name for rv in model.free_RVs}

@@ -105,10 +105,14 @@ def test_observation_log_density_matches_an_independent_formula():
     assert logp == pytest.approx(expected, rel=1e-10)
 
 
-def test_censored_observations_use_beals_m3():
+@pytest.mark.parametrize("as_data", [True, False])
+def test_censored_observations_use_beals_m3(as_data):
     df = frame(["*3/*3"], [70.0], lloq=1.0)
     df.loc[(df.EVID == 0), "DV"] = [0.5, 2.0, 1.5, 0.2]      # first and last below LLOQ
-    built = build_pymc_model(load_model(SPEC), read_dataset(df))
+    built = build_pymc_model(load_model(SPEC), read_dataset(df), observations_as_data=as_data)
+    # observations (and LLOQs) as swappable data, or compiled in as constants
+    assert ("obs_dv" in built.model.named_vars) == as_data
+    assert ("obs_lloq" in built.model.named_vars) == as_data
     z = {k: np.array([0.3]) for k in ("KA", "CL", "V")}
     logp = built.model.compile_logp(vars=[built.model["obs"]])(value_point(built, z))
     p = individual("*3/*3", 70.0, z, 0)
@@ -120,6 +124,28 @@ def test_censored_observations_use_beals_m3():
                 + stats.norm.logpdf(dv[~cens], f[~cens], sd[~cens]).sum())
     # PyTensor's normal log-CDF is a different (erfc-based) evaluation than scipy's
     assert logp == pytest.approx(expected, rel=1e-7)
+
+
+def test_level_effects_keep_the_graph_size_independent_of_the_subjects():
+    """A genotype factor per subject is not unrolled into one graph input per subject (numba
+    compiled such a graph in minutes for a few hundred subjects)."""
+    import pytensor
+    from pytensor.graph.traversal import applys_between
+
+    rng = np.random.default_rng(3)
+    sizes = []
+    for n in (20, 200):
+        genotypes = rng.choice(["*3/*3", "*1/*3", "*1/*1"], n)
+        built = build_pymc_model(load_model(SPEC), read_dataset(frame(genotypes, [70.0] * n)))
+        model = built.model
+        logp = model.logp()
+        graph = pytensor.graph.rewrite_graph(
+            [logp, *pytensor.grad(logp, model.value_vars)], include=("canonicalize", "stabilize",
+                                                                     "specialize"))
+        nodes = list(applys_between(model.value_vars, graph))
+        assert max(len(node.inputs) for node in nodes) < 20
+        sizes.append(len(nodes))
+    assert sizes[0] == sizes[1]
 
 
 def test_missing_genotype_is_marginalised_with_the_population_frequencies():
