@@ -5,6 +5,7 @@ Usage::
     python scripts/bench_fit.py [--repeats 3] [--chains 4 --draws 1000 --tune 1000 --seed 1]
     python scripts/bench_fit.py --quick          # 1 chain x 50 draws + 50 tuning, one repeat
     python scripts/bench_fit.py --large          # 1,000 simulated subjects, two compartments
+    python scripts/bench_fit.py --large --chains 2 --draws 150 --tune 150   # a shorter run
 
 Default run: the theophylline fit (library model ``theophylline``, 12 subjects) through
 ``popkin.fit``, and the same model written directly in PyMC: closed-form one-compartment model

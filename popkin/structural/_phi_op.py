@@ -27,8 +27,7 @@ def _polynomial(order: int, x: str) -> tuple[list[str], str]:
 
     ``p(x) = low(x) + x**m high(x)`` with ``m`` the largest power of two below the number of
     terms, recursively: the multiply-adds of each level are independent, so the chain of
-    dependent operations is about log2(terms) long instead of one per term as in Horner's
-    scheme (about 20 for the first derivative), which matters for points near the tie.
+    dependent operations is about log2(terms) long instead of one per term (Horner).
     """
     a = series_coefficients(order)
     powers = {1: x}
@@ -60,8 +59,8 @@ def _recursion(order: int, x: str, e: str, out: str) -> list[str]:
 
 def _python_sources(order: int) -> tuple[str, str]:
     """numba sources of the series and of the derivative. The series is a function of its
-    own, called only near 0, so that the derivative itself stays small enough to be inlined
-    into the fused loop (a call per point and derivative costs about as much as the rest)."""
+    own, called only near 0, so that the derivative itself stays small (it is inlined into the
+    fused loop of every point)."""
     powers, series = _polynomial(order, "x")
     small = "".join(f"    {line}\n" for line in powers)
     large = "".join(f"    {line}\n" for line in _recursion(order, "x", "e", "total"))

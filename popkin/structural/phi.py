@@ -1,8 +1,9 @@
 r"""The function :math:`\varphi(x) = (1 - e^{-x}) / x` and its derivatives, accurate near 0.
 
 :math:`\varphi` carries the divided differences of exponentials (see
-:mod:`popkin.structural.divided`): :math:`(e^{-au} - e^{-bu}) / (b - a) = u\,e^{-au}\,\varphi((b-a)u)`.
-Its derivatives have the integral form
+:mod:`popkin.structural.divided`):
+:math:`(e^{-au} - e^{-bu}) / (b - a) = u\,e^{-au}\,\varphi((b-a)u)`. Its derivatives have the
+integral form
 
 .. math:: \varphi^{(n)}(x) = (-1)^n m_n(x), \qquad m_n(x) = \int_0^1 s^n e^{-xs}\,ds > 0,
 
@@ -16,19 +17,20 @@ and are evaluated in one of two ways, switched at :math:`c_n = (n + 1)/2`:
   :math:`m_k = (k\,m_{k-1} - e^{-x}) / x` (integration by parts): one ``exp`` serves the value
   and all derivatives.
 
-Neither branch cancels much where it is used (the recursion amplifies rounding by at most
-about :math:`k / x \le 2k / (n + 1)` per step): the derivative of order :math:`n` is accurate
-to :math:`2 + 2n` units in the last place (tests check orders 0 to 3 against 50-digit
+Neither branch cancels much where it is used (the recursion only from :math:`|x| \ge c_n`,
+where each step loses little): the derivative of order :math:`n` is accurate to
+:math:`2 + 2n` units in the last place (tests check orders 0 to 3 against 50-digit
 arithmetic).
 
 The same algorithm runs in three places: :func:`phi_derivative` (numpy arrays, vectorised),
-:func:`phi_derivative_scalar` (Python floats), and the PyTensor scalar Op
-:class:`~popkin.structural._phi_op.PhiDerivative` (through :func:`pytensor_phi`) with a C
-implementation (PyTensor's C backend, and what loop fusion requires) and a numba one (what
-nutpie compiles). Compared with writing :math:`\varphi` from ``expm1``, a series and
-``switch`` in PyTensor, where every point evaluates both branches and autodiff differentiates
-both, the Op evaluates only its branch, and its gradient is the next derivative from the same
-``exp(-x)``: the oral closed form and its gradient cost about what the textbook formula
+:func:`phi_derivative_scalar` (Python floats), and, with the series in Estrin's scheme, the
+PyTensor scalar Op :class:`~popkin.structural._phi_op.PhiDerivative` (through
+:func:`pytensor_phi`) with a C implementation (PyTensor's C backend, and what loop fusion
+requires) and a numba one (what nutpie compiles). Compared with writing :math:`\varphi` from
+``expm1``, a series and ``switch`` in PyTensor, where every point evaluates both branches and
+autodiff differentiates both, the Op evaluates only its branch, and its gradient is the next
+derivative from the same ``exp(-x)``: the oral closed form and its gradient cost about what
+the textbook formula
 :math:`(e^{-kt} - e^{-k_a t}) / (k_a - k)` costs.
 """
 
