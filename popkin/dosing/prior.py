@@ -56,6 +56,7 @@ from ..data.reader import Dataset
 from ..data.schema import DatasetError, Problem
 from ..inference import draws as fit_draws
 from ..population.covariates import CONTINUOUS_KINDS, SpecError
+from ..population.pymc_model import _missing_mask
 from ..population.spec import ModelSpec
 from ..structural.backend import NumpyOps
 
@@ -115,12 +116,6 @@ class PopulationPrior:
         return {s: np.exp(log_sigma[:, j]) for j, s in enumerate(self.sigmas)}
 
 
-def _missing(effect, values) -> bool:
-    if effect.kind in CONTINUOUS_KINDS:
-        return bool(np.isnan(values).any())
-    return bool((np.asarray(values) < 0).any())
-
-
 def patient_covariates(spec: ModelSpec, patient: Dataset) -> dict:
     """The encoded covariates of a one-patient dataset.
 
@@ -130,7 +125,7 @@ def patient_covariates(spec: ModelSpec, patient: Dataset) -> dict:
     design = spec.covariate_design(patient)
     for p in spec.parameters:
         for e in p.covariates:
-            if e.kind in CONTINUOUS_KINDS and _missing(e, design[(p.name, e.covariate)]):
+            if e.kind in CONTINUOUS_KINDS and _missing_mask(e, design[(p.name, e.covariate)]).any():
                 raise DatasetError([Problem(
                     f"the patient's {e.covariate} is missing, but the model's effect of "
                     f"{e.covariate} on {p.name} needs it; give the value (a dose recommendation "
@@ -159,7 +154,7 @@ def covariate_components(spec: ModelSpec, design, frequencies_of, *, where: str 
     by_covariate: dict[str, list] = {}
     for p in spec.parameters:
         for e in p.covariates:
-            if e.kind in LEVEL_KINDS and _missing(e, design[(p.name, e.covariate)]):
+            if e.kind in LEVEL_KINDS and _missing_mask(e, design[(p.name, e.covariate)]).any():
                 by_covariate.setdefault(e.covariate, []).append(e)
     if not by_covariate:
         return [Component("", 0.0, design)]
