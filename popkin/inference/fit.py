@@ -62,6 +62,7 @@ def fit(
     progress: bool = True,
     cores: int | None = None,
     mass_matrix: Literal["diag", "low_rank"] = "diag",
+    start: Literal["optimize", "jitter"] = "optimize",
 ) -> Fit:
     """Fit ``model`` (a spec, TOML file or library name) to ``data`` (Dataset, frame or CSV).
 
@@ -83,9 +84,16 @@ def fit(
         plus low-rank correction learned from the gradients; more effective draws per draw
         when typical values and covariate effects are correlated, at a higher cost per step).
 
-    Chains start from the prior's central point with the typical values and the variability
-    parameters jittered, covariate effects at their spec values and every subject's random
-    effects at zero, so no chain starts with extreme individuals.
+    start
+        Where nutpie's chains start. ``"optimize"`` (default): L-BFGS searches of the joint
+        posterior density from the prior's centre and from one jittered point per chain; every
+        chain starts at the best end point with the typical values, variability and residual
+        SDs moved by up to two conditional SDs (:mod:`popkin.inference.start`). A chain that
+        starts far out can otherwise stay in a remote local mode. ``"jitter"``: the prior's
+        central point with the typical values and the variability parameters jittered by
+        U(-1, 1) on the unconstrained scale. Either way covariate effects start at their spec
+        values (or the search's end point) and no chain starts with extreme individuals.
+        PyMC's sampler (``sampler="pymc"``) uses its own start.
 
     Returns
     -------
@@ -97,6 +105,8 @@ def fit(
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if mass_matrix not in ("diag", "low_rank"):
         raise ValueError(f"mass_matrix must be 'diag' or 'low_rank', not {mass_matrix!r}")
+    if start not in ("optimize", "jitter"):
+        raise ValueError(f"start must be 'optimize' or 'jitter', not {start!r}")
     if sampler not in ("nutpie", "pymc"):
         raise ValueError(f"sampler must be 'nutpie' or 'pymc', not {sampler!r}")
     for name, value in (("chains", chains), ("draws", draws)):
@@ -108,19 +118,25 @@ def fit(
     dataset = data if isinstance(data, Dataset) else read_dataset(data)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**31))
-    start = time.perf_counter()
+    began = time.perf_counter()
     if method == "nuts" and sampler == "nutpie":
-        built, idata, failures = _nutpie(spec, dataset, chains, draws, tune, seed, target_accept,
-                                         progress, cores, mass_matrix == "low_rank")
+        built, idata, failures, report = _nutpie(spec, dataset, chains, draws, tune, seed,
+                                                 target_accept, progress, cores,
+                                                 mass_matrix == "low_rank", start)
     else:
+        report = None
         built = build_pymc_model(spec, dataset)
         before = _failures(built)
         idata = _other(built, method, chains, draws, tune, seed, target_accept, progress, cores)
         failures = _failures(built) - before
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - began
     idata.attrs.update({"popkin_method": method if method != "nuts" else f"nuts ({sampler})",
                         "popkin_seed": int(seed), "popkin_seconds": round(seconds, 3),
                         "popkin_ode_failures": int(failures)})
+    if report is not None and report.used:
+        idata.attrs.update({"popkin_start": "optimize",
+                            "popkin_start_modes": int(report.distinct_modes),
+                            "popkin_start_remote": int(report.remote)})
     result = Fit(idata=idata, spec=spec, data=dataset, built=built, method=method, seconds=seconds,
                  ode_failures=int(failures))
     for message in result.warnings:
@@ -185,7 +201,19 @@ def _population_rvs(model) -> set:
             if not rv.name.startswith(("z_", "eta_")) and ":" not in rv.name}
 
 
-def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, cores, low_rank):
+def _value_names(model, rvs) -> set[str]:
+    return {model.rvs_to_values[rv].name for rv in rvs}
+
+
+def _frozen_in_search(model, spec: ModelSpec) -> set[str]:
+    """SDs of centred random effects: held at their start during the start's searches."""
+    rvs = [model[f"omega_{p.name}"] for p in spec.parameters
+           if p.centered and f"omega_{p.name}" in model.named_vars]
+    return _value_names(model, [rv for rv in rvs if rv in model.free_RVs])
+
+
+def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, cores, low_rank,
+            start):
     import nutpie
 
     key = _design_key(spec, dataset)
@@ -221,9 +249,18 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
                   target_accept=target_accept, low_rank_modified_mass_matrix=low_rank)
     if cores is not None:
         kwargs["cores"] = cores
+    report = None
+    if start == "optimize":
+        from .start import optimised_start
+
+        model = entry.built.model
+        compiled, report = optimised_start(
+            compiled, model, seed=seed, searches=chains,
+            jitter_names=_value_names(model, _population_rvs(model)),
+            frozen_names=_frozen_in_search(model, spec))
     before = _failures(entry.built)             # the Ops the compiled sampler calls
     idata = nutpie.sample(compiled, **kwargs)
-    return built, idata, _failures(entry.built) - before
+    return built, idata, _failures(entry.built) - before, report
 
 
 def _other(built: PopulationModel, method, chains, draws, tune, seed, target_accept, progress, cores):
