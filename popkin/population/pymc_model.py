@@ -38,8 +38,11 @@ Missing genotypes
 -----------------
 A subject whose genotype (or another level covariate) is missing is predicted under every
 level, and its likelihood is the mixture over levels weighted by the population frequencies
-(marginalisation; HWE for ``alleles``). ``P(COV)`` holds each such subject's posterior
-probability of each level.
+(marginalisation; HWE for ``alleles``). ``missing_level_probability`` holds each such subject's
+probability of each level in each draw. Where the level's parameter has a non-centred random
+effect, the level's factor moves into the prior of the subject's ``z`` (same marginal model,
+one posterior mode instead of one per level; see :func:`_aligned_parameters`), and ``eta_P``
+of such a subject is read against the level most probable in the draw.
 
 Below the quantification limit
 ------------------------------
@@ -307,18 +310,33 @@ def build_pymc_model(spec: ModelSpec, data: Dataset, *,
         for p in spec.parameters:
             for e in p.covariates:
                 effect_values[(p.name, e.covariate)] = _effect_values(pm, pt, model, e, entries)
-        etas = _random_effects(pm, pt, spec, random, len(subjects), entries)
+        aligned = _aligned_parameters(spec, columns, random)
+        etas = _random_effects(pm, pt, spec, random, len(subjects), entries, deferred=aligned)
         frequencies = {cov: _frequencies(pm, col, design, entries) for cov, col in columns.items()}
 
         # level 2: individual parameters, one per event-table subject (copies included)
         identity = len(copy_subject) == len(subjects)
         params = {}
+        shift = 0.0              # per copy: the aligned random effects' prior shift (see _mixture)
+        level_log = {}           # per aligned parameter and copy: log of its missing levels' factor
         for p in spec.parameters:
             value = typical[p.name]
             for e in p.covariates:
                 column = _copy_column(design[(p.name, e.covariate)], copy_subject, assignments, e,
                                       columns.get(e.covariate))
-                value = value * e.multiplier(ops, column, effect_values[(p.name, e.covariate)])
+                factor = e.multiplier(ops, column, effect_values[(p.name, e.covariate)])
+                if p.name in aligned and e.covariate in columns:
+                    assigned = np.array([e.covariate in a for a in assignments])
+                    level_log[p.name] = level_log.get(p.name, 0.0) + pt.switch(
+                        assigned, pt.log(factor), 0.0)
+                    factor = pt.switch(assigned, 1.0, factor)
+                value = value * factor
+            if p.name in level_log:
+                # the copies of a subject share z and the individual value; the level's factor
+                # moves into the prior of z: N(z; log f / omega, 1) instead of N(z; 0, 1)
+                z = model[f"z_{p.name}"][copy_subject]
+                a = level_log[p.name] / model[f"omega_{p.name}"]
+                shift = shift + a * z - 0.5 * a ** 2
             if p.name in etas:
                 eta = etas[p.name] if identity else etas[p.name][copy_subject]
                 value = value * pt.exp(eta)
@@ -370,8 +388,15 @@ def build_pymc_model(spec: ModelSpec, data: Dataset, *,
         if mixture:
             mixture_subjects, mixed, best = _mixture(pm, pt, model, events, copy_subject,
                                                      assignments, columns, frequencies, pointwise,
-                                                     subjects, single)
+                                                     subjects, single, shift)
             chosen = pt.set_subtensor(pt.as_tensor_variable(chosen)[mixed], best)
+        for name in aligned:
+            # eta of a subject with a missing level: against the typical value of the level
+            # most probable in this draw (as its individual value ``{P}_i`` is read)
+            eta = etas[name]
+            if name in level_log:
+                eta = pt.inc_subtensor(eta[mixed], -level_log[name][best])
+            pm.Deterministic(f"eta_{name}", eta, dims="subject")
         for p in spec.parameters:
             value = params[p.name]
             if p.name in occasion_params:      # the subject's value between occasions
@@ -476,8 +501,34 @@ def _effect_values(pm, pt, model, e: CovariateEffect, entries):
     return {lv: factors[j] for j, lv in enumerate(levels)}
 
 
-def _random_effects(pm, pt, spec: ModelSpec, random, n: int, entries):
-    """eta per subject for every parameter with a random effect: diagonal or LKJ blocks."""
+def _aligned_parameters(spec: ModelSpec, columns, random) -> set[str]:
+    """Parameters whose missing levels are marginalised through their random effect's prior.
+
+    A subject with a missing genotype is predicted under every level (one copy per level) and
+    its likelihood is the mixture over the copies. With the level's factor in the prediction,
+    the copies share the standardised effect z but not the individual value, so the posterior
+    of z is a mixture of modes (one per level, log(f) / omega apart) that NUTS crosses slowly.
+    For a parameter with a plain non-centred random effect the change of variables
+    ``log P_i = log P + omega z`` (the level's factor included in ``omega z``) puts the factor
+    into the prior of z instead: every copy predicts the same individual value, z's prior
+    under level g is ``N(log f_g / omega, 1)``, and its posterior has one mode where the data
+    inform the individual value. The marginal model is the same.
+    """
+    if not columns:
+        return set()
+    in_block = {name for block in spec.omega_blocks for name in block}
+    out = set()
+    for p in spec.parameters:
+        if (p.name in random and p.name not in in_block and not p.centered and p.iov == 0
+                and any(e.covariate in columns for e in p.covariates)):
+            out.add(p.name)
+    return out
+
+
+def _random_effects(pm, pt, spec: ModelSpec, random, n: int, entries, deferred=frozenset()):
+    """eta per subject for every parameter with a random effect: diagonal or LKJ blocks.
+
+    The ``eta_P`` of the parameters in ``deferred`` is registered by the caller."""
     etas = {}
     in_block = {name for block in spec.omega_blocks for name in block}
     for name in random:
@@ -490,7 +541,8 @@ def _random_effects(pm, pt, spec: ModelSpec, random, n: int, entries):
             etas[name] = pm.Normal(f"eta_{name}", 0.0, omega, dims="subject")
         else:
             z = pm.Normal(f"z_{name}", 0.0, 1.0, dims="subject")
-            etas[name] = pm.Deterministic(f"eta_{name}", omega * z, dims="subject")
+            etas[name] = omega * z if name in deferred else \
+                pm.Deterministic(f"eta_{name}", omega * z, dims="subject")
     for b, block in enumerate(spec.omega_blocks):
         label = "_".join(block)
         scales = np.array([spec.parameter(nm).iiv for nm in block])
@@ -603,8 +655,11 @@ def _pointwise_logp(pm, pt, ops, err, sigmas, prediction, events, points):
 
 
 def _mixture(pm, pt, model, events, copy_subject, assignments, columns, frequencies, pointwise,
-             subjects, single):
-    """Marginal likelihood of the subjects with missing levels; posterior level probabilities."""
+             subjects, single, shift=0.0):
+    """Marginal likelihood of the subjects with missing levels; posterior level probabilities.
+
+    ``shift`` (per copy) is ``log N(z; a, 1) - log N(z; 0, 1)`` for the random effects that
+    carry a missing level's factor ``exp(a omega)`` (:func:`_aligned_parameters`)."""
     n_copies = len(copy_subject)
     loglik = pt.zeros(n_copies)
     for points, logp in pointwise:
@@ -627,7 +682,7 @@ def _mixture(pm, pt, model, events, copy_subject, assignments, columns, frequenc
         else:
             term = logf[pairs[:, 0]]
         weight = weight + pt.switch(assigned, term, 0.0)
-    joint = loglik + weight
+    joint = loglik + weight + shift
     table = pt.switch(pad, -np.inf, joint[index])
     pm.Potential("missing_level_likelihood", pm.math.logsumexp(table, axis=1).sum())
     # posterior probability of each combination, per subject with missing levels

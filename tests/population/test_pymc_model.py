@@ -149,29 +149,63 @@ def test_level_effects_keep_the_graph_size_independent_of_the_subjects():
 
 
 def test_missing_genotype_is_marginalised_with_the_population_frequencies():
+    """The subject with a missing genotype: its marginal likelihood over the random effect is the
+    mixture over genotypes with the population frequencies (quadrature over z_CL), although the
+    model carries the genotype's factor in the prior of z_CL rather than in the prediction."""
     genotypes, weights = ["*1/*3", None, "*3/*3"], [65.0, 80.0, 70.0]
     df = frame(genotypes, weights)
     built = build_pymc_model(load_model(SPEC), read_dataset(df))
     assert [s for s, _ in built.mixture_subjects] == [2]
     rng = np.random.default_rng(3)
     z = {k: rng.normal(size=3) for k in ("KA", "CL", "V")}
-    point = value_point(built, z)
     model = built.model
-    mixed = evaluate(model, model["missing_level_likelihood"], point)
     dv = df[(df.ID == 2) & (df.EVID == 0)]["DV"].to_numpy()
     freqs = {"*3/*3": 0.6, "*1/*3": 0.3, "*1/*1": 0.1}
-    terms = []
-    for g, pi in freqs.items():
-        p = individual(g, 80.0, z, 1)
+    omega = POINT["omega_CL"]
+
+    def loglik(genotype, zz):
+        p = individual(genotype, 80.0, zz, 1)
         f = oral(100.0, p["KA"], p["CL"], p["V"], TIMES)
-        terms.append(np.log(pi) + stats.norm.logpdf(dv, f, POINT["sigma_prop"] * f).sum())
+        return stats.norm.logpdf(dv, f, POINT["sigma_prop"] * f).sum()
+
+    # at one point: the likelihood under the reference level's typical value, each level's
+    # weight and the shift of z's prior to N(log f / omega, 1)
+    point = value_point(built, z)
+    mixed = evaluate(model, model["missing_level_likelihood"], point)
+    a = {g: np.log(FACTORS[g]) / omega for g in freqs}
+    zc = z["CL"][1]
+    terms = [np.log(pi) + loglik("*3/*3", z) + a[g] * zc - a[g] ** 2 / 2 for g, pi in freqs.items()]
     assert float(mixed) == pytest.approx(logsumexp(terms), rel=1e-10)
+    probs = evaluate(model, model["missing_level_probability"], point)
+    assert probs.shape == (1, 3) and probs.sum() == pytest.approx(1.0)
+    assert np.allclose(probs[0], np.exp(np.array(terms) - logsumexp(terms)))
+    # the marginal over z_CL equals the plain mixture of the genotypes' likelihoods
+    import pytensor
+
+    [out] = model.replace_rvs_by_values([model["missing_level_likelihood"]])
+    fn = pytensor.function(model.value_vars, out, on_unused_input="ignore")
+    grid = np.linspace(-12, 12, 2401)
+    new, old = [], []
+    at = dict(point)
+    for value in grid:
+        zz = {k: v.copy() for k, v in z.items()}
+        zz["CL"][1] = value
+        at["z_CL"] = zz["CL"]
+        new.append(float(fn(*[at[v.name] for v in model.value_vars])))
+        old.append(logsumexp([np.log(pi) + loglik(g, zz) for g, pi in freqs.items()]))
+    prior = stats.norm.logpdf(grid)
+    dz = grid[1] - grid[0]
+    assert logsumexp(np.array(new) + prior) + np.log(dz) == pytest.approx(
+        logsumexp(np.array(old) + prior) + np.log(dz), abs=1e-8)
     # the subjects with known genotypes stay ordinary observed variables
     assert len(built.observed["obs"]) == 8
-    probs = evaluate(model, model["missing_level_probability"], point)
-    assert probs.shape == (1, 3)
-    assert probs.sum() == pytest.approx(1.0)
-    assert np.allclose(probs[0], np.exp(np.array(terms) - logsumexp(terms)))
+    # eta_CL of the subject with the missing genotype is read against the most probable level
+    eta = evaluate(model, model["eta_CL"], point)
+    best = list(freqs)[int(np.argmax(probs[0]))]
+    assert eta[1] == pytest.approx(omega * zc - np.log(FACTORS[best]))
+    assert eta[0] == pytest.approx(omega * z["CL"][0])
+    cl_i = evaluate(model, model["CL_i"], point)
+    assert cl_i[1] == pytest.approx(POINT["CL"] * (80 / 70) ** 0.75 * np.exp(omega * zc))
 
 
 def test_summary_names_follow_the_design():
