@@ -62,7 +62,7 @@ def _fit(args) -> int:
         result = fit(args.model, args.data, method=args.method, chains=args.chains,
                      draws=args.draws, tune=args.tune, seed=args.seed, sampler=args.sampler,
                      target_accept=args.target_accept, progress=not args.quiet,
-                     mass_matrix=args.mass_matrix)
+                     mass_matrix=args.mass_matrix, start=args.start)
     result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
     summary = result.summary()
     with _pandas_wide():
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-accept", type=float, default=0.8)
     p.add_argument("--mass-matrix", choices=("diag", "low_rank"), default="diag",
                    help="nutpie mass-matrix adaptation (low_rank for strongly correlated posteriors)")
+    p.add_argument("--start", choices=("optimize", "jitter"), default="optimize",
+                   help="where the chains start: around the best of several short optimisations "
+                        "(default), or at the prior's centre jittered")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_fit)

@@ -6,6 +6,7 @@ Usage::
     python scripts/bench_fit.py --quick          # 1 chain x 50 draws + 50 tuning, one repeat
     python scripts/bench_fit.py --large          # 1,000 simulated subjects, two compartments
     python scripts/bench_fit.py --large --chains 2 --draws 150 --tune 150   # a shorter run
+    python scripts/bench_fit.py --large --mass-matrix low_rank
 
 Default run: the theophylline fit (library model ``theophylline``, 12 subjects) through
 ``popkin.fit``, and the same model written directly in PyMC: closed-form one-compartment model
@@ -220,14 +221,14 @@ def bench_large(args) -> str:
     data = data.drop(columns=["PRED", "IPRED"])
     start = time.perf_counter()
     fit = popkin.fit(spec, data, chains=args.chains, draws=args.draws, tune=args.tune,
-                     seed=args.seed, progress=False)
+                     seed=args.seed, progress=False, mass_matrix=args.mass_matrix)
     wall = time.perf_counter() - start
     summary = fit.summary()
     ess = float(summary["ess_bulk"].min())
     worst = summary.loc[summary["ess_bulk"].idxmin(), "parameter"]
     print(f"large: {args.subjects} subjects, {len(LARGE_TIMES) * args.subjects} observations, "
           f"two-compartment oral, 4 covariates on CL; {args.chains} chains x {args.draws} draws "
-          f"+ {args.tune} tuning")
+          f"+ {args.tune} tuning, {args.mass_matrix} mass matrix")
     print(f"compile+sample {wall:.1f} s; min ESS bulk {ess:.0f} ({worst}); "
           f"max R-hat {summary['r_hat'].max():.3f}; {fit.divergences} divergences")
     print(summary[["parameter", "q05", "q50", "q95", "r_hat", "ess_bulk"]].to_string(index=False))
@@ -244,6 +245,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--subjects", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--mass-matrix", choices=("diag", "low_rank"), default="diag",
+                        help="nutpie's mass-matrix adaptation for the --large fit")
     args = parser.parse_args(argv)
     if args.quick:
         args.chains, args.draws, args.tune, args.repeats = 1, 50, 50, 1

@@ -1,9 +1,9 @@
 """Where NUTS chains start: the best of several short optimisations, then a local jitter.
 
 A chain that starts far out can stay in a remote local mode for the whole run: with PyMC's
-default start (the prior's centre jittered by U(-1, 1) on the unconstrained scale), one warfarin
-chain in six started with a lag of 2-3 h and never left a mode whose log density is 60 below the
-main one. R-hat flags such a fit, but the fit is lost. This module starts the chains as an
+default start (the prior's centre jittered by U(-1, 1) on the unconstrained scale), 2 of 12
+warfarin fits had a chain that never reached the main mode (mean log density -837 and -426
+against -418). R-hat flags such a fit, but the fit is lost. This module starts the chains as an
 analyst does who first finds the estimates and then samples around them:
 
 1. Local searches. L-BFGS on the joint log density (the sampler's own compiled log density and
@@ -11,9 +11,11 @@ analyst does who first finds the estimates and then samples around them:
    per chain, each for at most ``max_iter`` iterations. With non-centred random effects the
    joint density has a finite mode; the SD of a *centred* random effect is held at its start
    (its joint density grows without bound as the SD shrinks to zero with every eta at zero).
-2. The best end point (highest log density) is the anchor. The other end points are reported
-   (:class:`StartReport`): a separate optimum within ``modes_within`` of the anchor means the
-   posterior may have several modes of comparable height, and the fit says so.
+2. The best end point (highest log density) is the anchor. The other end points are counted
+   (:class:`StartReport`; ``popkin.fit`` stores the counts as ``popkin_start_remote`` and
+   ``popkin_start_modes`` in the InferenceData's attributes): end points more than
+   ``MODES_WITHIN`` below the anchor are remote modes left behind; separate optima within it are
+   modes of comparable height (the smoothed warfarin lag has a minor one about 6 below).
 3. Every chain starts at the anchor with the population parameters (typical values, variability
    SDs, residual SDs) moved by U(-2, 2) conditional SDs, the conditional SD being
    ``1 / sqrt(-d2 logp / dx2)`` at the anchor (capped at 1, the width of PyMC's jitter);

@@ -111,8 +111,11 @@ def test_new_observations_on_the_same_design_compile_once_more_then_never(theo_f
 def test_cli_fit_writes_the_outputs(theo_fit, theo_csv, tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["fit", "theophylline", str(theo_csv), "--out", str(out), "--chains", "2",
-                 "--draws", "300", "--tune", "300", "--seed", "11", "--quiet"])
+                 "--draws", "300", "--tune", "300", "--seed", "11", "--quiet", "--start", "jitter"])
     assert code == 0
+    # the prior's jittered centre, as asked: no record of the optimised start
+    assert theo_fit.idata.attrs["popkin_start"] == "optimize"
+    assert "popkin_start" not in popkin.Fit.load(out).idata.attrs
     assert {"summary.csv", "posterior.nc", "report.html"} <= {p.name for p in out.iterdir()}
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "http://" not in html and "https://" not in html
@@ -155,6 +158,8 @@ def test_bad_arguments():
         popkin.fit("theophylline", theophylline(), method="laplace")
     with pytest.raises(ValueError, match="draws"):
         popkin.fit("theophylline", theophylline(), draws=0)
+    with pytest.raises(ValueError, match="start must be 'optimize' or 'jitter'"):
+        popkin.fit("theophylline", theophylline(), start="map")
 
 
 def test_prior_predictive_check(theo_csv):
