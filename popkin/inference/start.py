@@ -29,7 +29,6 @@ When no search ends at a finite log density the chains start as PyMC would have 
 from __future__ import annotations
 
 import ctypes
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -191,14 +190,12 @@ def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: 
     sds = _conditional_sds(logp, anchor, jitter_coords)
     report.evaluations = logp.calls
     report.used = True
-    lock = threading.Lock()
 
     def initial_point(chain_seed) -> np.ndarray:
-        with lock:
-            rng = np.random.default_rng(chain_seed)
-            x = anchor.copy()
-            x[jitter_coords] += rng.uniform(-JITTER_SDS, JITTER_SDS, len(jitter_coords)) * sds
-            return x
+        rng = np.random.default_rng(chain_seed)
+        x = anchor.copy()
+        x[jitter_coords] += rng.uniform(-JITTER_SDS, JITTER_SDS, len(jitter_coords)) * sds
+        return x
 
     report.seconds = time.perf_counter() - began
     return dataclasses.replace(compiled, initial_point_func=initial_point), report
