@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import warnings
 
+from ._output import staged_file, staged_folder
 from .data.schema import DatasetError
 from .population.covariates import SpecError
 
@@ -81,17 +80,8 @@ def _vpc(args) -> int:
     result = vpc_data(Fit.load(args.fitdir), n_sim=args.n_sim, stratify=args.stratify,
                       pred_corr=args.pred_corr, seed=args.seed)
     figure = vpc_figure(result)
-    directory = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(directory, exist_ok=True)
-    # written beside the target and renamed: the figure appears complete or not at all
-    fd, tmp = tempfile.mkstemp(prefix=".vpc-", suffix=os.path.splitext(args.out)[1], dir=directory)
-    os.close(fd)
-    try:
+    with staged_file(args.out) as tmp:
         figure.savefig(tmp, dpi=120)
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     print(f"wrote {args.out}: {'prediction-corrected ' if args.pred_corr else ''}VPC, "
           f"{args.n_sim} replicates, inside-rate {result.inside_rate():.0%}")
     return 0
@@ -113,11 +103,6 @@ def _models(args) -> int:
 
 
 def _gof(args) -> int:
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     from .diagnostics.residuals import npde, residual_figure
     from .inference import Fit
     from ._plotting import pyplot as _pyplot
@@ -129,19 +114,13 @@ def _gof(args) -> int:
     for name, panel in (("npde_vs_time.png", "TIME"), ("npde_vs_pred.png", "PRED"),
                         ("npde_qq.png", "QQ")):
         figures[name] = residual_figure(frame, result.spec, panels=(panel,))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # written to a staging folder and moved: the files appear together or not at all
-    staging = Path(tempfile.mkdtemp(prefix=".popkin-gof-", dir=out.parent))
+    out = args.out
     try:
-        frame.to_csv(staging / "npde.csv", index=False, float_format="%.6g")
-        for name, figure in figures.items():
-            figure.savefig(staging / name, dpi=120)
-        out.mkdir(exist_ok=True)
-        for item in staging.iterdir():
-            os.replace(item, out / item.name)
+        with staged_folder(out) as staging:
+            frame.to_csv(staging / "npde.csv", index=False, float_format="%.6g")
+            for name, figure in figures.items():
+                figure.savefig(staging / name, dpi=120)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         for figure in figures.values():
             _pyplot().close(figure)
     x = frame["NPDE"]
@@ -168,7 +147,8 @@ def _compare(args) -> int:
     with _pandas_wide():
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.out:
-        table.to_csv(args.out, index=False, float_format="%.6g")
+        with staged_file(args.out) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
         print(f"wrote {args.out}")
     return 0
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ._output import staged_file, write_file
 from .data import read_dataset
 from .data.examples import theophylline, voriconazole_patient
 from .population import load_model
@@ -152,17 +153,14 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
         f"{therapeutic_window[0]:g}–{therapeutic_window[1]:g} {units.get('concentration', '')}.\n"
         + dose_line)
     path = os.path.join(out, "summary.txt")
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(summary)
-    os.replace(path + ".tmp", path)
+    write_file(path, summary)
     files.append(path)
     return DemoResult(out, tuple(files), summary)
 
 
 def _save_figure(fig, path):
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with staged_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

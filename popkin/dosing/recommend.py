@@ -33,6 +33,7 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from .._output import staged_folder
 from ..data.events import build_event_table
 from ..data.reader import Dataset, read_dataset
 from ..data.schema import DatasetError, Problem
@@ -144,11 +145,7 @@ class Recommendation:
         files = {"recommendation.json": self.to_json().encode("utf-8"),
                  "report.html": dose_report_html(self).encode("utf-8"),
                  "report.pdf": dose_report_pdf(self)}
-        return _write_together(directory, files)
-
-
-def _write_together(directory, files: dict[str, bytes]) -> Path:
-    return _write_tree(directory, files)
+        return _write_tree(directory, files)
 
 
 def _finite(x: float):
@@ -722,28 +719,10 @@ def _batch_one(model, data, with_files, options, patient_id):
 
 
 def _write_tree(directory, files: dict[str, bytes]) -> Path:
-    import shutil
-    import tempfile
-
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".popkin-dose-", dir=directory.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)       # mkdtemp's 0700 would stay on the renamed folder
-    try:
+    """Write ``files`` (relative path -> content) into ``directory``, all together or none."""
+    with staged_folder(directory) as staging:
         for name, content in files.items():
             path = staging / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        if not directory.exists():
-            os.replace(staging, directory)
-            return directory
-        for item in staging.iterdir():
-            target = directory / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
+    return Path(directory)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .._output import staged_folder
 from ..data.reader import Dataset, read_dataset
 from ..population.pymc_model import PopulationModel, build_pymc_model
 from .draws import flat
@@ -206,9 +205,7 @@ class Fit:
         """
         directory = Path(directory)
         self.log_likelihood()
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".popkin-", dir=directory.parent))
-        try:
+        with staged_folder(directory) as staging:
             self.idata.attrs["popkin_spec"] = self.spec.text
             self.idata.attrs["popkin_method"] = self.idata.attrs.get("popkin_method", self.method)
             self.idata.to_netcdf(str(staging / "posterior.nc"))
@@ -223,11 +220,6 @@ class Fit:
             }, indent=2), encoding="utf-8")
             for name, writer in (extra or {}).items():
                 writer(staging / name)
-            directory.mkdir(exist_ok=True)
-            for item in staging.iterdir():
-                os.replace(item, directory / item.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return directory
 
     def _data_frame(self) -> pd.DataFrame:

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["HtmlDocument", "figure_png", "write_atomic"]
+from .._output import write_file
+
+__all__ = ["HtmlDocument", "figure_png"]
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
@@ -100,20 +102,4 @@ class HtmlDocument:
                 f"<body>\n{body}\n</body></html>\n")
 
     def write(self, path: str | os.PathLike) -> Path:
-        return write_atomic(path, self.render())
-
-
-def write_atomic(path: str | os.PathLike, text: str | bytes) -> Path:
-    """Write a file so that it appears complete or not at all."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if isinstance(text, bytes):
-            tmp.write_bytes(text)
-        else:
-            tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        return write_file(path, self.render())

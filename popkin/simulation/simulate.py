@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .._output import staged_file
 from ..data.events import build_event_table
 from ..data.reader import Dataset, read_dataset
 from ..data.schema import OBSERVATION, DatasetError, Problem
@@ -185,15 +186,8 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, *,
     """Write ``df`` as CSV or Parquet, atomically: the file appears complete or not at all."""
     path = os.fspath(path)
     fmt = fmt or ("parquet" if path.endswith(".parquet") else "csv")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
+    with staged_file(path) as tmp:
         if fmt == "parquet":
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False, na_rep=".", float_format="%.10g")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .._output import staged_file
 from ..data.reader import Dataset, read_dataset
 from ..data.schema import OBSERVATION
 from ..population.covariates import CONTINUOUS_KINDS
@@ -170,7 +170,7 @@ def simulate_to_file(
     chunks = iter_tasks(_run_chunk, tasks, scheduler=scheduler, workers=workers,
                         progress=progress, label="simulation chunks", total=len(tasks))
     n_subjects = n_records = n_observations = 0
-    with closing(chunks), _AtomicFile(path) as tmp:
+    with closing(chunks), staged_file(path) as tmp:
         writer = _CsvWriter(tmp) if fmt == "csv" else _ParquetWriter(tmp)
         try:
             for chunk in chunks:
@@ -302,27 +302,6 @@ def _run_chunk(task: _ChunkTask):
 
 
 # -- output -----------------------------------------------------------------------------------
-
-class _AtomicFile:
-    """A temporary file beside ``path``, renamed to ``path`` on success, removed on failure."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __enter__(self) -> str:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp",
-                                        dir=directory)
-        os.close(fd)
-        return self.tmp
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
-
 
 class _CsvWriter:
     def __init__(self, path: str):
