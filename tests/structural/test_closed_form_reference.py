@@ -11,7 +11,9 @@ Conventions, from ``popkin.data.events`` and NONMEM: records are processed in fi
 implied (ADDL) dose at the time of a record comes after that record; a dose acts from its own
 record on (a bolus is in the prediction at its record); EVID 3/4 discard the state and the
 pending implied doses; SS=1 discards the state (not the pending implied doses of earlier
-records), SS=2 adds to it; F and ALAG act on doses into CMT 1 only.
+records), SS=2 adds to it; a steady-state constant infusion (AMT=0, RATE>0, SS=1) sets the
+infusion's steady state and ends the infusion at its record (NONMEM 7.5's output); F and ALAG act
+on doses into CMT 1 only.
 """
 
 from __future__ import annotations
@@ -200,8 +202,8 @@ class ReferenceSubject:
             rate = row["RATE"]
             inflow = np.zeros(walker.n)
             inflow[index] = rate
+            # NONMEM: the state is the infusion's steady state, and the infusion ends here
             walker.x = walker.x + np.linalg.solve(-self.A, inflow)
-            walker.infusion(time, math.inf, index, rate)
             return False
         period = row["II"]
         inputs = self._dose_inputs(row)
