@@ -62,8 +62,8 @@ STATUS_MESSAGES = {
                                     f"{MAX_OVERLAPPING_INFUSIONS} dosing intervals II (its "
                                     f"duration F*AMT/RATE or DUR over II); check RATE, DUR and "
                                     f"II",
-    LAG_LONGER_THAN_INTERVAL: "ALAG is not shorter than the interval II of a steady-state dose "
-                              "(not supported by the ODE engine)",
+    LAG_LONGER_THAN_INTERVAL: f"the lag ALAG of a steady-state dose spans more than "
+                              f"{MAX_OVERLAPPING_INFUSIONS} dosing intervals II; check ALAG and II",
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -711,6 +711,15 @@ def _train_split(duration, period):
 
 
 @njit(cache=True)
+def _lag_cycles(shift, period):
+    """Whole intervals in the lag ``shift`` of a steady-state dose (a multiple of ``period`` up
+    to rounding counts as whole): that many lagged doses of the train come after the record."""
+    if shift <= 0.0 or period <= 0.0:
+        return 0
+    return int(np.floor((shift + 1e-10 * max(1.0, period)) / period))
+
+
+@njit(cache=True)
 def _running_infusions(duration, period, shift, t, t0):
     """``(m, rem, whether the (m+1)-th past infusion still runs at the record)``: the state of
     a steady-state infusion train at its record time ``t``, whose lagged dose acts ``shift``
@@ -892,10 +901,14 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
             # ---- the epoch's events
             cap = 4 * (dj - di) + (pj - pi)
             for d in range(di, dj):
-                # the past infusions of a steady-state train still running at its record
-                if doses[d, _D_SS] > 0 and doses[d, _D_RATE] != 0 and doses[d, _D_II] > 0:
-                    dur_d = _dose_terms(doses[d], dose_cmt, f_value, lag)[5]
-                    cap += min(int(dur_d / doses[d, _D_II]), MAX_OVERLAPPING_INFUSIONS) + 2
+                # the past infusions of a steady-state train still running at its record, and
+                # its lagged doses still to come
+                if doses[d, _D_SS] > 0 and doses[d, _D_II] > 0:
+                    terms = _dose_terms(doses[d], dose_cmt, f_value, lag)
+                    cap += 2 * min(_lag_cycles(terms[7] - doses[d, _D_TIME], doses[d, _D_II]),
+                                   MAX_OVERLAPPING_INFUSIONS) + 2
+                    if doses[d, _D_RATE] != 0:
+                        cap += min(int(terms[5] / doses[d, _D_II]), MAX_OVERLAPPING_INFUSIONS) + 2
             ev_time = np.zeros(cap)
             ev_key = np.zeros(cap, dtype=np.int64)
             ev_kind = np.zeros(cap, dtype=np.int64)
@@ -916,20 +929,42 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                 if dose[_D_SS] > 0:
                     ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = dose[_D_TIME], 4 * order, _STEADY, d
                     m += 1
+                    period = dose[_D_II]
+                    t_rec = dose[_D_TIME]
+                    cycles = 0 if constant else _lag_cycles(te - t_rec, period)
+                    if cycles > MAX_OVERLAPPING_INFUSIONS:
+                        cycles = 0          # refused by the steady-state event
+                    for k in range(1, cycles + 1):
+                        # a lag longer than II: the train's lagged doses after the record
+                        # (NONMEM: steady state as without lag, then the cycle advances)
+                        tk = te - k * period
+                        if dose[_D_RATE] == 0:
+                            ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = (
+                                max(tk, t_rec), 4 * order + 1, _JUMP, int(dose[_D_CMT]))
+                            ev_value[m], ev_dvalue[m], ev_dtau_lag[m], ev_dtau_f[m] = a, da, dlag, 0.0
+                            m += 1
+                        else:
+                            ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = (
+                                max(tk, t_rec), 4 * order + 1, _RATE, int(dose[_D_CMT]))
+                            ev_value[m], ev_dvalue[m], ev_dtau_lag[m], ev_dtau_f[m] = r, dr, dlag, 0.0
+                            m += 1
+                            ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = (
+                                max(tk, t_rec) + dur, 4 * order + 1, _RATE, int(dose[_D_CMT]))
+                            ev_value[m], ev_dvalue[m], ev_dtau_lag[m], ev_dtau_f[m] = -r, -dr, dlag, ddur
+                            m += 1
+                    te_train = te - cycles * period
                     if not constant and dose[_D_RATE] != 0:
                         # the train's earlier infusions still running at the record end later
                         # (the steady-state event switches them on; see _steady_state_event)
-                        period = dose[_D_II]
-                        t_rec = dose[_D_TIME]
-                        n_on, rem, oldest_runs = _running_infusions(dur, period, te - t_rec,
-                                                                    t_rec, te - period)
+                        n_on, rem, oldest_runs = _running_infusions(
+                            dur, period, te_train - t_rec, t_rec, te_train - period)
                         if n_on > MAX_OVERLAPPING_INFUSIONS:
                             n_on = 0
                         for k in range(1, n_on + 2):
                             if k == n_on + 1 and not oldest_runs:
                                 break
-                            ends = te - period + rem if k == n_on + 1 else \
-                                te - k * period + n_on * period + rem
+                            ends = te_train - period + rem if k == n_on + 1 else \
+                                te_train - k * period + n_on * period + rem
                             ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = (
                                 max(ends, t_rec), 4 * order + 1, _RATE, int(dose[_D_CMT]))
                             ev_value[m], ev_dvalue[m] = -r, -dr
@@ -1084,12 +1119,16 @@ def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value,
     else:
         bolus = dose[_D_RATE] == 0
         period = dose[_D_II]
-        shift = te - t
+        cycles = _lag_cycles(te - t, period)
+        if cycles > MAX_OVERLAPPING_INFUSIONS:
+            return LAG_LONGER_THAN_INTERVAL
+        # the lagged doses of the train after the record are events of the solve; the state
+        # at the record is that of a train whose next dose acts at ``te``
+        te = te - cycles * period
+        shift = max(te - t, 0.0)
         m, rem, oldest_runs = _running_infusions(dur, period, shift, t, te - period)
         if not bolus and m > MAX_OVERLAPPING_INFUSIONS:
             return TOO_MANY_OVERLAPPING_INFUSIONS
-        if shift >= period:
-            return LAG_LONGER_THAN_INTERVAL
         trough, code = _periodic_steady_state(api, model, ssi, ss_ud, ss_buf, y0, n, ns, c, bolus,
                                               a, da, r, dr, dur, ddur, period, slot_f, rtol, atol,
                                               tret, ss_sens, work)

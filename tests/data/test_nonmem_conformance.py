@@ -348,3 +348,42 @@ def test_steady_state_constant_infusion_ends_at_its_record():
     assert got[0] == pytest.approx(100.0 / THETA["CL"] * SCALE, rel=1e-12)
     assert np.all(np.diff(got) < 0)
     assert got[-1] < 1e-3 * got[0]
+
+
+def test_ode_engine_refuses_a_train_it_cannot_hold_and_says_why(ode_model):
+    """Each infusion still running at a steady-state record is an event of the ODE solve, so
+    a train of more than 1000 overlapping infusions is refused: NaN for that subject and a
+    warning naming it and the reason; the other subject is solved."""
+    frame = pd.DataFrame([
+        {"ID": 1, "TIME": 0.0, "EVID": 1, "AMT": 100.0, "RATE": 0.005, "SS": 1, "II": 1.0},
+        {"ID": 1, "TIME": 1.0, "EVID": 0, "DV": 1.0},
+        {"ID": 2, "TIME": 0.0, "EVID": 1, "AMT": 100.0, "RATE": 5.0, "SS": 1, "II": 12.0},
+        {"ID": 2, "TIME": 1.0, "EVID": 0, "DV": 1.0},
+    ]).fillna(0.0)
+    events = build_event_table(read_dataset(frame), ode_model)
+    with pytest.warns(RuntimeWarning, match=r"subject 1: a steady-state infusion lasts more than "
+                                            r"1000 dosing intervals II"):
+        prediction = ode_model.predict(events, THETA)
+    assert np.all(np.isnan(prediction[events.point_subject == 0]))
+    assert np.all(np.isfinite(prediction[events.point_subject == 1]))
+
+
+def test_ode_engine_takes_a_steady_state_lag_longer_than_ii(ode_model):
+    """Scenario 23's record (EVID 4, SS = 1, 100 into the central compartment every 12 h)
+    with a lag of 15 h instead of 10: the state at the record is the train's 3 h before one
+    of its lagged doses, which comes at 3 h, and the record's own acts at 15 h (NONMEM: the
+    steady state as without lag, then the cycle advances); the ODE engine gives the closed
+    form's values, which have both doses."""
+    scenario = SCENARIOS[23]
+    frame = _frame(23, scenario)
+    closed = get_structure("one_compartment_oral")
+    events = build_event_table(read_dataset(frame), closed)
+    expected = closed.predict(events, {**THETA, "F2": 1.0, "ALAG2": 15.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ode_model.predict(events, {**THETA, "ALAG": 15.0})
+    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-12)
+    # at 6 h: the state at the record washed out for 6 h, plus the dose of 3 h for 3 h
+    k = THETA["CL"] / THETA["V"]
+    at = {t: got[np.flatnonzero(events.point_time == t)[-1]] for t in (0.0, 6.0)}
+    assert at[6.0] == pytest.approx(at[0.0] * np.exp(-6 * k) + 100.0 / THETA["V"] * np.exp(-3 * k))

@@ -3,8 +3,7 @@
 Histories mix boluses and infusions (RATE > 0 and RATE = -2 with DUR) into the depot and the
 central compartment, ADDL/II, steady state (SS=1 and SS=2, bolus, infusion and constant
 infusion, the infusions of a train overlapping when they last longer than the interval), resets
-(EVID 3 and 4), lag and bioavailability. Lags of steady-state doses are shorter than the interval
-(the ODE engine's documented scope).
+(EVID 3 and 4), lag (also longer than a steady-state dose's interval) and bioavailability.
 """
 
 from __future__ import annotations
@@ -43,7 +42,8 @@ def _log_uniform(lo, hi):
 
 def _params(structure):
     base = {"CL": _log_uniform(0.5, 20.0), "F": st.floats(0.2, 1.0),
-            "ALAG": st.one_of(st.just(0.0), st.floats(0.1, 3.0).map(lambda v: round(v, 2) + 0.0123))}
+            "ALAG": st.one_of(st.just(0.0), st.floats(0.1, 3.0).map(lambda v: round(v, 2) + 0.0123),
+                              st.floats(4.0, 30.0).map(lambda v: round(v, 1) + 0.0123))}
     if structure == "one_compartment_oral":
         base.update(V=_log_uniform(5.0, 100.0), KA=_log_uniform(0.1, 5.0))
     else:

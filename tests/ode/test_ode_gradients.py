@@ -124,6 +124,7 @@ def test_values_only_graph_skips_sensitivities_and_counts_on_the_model_op(mode):
 
 
 LONG_ROWS = [  # steady-state trains whose infusions overlap (lagged), one just longer than II
+    # and lagged by more than II
     {"ID": 1, "TIME": 0.0, "AMT": 100.0, "RATE": 4.0, "SS": 1, "II": 8.0},
     {"ID": 1, "TIME": 0.5}, {"ID": 1, "TIME": 7.0}, {"ID": 1, "TIME": 30.0},
     {"ID": 2, "TIME": 0.0, "AMT": 60.0, "RATE": -2, "DUR": 15.0, "SS": 1, "II": 6.0, "ADDL": 2},
@@ -149,7 +150,7 @@ def test_sensitivities_of_overlapping_steady_state_infusions_match_finite_differ
     events = build_event_table(read_dataset(frame), model)
     prepared = prepare_events(events)
     params = np.array([[1.2, 30.0, 2.0, 20.0]] * 3)   # VMAX above every mean input rate
-    f_values, lags = np.array([0.9, 0.8, 0.99]), np.array([2.5, 1.0, 4.0])
+    f_values, lags = np.array([0.9, 0.8, 0.99]), np.array([2.5, 1.0, 14.0])
     wrt = np.arange(6)
 
     def run(p, f, lag, with_sens=False):
