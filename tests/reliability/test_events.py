@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import assert_clean_error, debris, tree
+from .conftest import assert_clean_error, debris, run_cli_process, tree
 
 CL, V = 2.0, 20.0
 K = CL / V
@@ -149,3 +149,26 @@ def test_ode_spec_naming_a_per_compartment_f_is_refused(cli, tmp_path):
     outcome = cli("simulate", spec, design, "--out", tmp_path / "out.csv", "--typical")
     assert_clean_error(outcome, "ode.toml", "[parameters.F2]", "F2")
     assert tree(tmp_path) == before
+
+
+def test_a_dose_record_nonmem_rejects_is_read_with_a_warning_naming_it(tmp_path):
+    """EVID = 1 with AMT = 0 (not a steady-state constant infusion): NONMEM rejects the record;
+    popkin simulates it as no drug and the warning names the file, row, ID and column."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    spec = _write(inputs, "iv.toml", CLOSED_IV)
+    (inputs / "design.csv").write_text("ID,TIME,AMT,EVID\n1,0,100,1\n1,1,0,1\n1,2,0,0\n")
+    out = tmp_path / "out" / "sim.csv"
+    out.parent.mkdir()
+    before = tree(tmp_path)
+    outcome = run_cli_process(["simulate", spec, inputs / "design.csv", "--out", out,
+                               "--typical"], cwd=tmp_path, timeout=300)
+    assert outcome.code == 0, outcome.err
+    assert "Traceback" not in outcome.err
+    assert ("design.csv, row 2, ID 1, column AMT: a dose record with AMT = 0 gives no drug"
+            in outcome.err), outcome.err
+    assert tree(tmp_path) - before == {"out/sim.csv"}
+    assert debris(tmp_path) == []
+    table = pd.read_csv(out)
+    assert table.loc[table["TIME"] == 2, "PRED"].item() == pytest.approx(
+        100.0 / V * math.exp(-K * 2.0), rel=1e-9)
