@@ -753,3 +753,31 @@ def test_pytensor_gradient_with_ka_exactly_k10():
                 -D / V**2 * k * t * e + D / V * dg_dk * (-CL / V**2),
                 D / V * (t * e - k * t * t * e / 2.0)]
     np.testing.assert_allclose(f(CL, V, k), expected, rtol=1e-10)
+
+
+def test_pytensor_gradient_in_f2_and_alag2_matches_finite_differences():
+    """The likelihood graph takes F2/ALAG2 symbolically, with the numpy values and their
+    derivatives."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    structure = "one_compartment_oral"
+    frame = _history([{"TIME": 0.0, "AMT": 100.0, "CMT": 2, "RATE": 40.0},
+                      {"TIME": 6.0, "AMT": 50.0, "CMT": 2, "II": 12.0, "SS": 2},
+                      {"TIME": 8.0, "AMT": 80.0, "CMT": 1}], _SAMPLES)
+    model = get_structure(structure)
+    events = build_event_table(read_dataset(frame), model)
+    base = _params(structure)
+    x = pt.vector("x")
+    prediction = model.predict(events, {**base, "F2": x[0], "ALAG2": x[1]})
+    f = pytensor.function([x], [prediction, pytensor.gradient.jacobian(prediction, x)])
+    point = np.array([0.6, 1.3])
+    value, jac = f(point)
+    np.testing.assert_allclose(value, popkin_predictions(structure, frame, {
+        **base, "F2": 0.6, "ALAG2": 1.3})[events.point_record], rtol=1e-12)
+    h = 1e-6
+    for k in range(2):
+        step = np.zeros(2)
+        step[k] = h
+        fd = (f(point + step)[0] - f(point - step)[0]) / (2 * h)
+        np.testing.assert_allclose(jac[:, k], fd, rtol=1e-5, atol=1e-8)
