@@ -68,7 +68,8 @@ def _simulate(cli, tmp_path, spec_text, rows, name="spec.toml"):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     before = tree(tmp_path)
-    outcome = cli("simulate", spec, design, "--out", out_dir / "sim.csv", "--typical", "--seed", "1")
+    outcome = cli("simulate", spec, design, "--out", out_dir / "sim.csv", "--typical",
+                  "--seed", "1")
     assert outcome.code == 0, outcome.err
     assert "Traceback" not in outcome.err
     assert "failed" not in outcome.err.lower(), outcome.err
@@ -128,8 +129,8 @@ def test_central_dose_of_an_oral_model_takes_its_own_f_and_lag(cli, tmp_path):
     (the depot's) do not: 100 mg at 0 with F2 = 0.5 and ALAG2 = 2 is 50 mg from 2 h on."""
     spec = ('[model]\nname = "oral"\nstructure = "one_compartment_oral"\n' + _IV_PARAMETERS
             + "\n[parameters.KA]\ntypical = 1.0\niiv = 0.2\n"
-            + "\n[parameters.F]\ntypical = 0.9\niiv = 0\n\n[parameters.ALAG]\ntypical = 0.7\niiv = 0\n"
-            + "\n[parameters.F2]\ntypical = 0.5\niiv = 0\n\n[parameters.ALAG2]\ntypical = 2.0\niiv = 0\n"
+            + "".join(f"\n[parameters.{name}]\ntypical = {value}\niiv = 0\n"
+                      for name, value in (("F", 0.9), ("ALAG", 0.7), ("F2", 0.5), ("ALAG2", 2.0)))
             + _ERROR)
     rows = [{"ID": 1, "TIME": 0.0, "AMT": 100.0, "CMT": 2}]
     rows += [{"ID": 1, "TIME": t, "CMT": 2} for t in (1.0, 2.0, 5.0)]
@@ -143,7 +144,8 @@ def test_ode_spec_naming_a_per_compartment_f_is_refused(cli, tmp_path):
     names the section and the parameters it has, and nothing is written."""
     inputs = tmp_path / "in"
     inputs.mkdir()
-    spec = _write(inputs, "ode.toml", ODE_IV + "\n[parameters.F2]\ntypical = 0.5\niiv = 0\n" + _ERROR)
+    spec = _write(inputs, "ode.toml",
+                  ODE_IV + "\n[parameters.F2]\ntypical = 0.5\niiv = 0\n" + _ERROR)
     design = _design(inputs, [{"ID": 1, "TIME": 0.0, "AMT": 100.0}, {"ID": 1, "TIME": 1.0}])
     before = tree(tmp_path)
     outcome = cli("simulate", spec, design, "--out", tmp_path / "out.csv", "--typical")
