@@ -12,6 +12,12 @@ rules, which follow NONMEM/PREDPP:
 * A dose record acts at its own time, so the prediction at a bolus record includes that bolus.
 * ``CMT`` uses NONMEM ADVAN numbering of the model's compartments; a dose without ``CMT`` goes
   to the model's dose compartment (the depot of an oral model, else the central compartment).
+
+Two kinds of dose records NONMEM rejects are read by a rule of popkin's, and each such record
+gets an :class:`EventRuleWarning` that names its row and ID: a dose with ``AMT = 0`` that is
+not a steady-state constant infusion gives no drug (NONMEM requires ``AMT > 0``), and a
+steady-state constant infusion (``AMT = 0, RATE > 0``) with ``II > 0`` ignores ``II`` (NONMEM's
+has ``II = 0``).
 """
 
 from __future__ import annotations
@@ -19,12 +25,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Sequence
 
+import warnings
+
 import numpy as np
 
 from .reader import Dataset
 from .schema import DOSE, OBSERVATION, RATE_FROM_DURATION, RESET, RESET_DOSE, DatasetError, Problem
 
-__all__ = ["CompartmentLayout", "EventTable", "build_event_table"]
+__all__ = ["CompartmentLayout", "EventRuleWarning", "EventTable", "build_event_table"]
+
+
+class EventRuleWarning(RuntimeWarning):
+    """A record read by a rule of popkin's where NONMEM would reject it."""
 
 
 class CompartmentLayout(Protocol):
@@ -128,6 +140,7 @@ def build_event_table(
     _check_layout(r, layout, problems)
     if problems:
         raise DatasetError(problems, dataset.source)
+    _warn_departures(r, dataset.source)
 
     ids = r["ID"].to_numpy()
     evid = r["EVID"].to_numpy().astype(np.int64)
@@ -193,6 +206,34 @@ def build_event_table(
         flush(np.inf, inclusive=True)
 
     return _assemble(subjects, doses, pts, r)
+
+
+def _warn_departures(r, source: str) -> None:
+    """One :class:`EventRuleWarning` per kind of record NONMEM rejects and popkin reads."""
+    evid = r["EVID"].to_numpy()
+    amt = r["AMT"].to_numpy(float)
+    rate = r["RATE"].to_numpy(float)
+    ss = r["SS"].to_numpy()
+    ii = r["II"].to_numpy(float)
+    dose = np.isin(evid, (DOSE, RESET_DOSE)) & (amt == 0)
+    constant = dose & (ss > 0) & (rate > 0)
+    kinds = (
+        (dose & (ss == 0),
+         "a dose record with AMT = 0 gives no drug (NONMEM requires AMT > 0 on a dose that is "
+         "not a steady-state constant infusion)", "AMT"),
+        (constant & (ii > 0),
+         "AMT = 0 and RATE > 0 with SS is a constant infusion at steady state, which has no "
+         "interval: II is ignored (NONMEM requires II = 0 here)", "II"),
+    )
+    for mask, message, column in kinds:
+        rows = np.flatnonzero(mask)
+        if not len(rows):
+            continue
+        where = "; ".join(Problem("", row=int(r["row"].iat[i]), subject=r["ID"].iat[i],
+                                  column=column).describe(source).rstrip(": ")
+                          for i in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        warnings.warn(f"{where}{more}: {message}", EventRuleWarning, stacklevel=3)
 
 
 def _check_layout(r, layout: CompartmentLayout, problems: list[Problem]) -> None:

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..data.events import EventTable
 from ..population.spec import ModelSpec
-from ..structural.linear import LinearCompartmentModel, _kernel, _pair_plan, lagged_time
+from ..structural.linear import LinearCompartmentModel, _kernel, _pair_plan, dose_terms
 from .prior import PopulationPrior
 
 __all__ = ["IndividualPosterior", "sample_individual", "sample_mixture", "compilations"]
@@ -111,25 +111,9 @@ def _linear_prediction(structure: LinearCompartmentModel, ops, p, groups, n_poin
                     if structure.oral else None)
     total = pt.zeros(n_points)
     for g in groups:
-        tau, amount = g["tau"], g["amt"]
-        lagged = g["into"] and "ALAG" in given
-        if g["into"] and "F" in given:
-            amount = amount * p["F"]
-        if lagged:
-            tau = tau - p["ALAG"]
-        scale, duration = amount, None
-        if g["kind"] in ("infusion", "steady_state_infusion"):
-            rate = g["rate"]
-            duration = pt.switch(rate > 0, amount / pt.switch(rate > 0, rate, 1.0), g["duration"])
-            scale = pt.switch(rate > 0, rate, amount / g["duration"])
-        elif g["kind"] == "constant_infusion":
-            scale = g["rate"]
-        active = None
-        if g["kind"] in ("bolus", "infusion"):
-            if lagged:
-                tau, active = lagged_time(ops, tau, structure.lag_smoothing)
-        elif g["kind"] != "constant_infusion":
-            tau = tau + g["period"] * pt.ceil(pt.maximum(-tau, 0.0) / g["period"])
+        scale, tau, duration, active = dose_terms(
+            structure, ops, g["kind"], g["into"], g["tau"], g["amt"], g["rate"], g["duration"],
+            g["period"], p, given, lambda value: value)
         kernel = _kernel(g["kind"], tau, duration, g["period"])
         oral_route = structure.oral and g["into"]
         for mode, lam in enumerate(lams):

@@ -49,16 +49,21 @@ _FORCE_RATE_F = -1     # d(infusion rates)/dF
 _FORCE_NONE = -2       # initial-condition and lag sensitivities: no forcing term
 
 # status codes per subject
-OK, SOLVER_FAILED, STEADY_STATE_FAILED, INFUSION_LONGER_THAN_INTERVAL, LAG_LONGER_THAN_INTERVAL = (
+OK, SOLVER_FAILED, STEADY_STATE_FAILED, TOO_MANY_OVERLAPPING_INFUSIONS, LAG_LONGER_THAN_INTERVAL = (
     0, 1, 2, 3, 4)
+# a steady-state infusion longer than its interval overlaps the ones before it; each running
+# one is an event of the solve, so their number is bounded
+MAX_OVERLAPPING_INFUSIONS = 1000
 STATUS_MESSAGES = {
     SOLVER_FAILED: "CVODES failed (too many steps, or the error test or corrector failed "
                    "repeatedly)",
     STEADY_STATE_FAILED: "the steady state did not converge",
-    INFUSION_LONGER_THAN_INTERVAL: "a steady-state infusion lasts longer than its dosing "
-                                   "interval II (not supported by the ODE engine)",
-    LAG_LONGER_THAN_INTERVAL: "ALAG is not shorter than the interval II of a steady-state dose "
-                              "(not supported by the ODE engine)",
+    TOO_MANY_OVERLAPPING_INFUSIONS: f"a steady-state infusion lasts more than "
+                                    f"{MAX_OVERLAPPING_INFUSIONS} dosing intervals II (its "
+                                    f"duration F*AMT/RATE or DUR over II); check RATE, DUR and "
+                                    f"II",
+    LAG_LONGER_THAN_INTERVAL: f"the lag ALAG of a steady-state dose spans more than "
+                              f"{MAX_OVERLAPPING_INFUSIONS} dosing intervals II; check ALAG and II",
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -660,25 +665,68 @@ def _one_period(api, model, handles, ud, buf, y_start, n, ns, c, bolus, a, da, r
         sens[ns + i, i] = 1.0
     rates[:] = 0.0
     drate[:] = 0.0
+    t = 0.0
+    flag = 0
     if bolus:
         y[c] += a
         if slot_f >= 0:
             sens[slot_f, c] += da
     else:
-        rates[c] = r
-        drate[c] = dr
-    t = 0.0
-    flag = 0
-    if not bolus and duration < period:
-        flag = _ss_advance(api, handles, ud, 0.0, duration, y, sens, tret, work)
-        if flag < 0:
-            return flag
-        _rhs(model, duration, y, ud, rates, fminus)
-        rates[c] = 0.0
-        drate[c] = 0.0
-        _shift(model, duration, y, ud, rates, sens, slot_f, fminus, fplus, d_duration)
-        t = duration
+        # the m infusions of the train still running, this interval's own, and the oldest
+        # of them ending at ``rem`` (see _train_split)
+        m, rem = _train_split(duration, period)
+        rates[c] = (m + 1) * r
+        drate[c] = (m + 1) * dr
+        if rem > 0.0:
+            flag = _ss_advance(api, handles, ud, 0.0, rem, y, sens, tret, work)
+            if flag < 0:
+                return flag
+        _rhs(model, rem, y, ud, rates, fminus)
+        rates[c] -= r
+        drate[c] -= dr
+        _shift(model, rem, y, ud, rates, sens, slot_f, fminus, fplus, d_duration)
+        t = rem
     return flag | _ss_advance(api, handles, ud, t, period, y, sens, tret, work)
+
+
+@njit(cache=True)
+def _train_split(duration, period):
+    """``(m, rem)`` with ``duration = m * period + rem`` and ``0 <= rem < period``.
+
+    At the start of an interval of a steady-state infusion train (just before its dose) ``m``
+    earlier infusions are running, the oldest of which ends ``rem`` into the interval
+    (``rem = 0``: as the new one starts). A remainder within rounding of 0 or of ``period``
+    is taken as 0: ``F*AMT/RATE`` computed as 9.999999999999998 for an interval of 10 is an
+    infusion as long as the interval, not one that stops 2e-15 before the next starts.
+    """
+    m = np.floor(duration / period)
+    rem = duration - m * period
+    tol = 1e-10 * max(duration, period)
+    if rem <= tol:
+        rem = 0.0
+    elif period - rem <= tol:
+        m += 1.0
+        rem = 0.0
+    return int(m), rem
+
+
+@njit(cache=True)
+def _lag_cycles(shift, period):
+    """Whole intervals in the lag ``shift`` of a steady-state dose (a multiple of ``period`` up
+    to rounding counts as whole): that many lagged doses of the train come after the record."""
+    if shift <= 0.0 or period <= 0.0:
+        return 0
+    return int(np.floor((shift + 1e-10 * max(1.0, period)) / period))
+
+
+@njit(cache=True)
+def _running_infusions(duration, period, shift, t, t0):
+    """``(m, rem, whether the (m+1)-th past infusion still runs at the record)``: the state of
+    a steady-state infusion train at its record time ``t``, whose lagged dose acts ``shift``
+    later, ``t0 = t + shift - period`` being the start of the interval the record falls in."""
+    m, rem = _train_split(duration, period)
+    tol = 1e-10 * max(1.0, abs(t), period)
+    return m, rem, shift > 0.0 and t0 + rem >= t - tol
 
 
 @njit(cache=True)
@@ -852,6 +900,15 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                 pj += 1
             # ---- the epoch's events
             cap = 4 * (dj - di) + (pj - pi)
+            for d in range(di, dj):
+                # the past infusions of a steady-state train still running at its record, and
+                # its lagged doses still to come
+                if doses[d, _D_SS] > 0 and doses[d, _D_II] > 0:
+                    terms = _dose_terms(doses[d], dose_cmt, f_value, lag)
+                    cap += 2 * min(_lag_cycles(terms[7] - doses[d, _D_TIME], doses[d, _D_II]),
+                                   MAX_OVERLAPPING_INFUSIONS) + 2
+                    if doses[d, _D_RATE] != 0:
+                        cap += min(int(terms[5] / doses[d, _D_II]), MAX_OVERLAPPING_INFUSIONS) + 2
             ev_time = np.zeros(cap)
             ev_key = np.zeros(cap, dtype=np.int64)
             ev_kind = np.zeros(cap, dtype=np.int64)
@@ -872,14 +929,47 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                 if dose[_D_SS] > 0:
                     ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = dose[_D_TIME], 4 * order, _STEADY, d
                     m += 1
-                    if not constant and dose[_D_RATE] != 0 and te - dose[_D_II] + dur > dose[_D_TIME] \
-                            and te > dose[_D_TIME]:
-                        # the lagged train's last infusion still runs when the record is read
-                        ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = (
-                            te - dose[_D_II] + dur, 4 * order + 1, _RATE, int(dose[_D_CMT]))
-                        ev_value[m], ev_dvalue[m] = -r, -dr
-                        ev_dtau_lag[m], ev_dtau_f[m] = dlag, ddur
-                        m += 1
+                    period = dose[_D_II]
+                    t_rec = dose[_D_TIME]
+                    cycles = 0 if constant else _lag_cycles(te - t_rec, period)
+                    if cycles > MAX_OVERLAPPING_INFUSIONS:
+                        cycles = 0          # refused by the steady-state event
+                    for k in range(1, cycles + 1):
+                        # a lag longer than II: the train's lagged doses after the record
+                        # (NONMEM: steady state as without lag, then the cycle advances)
+                        tk = te - k * period
+                        if dose[_D_RATE] == 0:
+                            ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = (
+                                max(tk, t_rec), 4 * order + 1, _JUMP, int(dose[_D_CMT]))
+                            ev_value[m], ev_dvalue[m], ev_dtau_lag[m], ev_dtau_f[m] = a, da, dlag, 0.0
+                            m += 1
+                        else:
+                            ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = (
+                                max(tk, t_rec), 4 * order + 1, _RATE, int(dose[_D_CMT]))
+                            ev_value[m], ev_dvalue[m], ev_dtau_lag[m], ev_dtau_f[m] = r, dr, dlag, 0.0
+                            m += 1
+                            ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = (
+                                max(tk, t_rec) + dur, 4 * order + 1, _RATE, int(dose[_D_CMT]))
+                            ev_value[m], ev_dvalue[m], ev_dtau_lag[m], ev_dtau_f[m] = -r, -dr, dlag, ddur
+                            m += 1
+                    te_train = te - cycles * period
+                    if not constant and dose[_D_RATE] != 0:
+                        # the train's earlier infusions still running at the record end later
+                        # (the steady-state event switches them on; see _steady_state_event)
+                        n_on, rem, oldest_runs = _running_infusions(
+                            dur, period, te_train - t_rec, t_rec, te_train - period)
+                        if n_on > MAX_OVERLAPPING_INFUSIONS:
+                            n_on = 0
+                        for k in range(1, n_on + 2):
+                            if k == n_on + 1 and not oldest_runs:
+                                break
+                            ends = te_train - period + rem if k == n_on + 1 else \
+                                te_train - k * period + n_on * period + rem
+                            ev_time[m], ev_key[m], ev_kind[m], ev_ref[m] = (
+                                max(ends, t_rec), 4 * order + 1, _RATE, int(dose[_D_CMT]))
+                            ev_value[m], ev_dvalue[m] = -r, -dr
+                            ev_dtau_lag[m], ev_dtau_f[m] = dlag, ddur
+                            m += 1
                 if constant:
                     continue
                 if dose[_D_RATE] == 0:
@@ -1018,21 +1108,27 @@ def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value,
     t = dose[_D_TIME]
     replace = dose[_D_SS] == 1
     into, a, da, r, dr, dur, ddur, te = _dose_terms(dose, dose_cmt, f_value, lag)
-    running_r, running_dr = 0.0, 0.0
+    running = 0
     if dose[_D_AMT] == 0 and dose[_D_RATE] > 0:
+        # NONMEM: the state is the constant infusion's steady state, and the infusion ends at
+        # the record
         ss_y[:], ok = _constant_infusion_steady_state(model, n, n_par, ss_ud, c, dose[_D_RATE], y0,
                                                      sens_ext, ss_sens, rtol, atol)
         if not ok:
             return STEADY_STATE_FAILED
-        running_r = dose[_D_RATE]
     else:
         bolus = dose[_D_RATE] == 0
         period = dose[_D_II]
-        if not bolus and dur > period:
-            return INFUSION_LONGER_THAN_INTERVAL
-        shift = te - t
-        if shift >= period:
+        cycles = _lag_cycles(te - t, period)
+        if cycles > MAX_OVERLAPPING_INFUSIONS:
             return LAG_LONGER_THAN_INTERVAL
+        # the lagged doses of the train after the record are events of the solve; the state
+        # at the record is that of a train whose next dose acts at ``te``
+        te = te - cycles * period
+        shift = max(te - t, 0.0)
+        m, rem, oldest_runs = _running_infusions(dur, period, shift, t, te - period)
+        if not bolus and m > MAX_OVERLAPPING_INFUSIONS:
+            return TOO_MANY_OVERLAPPING_INFUSIONS
         trough, code = _periodic_steady_state(api, model, ssi, ss_ud, ss_buf, y0, n, ns, c, bolus,
                                               a, da, r, dr, dur, ddur, period, slot_f, rtol, atol,
                                               tret, ss_sens, work)
@@ -1044,10 +1140,12 @@ def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value,
         fplus = ss_buf[3 * n:4 * n]
         ss_rates[:] = 0.0
         ss_drate[:] = 0.0
-        if not bolus and dur >= period:
-            ss_rates[c], ss_drate[c] = r, dr
+        if not bolus:
+            ss_rates[c], ss_drate[c] = m * r, m * dr
         dlag = 1.0 if into else 0.0
         if shift <= 0.0:
+            if not bolus:
+                running = m
             ss_y[:] = trough
             if slot_lag >= 0:
                 # moving the whole train later by d ALAG moves the state back along its path
@@ -1067,21 +1165,25 @@ def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value,
                 if slot_f >= 0:
                     ss_full_sens[slot_f, c] += da
             else:
-                ss_rates[c], ss_drate[c] = r, dr
+                ss_rates[c], ss_drate[c] = (m + 1) * r, (m + 1) * dr
             _shift(model, t0, ss_y, ss_ud, ss_rates, ss_full_sens, slot_lag, fminus, fplus, dlag)
             flag = 0
             t_from = t0
-            if not bolus and t0 + dur < t:
-                flag = _ss_advance(api, ssi, ss_ud, t0, t0 + dur, ss_y, ss_full_sens, tret, work)
-                _rhs(model, t0 + dur, ss_y, ss_ud, ss_rates, fminus)
-                ss_rates[c], ss_drate[c] = 0.0, 0.0
-                _shift(model, t0 + dur, ss_y, ss_ud, ss_rates, ss_full_sens, slot_lag, fminus,
+            if not bolus and not oldest_runs:
+                # the oldest running infusion ends before the record
+                off = t0 + rem
+                if off > t0:
+                    flag = _ss_advance(api, ssi, ss_ud, t0, off, ss_y, ss_full_sens, tret, work)
+                _rhs(model, off, ss_y, ss_ud, ss_rates, fminus)
+                ss_rates[c], ss_drate[c] = m * r, m * dr
+                _shift(model, off, ss_y, ss_ud, ss_rates, ss_full_sens, slot_lag, fminus,
                        fplus, dlag)
-                _shift(model, t0 + dur, ss_y, ss_ud, ss_rates, ss_full_sens, slot_f, fminus,
+                _shift(model, off, ss_y, ss_ud, ss_rates, ss_full_sens, slot_f, fminus,
                        fplus, ddur)
-                t_from = t0 + dur
+                t_from = off
+                running = m
             elif not bolus:
-                running_r, running_dr = r, dr
+                running = m + 1
             if t > t_from:
                 flag |= _ss_advance(api, ssi, ss_ud, t_from, t, ss_y, ss_full_sens, tret, work)
             if flag < 0:
@@ -1095,8 +1197,8 @@ def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value,
     else:
         y += ss_y - y0
         sens += ss_sens - sens0
-    rates[c] += running_r
-    drate[c] += running_dr
+    rates[c] += running * r
+    drate[c] += running * dr
     return OK
 
 

@@ -6,6 +6,12 @@ boluses are state jumps, infusions are input rates switched on and off, ``ADDL``
 already expanded in the event table, ``SS`` doses are solved to steady state (Newton on one
 dosing interval, or on ``f(y) + rate = 0`` for a constant infusion), ``ALAG`` delays and ``F``
 scales the doses into the dose compartment, and a reset restarts from the initial state.
+
+The rules are NONMEM's: a steady-state constant infusion (``AMT=0, RATE>0, SS=1``) ends at its
+record; the infusions of a steady-state train may overlap (duration longer than ``II``), and the
+ones still running at the record go on after it; a duration within rounding of a multiple of
+``II`` is that multiple; a steady-state dose lagged by more than ``II`` has lagged doses of its
+train still to come after the record.
 """
 
 from __future__ import annotations

@@ -184,6 +184,10 @@ def steady_state_infusion(alg, tau, duration, period):
             + (alg.E(tau + running * period - duration) - alg.E(tau)) * alg.S(period)) * alg.R()
 
 
-def constant_infusion(alg):
-    """Infusion at unit rate since forever: ``1 / mu``."""
-    return alg.R()
+def steady_state_washout(alg, tau):
+    """Unit-rate infusion since forever that ends at the record: ``exp(-mu tau) / mu``.
+
+    NONMEM's steady-state constant infusion (``AMT=0, RATE>0, SS=1``): the state at the
+    record is the infusion's steady state, and the infusion stops there.
+    """
+    return alg.E(tau) * alg.R()

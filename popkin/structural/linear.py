@@ -52,7 +52,7 @@ class LinearCompartmentModel:
     oral: bool
     parameters: tuple[str, ...]
     optional_parameters: Mapping[str, float] = field(
-        default_factory=lambda: MappingProxyType({"ALAG": 0.0, "F": 1.0}))
+        default_factory=lambda: MappingProxyType(_route_defaults(2)))
     lag_smoothing: float = 0.0   # width of the smoothed lag (model time units); 0: exact lag
 
     @property
@@ -151,31 +151,9 @@ class LinearCompartmentModel:
         buckets: dict[tuple[bool, int], tuple[list, list]] = {}
         for group in plan.groups:
             read = group.reader(ops)
-            tau = group.tau
-            amount = group.amt
-            # ALAG and F left out of ``params`` have their defaults: nothing to read
-            lagged = group.into_dose_compartment and "ALAG" in params
-            if group.into_dose_compartment and "F" in params:
-                amount = amount * read(p["F"])
-            if lagged:
-                tau = tau - read(p["ALAG"])
-            scale = amount
-            duration = None
-            if group.kind in ("infusion", "steady_state_infusion"):
-                # RATE > 0: the rate is given, F changes the duration; RATE = -2: the
-                # duration is given, F changes the rate (NONMEM semantics)
-                duration = ops.where(group.rate > 0, amount / ops.where(group.rate > 0, group.rate, 1.0),
-                                     group.duration)
-                scale = ops.where(group.rate > 0, group.rate, amount / group.duration)
-            elif group.kind == "constant_infusion":
-                scale = group.rate
-            active = None
-            if group.kind in ("bolus", "infusion"):
-                if lagged:
-                    tau, active = lagged_time(ops, tau, self.lag_smoothing)
-            elif group.kind != "constant_infusion":
-                # before the lagged steady-state dose acts, the previous interval is running
-                tau = tau + group.period * ops.ceil(ops.maximum(-tau, 0.0) / group.period)
+            scale, tau, duration, active = dose_terms(
+                self, ops, group.kind, group.into_dose_compartment, group.tau, group.amt,
+                group.rate, group.duration, group.period, p, params, read)
             kernel = _kernel(group.kind, tau, duration, group.period)
             oral_route = self.oral and group.into_dose_compartment
             for mode, lam in enumerate(lams):
@@ -218,6 +196,63 @@ class LinearCompartmentModel:
         return out
 
 
+def route_factors(model: LinearCompartmentModel, into_dose_compartment: bool):
+    """Names of the bioavailability and lag parameters acting on a dose route.
+
+    NONMEM numbering: ``F1``/``ALAG1`` act on compartment 1 (the depot of an oral model, the
+    central compartment of an IV model), ``F2``/``ALAG2`` on compartment 2 (the central
+    compartment of an oral model). ``F`` and ``ALAG`` are the dose compartment's, so the same
+    as ``F1`` and ``ALAG1``; a model given both multiplies the F's and adds the lags.
+    """
+    if into_dose_compartment:
+        return ("F", "F1"), ("ALAG", "ALAG1")
+    return ("F2",), ("ALAG2",)
+
+
+def dose_terms(model, ops, kind, into_dose_compartment, tau, amt, rate, duration, period, p,
+               given, read):
+    """``(scale, tau, duration, active)`` of dose/point pairs, with NONMEM's F and ALAG.
+
+    ``tau`` is point time minus record time; the result's ``tau`` is the time since the dose
+    acts (wrapped into the dosing interval for a steady state), ``scale`` multiplies the unit
+    kernel (the amount of a bolus, the rate of an infusion), ``duration`` is the infusion's
+    (``None`` otherwise) and ``active`` masks pairs before a lagged single dose acts
+    (``None``: all act). ``p`` holds per-subject parameters, ``given`` the names the caller
+    set (left-out F and ALAG keep their defaults: nothing to read), ``read`` maps a
+    per-subject array to the pairs.
+
+    A steady-state constant infusion (``AMT=0, RATE>0, SS=1``) has no amount and no start:
+    F and ALAG do not act on it, and its kernel is the washout after the record.
+    """
+    if kind == "constant_infusion":
+        return rate, tau, None, None
+    f_names, lag_names = route_factors(model, into_dose_compartment)
+    amount = amt
+    for name in f_names:
+        if name in given:
+            amount = amount * read(p[name])
+    lagged = False
+    for name in lag_names:
+        if name in given:
+            tau = tau - read(p[name])
+            lagged = True
+    scale, span = amount, None
+    if kind in ("infusion", "steady_state_infusion"):
+        # RATE > 0: the rate is given, F changes the duration; RATE = -2: the duration is
+        # given, F changes the rate (NONMEM semantics)
+        positive = rate > 0
+        span = ops.where(positive, amount / ops.where(positive, rate, 1.0), duration)
+        scale = ops.where(positive, rate, amount / duration)
+    active = None
+    if kind in ("bolus", "infusion"):
+        if lagged:
+            tau, active = lagged_time(ops, tau, model.lag_smoothing)
+    else:
+        # before the lagged steady-state dose acts, the previous interval is running
+        tau = tau + period * ops.ceil(ops.maximum(-tau, 0.0) / period)
+    return scale, tau, span, active
+
+
 def lagged_time(ops, tau, smoothing: float = 0.0):
     """``(time since the lagged dose acts, whether it acts)`` from ``tau = t - dose - ALAG``.
 
@@ -244,7 +279,7 @@ def _kernel(kind, tau, duration, period):
         return lambda alg: divided.steady_state_bolus(alg, tau, period)
     if kind == "steady_state_infusion":
         return lambda alg: divided.steady_state_infusion(alg, tau, duration, period)
-    return lambda alg: divided.constant_infusion(alg)
+    return lambda alg: divided.steady_state_washout(alg, tau)
 
 
 @dataclass(frozen=True)
@@ -303,11 +338,21 @@ def _pair_plan(events: EventTable, model: LinearCompartmentModel) -> _PairPlan:
     return plan
 
 
+def _route_defaults(n_dosable: int) -> dict[str, float]:
+    """Defaults of ``F``/``ALAG`` and of NONMEM's per-compartment ``Fn``/``ALAGn``."""
+    out = {"ALAG": 0.0, "F": 1.0}
+    for c in range(1, n_dosable + 1):
+        out[f"ALAG{c}"] = 0.0
+        out[f"F{c}"] = 1.0
+    return out
+
+
 def _define(name, n, oral):
     params = {1: ("CL", "V"), 2: ("CL", "V1", "Q", "V2"), 3: ("CL", "V1", "Q2", "V2", "Q3", "V3")}[n]
     if oral:
         params = params + ("KA",)
-    register(name)(lambda: LinearCompartmentModel(name, n, oral, params))
+    defaults = MappingProxyType(_route_defaults(2 if oral else 1))
+    register(name)(lambda: LinearCompartmentModel(name, n, oral, params, defaults))
 
 
 for _n, _word in ((1, "one"), (2, "two"), (3, "three")):

@@ -200,3 +200,35 @@ def test_dose_point_pairs_is_every_acting_pair():
              if ev.dose_epoch[i] == ev.point_epoch[j] and ev.dose_order[i] <= ev.point_order[j]}
     assert got == brute
     assert np.all(ev.dose_subject[d] == ev.point_subject[p])
+
+
+def test_records_nonmem_rejects_are_read_with_a_warning_naming_them():
+    """A dose of AMT = 0 (not a steady-state constant infusion) and a steady-state constant
+    infusion with II > 0: NONMEM rejects both; popkin reads them (no drug; II ignored) and
+    says so, with the row and the ID."""
+    from popkin.data.events import EventRuleWarning
+
+    rows = [{"ID": 1, "TIME": 0.0, "EVID": 1, "AMT": 0.0, "RATE": 10.0, "SS": 1, "II": 12.0},
+            {"ID": 1, "TIME": 1.0, "EVID": 0, "DV": 1.0},
+            {"ID": 2, "TIME": 0.0, "EVID": 1, "AMT": 0.0},
+            {"ID": 2, "TIME": 1.0, "EVID": 0, "DV": 1.0}]
+    frame = pd.DataFrame(rows).fillna(0.0)
+    with pytest.warns(EventRuleWarning) as caught:
+        ev = build_event_table(read_dataset(frame), ORAL)
+    messages = [str(w.message) for w in caught]
+    assert any("row 3, ID 2, column AMT: a dose record with AMT = 0 gives no drug" in m
+               for m in messages), messages
+    assert any("row 1, ID 1, column II:" in m and "II is ignored" in m for m in messages), messages
+    assert ev.n_doses == 2
+
+
+def test_records_nonmem_accepts_give_no_warning():
+    import warnings
+
+    rows = [{"ID": 1, "TIME": 0.0, "EVID": 1, "AMT": 0.0, "RATE": 10.0, "SS": 1, "II": 0.0},
+            {"ID": 1, "TIME": 5.0, "EVID": 1, "AMT": 0.0, "RATE": 0.0, "SS": 1, "II": 12.0},
+            {"ID": 1, "TIME": 6.0, "EVID": 1, "AMT": 100.0, "RATE": 20.0},
+            {"ID": 1, "TIME": 7.0, "EVID": 0, "DV": 1.0}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_event_table(read_dataset(pd.DataFrame(rows)), ORAL)

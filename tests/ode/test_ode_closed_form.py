@@ -2,8 +2,8 @@
 
 Histories mix boluses and infusions (RATE > 0 and RATE = -2 with DUR) into the depot and the
 central compartment, ADDL/II, steady state (SS=1 and SS=2, bolus, infusion and constant
-infusion), resets (EVID 3 and 4), lag and bioavailability. Steady-state infusions last at most
-one interval and lags are shorter than the interval (the ODE engine's documented scope).
+infusion, the infusions of a train overlapping when they last longer than the interval), resets
+(EVID 3 and 4), lag (also longer than a steady-state dose's interval) and bioavailability.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def _log_uniform(lo, hi):
 
 def _params(structure):
     base = {"CL": _log_uniform(0.5, 20.0), "F": st.floats(0.2, 1.0),
-            "ALAG": st.one_of(st.just(0.0), st.floats(0.1, 3.0).map(lambda v: round(v, 2) + 0.0123))}
+            "ALAG": st.one_of(st.just(0.0), st.floats(0.1, 3.0).map(lambda v: round(v, 2) + 0.0123),
+                              st.floats(4.0, 30.0).map(lambda v: round(v, 1) + 0.0123))}
     if structure == "one_compartment_oral":
         base.update(V=_log_uniform(5.0, 100.0), KA=_log_uniform(0.1, 5.0))
     else:
@@ -53,7 +54,8 @@ def _params(structure):
 @st.composite
 def _dose(draw, oral, time):
     kind = draw(st.sampled_from(["bolus", "bolus", "rate", "duration", "ss_bolus", "ss_rate",
-                                 "ss_duration", "ss_constant", "ss2_bolus"]))
+                                 "ss_duration", "ss_constant", "ss2_bolus", "ss_long_rate",
+                                 "ss_long_duration"]))
     amt = draw(st.floats(1.0, 500.0))
     row = {"TIME": time, "EVID": 1, "AMT": amt, "CMT": draw(st.sampled_from([1, 1, 2])) if oral else 1}
     interval = draw(st.sampled_from([4.0, 6.0, 12.0, 24.0]))
@@ -62,6 +64,11 @@ def _dose(draw, oral, time):
         row["RATE"] = amt / draw(st.floats(0.2, 3.5))
     if kind in ("duration", "ss_duration"):
         row.update(RATE=-2, DUR=draw(st.floats(0.2, 3.5)))
+    if kind == "ss_long_rate":
+        # overlapping infusions at steady state: up to three running at once
+        row["RATE"] = amt / (interval * draw(st.floats(1.0, 3.0)))
+    if kind == "ss_long_duration":
+        row.update(RATE=-2, DUR=interval * draw(st.floats(1.0, 3.0)))
     if kind.startswith("ss"):
         row.update(SS=2 if kind.startswith("ss2") else 1, II=interval)
     if kind == "ss_constant":

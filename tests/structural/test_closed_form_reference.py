@@ -11,7 +11,9 @@ Conventions, from ``popkin.data.events`` and NONMEM: records are processed in fi
 implied (ADDL) dose at the time of a record comes after that record; a dose acts from its own
 record on (a bolus is in the prediction at its record); EVID 3/4 discard the state and the
 pending implied doses; SS=1 discards the state (not the pending implied doses of earlier
-records), SS=2 adds to it; F and ALAG act on doses into CMT 1 only.
+records), SS=2 adds to it; a steady-state constant infusion (AMT=0, RATE>0, SS=1) sets the
+infusion's steady state and ends the infusion at its record (NONMEM 7.5's output); F1/ALAG1
+(also named F/ALAG) act on doses into CMT 1, F2/ALAG2 on doses into CMT 2.
 """
 
 from __future__ import annotations
@@ -167,15 +169,15 @@ class ReferenceSubject:
         self.oral = STRUCTURES[structure][1]
         self.A, self.central, volume = compartment_matrix(structure, p)
         self.volume = p[volume]
-        self.F = p.get("F", 1.0)
-        self.lag = p.get("ALAG", 0.0)
+        # NONMEM's Fn/ALAGn by compartment number; F/ALAG are compartment 1's other names
+        self.F = {1: p.get("F", 1.0) * p.get("F1", 1.0), 2: p.get("F2", 1.0)}
+        self.lag = {1: p.get("ALAG", 0.0) + p.get("ALAG1", 0.0), 2: p.get("ALAG2", 0.0)}
 
     def _dose_inputs(self, row):
         """(cmt index, lag, bolus amount or None, infusion rate, infusion duration)."""
         cmt = int(row.get("CMT", 1) or 1)
-        primary = cmt == 1
-        f = self.F if primary else 1.0
-        lag = self.lag if primary else 0.0
+        f = self.F.get(cmt, 1.0)
+        lag = self.lag.get(cmt, 0.0)
         index = cmt - 1
         amount = row["AMT"] * f
         rate = row.get("RATE", 0.0)
@@ -200,8 +202,8 @@ class ReferenceSubject:
             rate = row["RATE"]
             inflow = np.zeros(walker.n)
             inflow[index] = rate
+            # NONMEM: the state is the infusion's steady state, and the infusion ends here
             walker.x = walker.x + np.linalg.solve(-self.A, inflow)
-            walker.infusion(time, math.inf, index, rate)
             return False
         period = row["II"]
         inputs = self._dose_inputs(row)
@@ -541,6 +543,22 @@ def test_oral_model_takes_iv_doses_into_central_without_f_or_lag(structure):
     assert got[frame.index[(frame["TIME"] == 0.0) & (frame["EVID"] == 1)][0]] == pytest.approx(100.0 / v)
 
 
+@pytest.mark.parametrize("structure", ["one_compartment_oral", "two_compartment_oral",
+                                       "three_compartment_oral"])
+@pytest.mark.parametrize("history", ["bolus", "rate infusion", "duration infusion", "ss bolus",
+                                     "ss infusion longer than II", "ss duration infusion"])
+def test_central_doses_of_oral_models_take_f2_and_alag2(structure, history):
+    """NONMEM's per-compartment bioavailability and lag: F2/ALAG2 on doses into CMT 2, F1/ALAG1
+    (= F/ALAG) on the depot's, each route its own."""
+    central = [{**dose, "CMT": 2} for dose in HISTORIES[history]]
+    depot = [{"TIME": 3.0, "AMT": 80.0, "CMT": 1, "II": 12.0, "ADDL": 2}]
+    frame = _history(central + depot, _SAMPLES)
+    params = _params(structure, F1=0.6, ALAG1=0.9, F2=0.45, ALAG2=1.7)
+    assert_matches_reference(structure, frame, params)
+    without = popkin_predictions(structure, frame, _params(structure, F1=0.6, ALAG1=0.9))
+    assert not np.allclose(popkin_predictions(structure, frame, params), without)
+
+
 def test_resets_and_several_subjects_with_their_own_parameters():
     rows = []
     for s in (1, 2, 3):
@@ -735,3 +753,31 @@ def test_pytensor_gradient_with_ka_exactly_k10():
                 -D / V**2 * k * t * e + D / V * dg_dk * (-CL / V**2),
                 D / V * (t * e - k * t * t * e / 2.0)]
     np.testing.assert_allclose(f(CL, V, k), expected, rtol=1e-10)
+
+
+def test_pytensor_gradient_in_f2_and_alag2_matches_finite_differences():
+    """The likelihood graph takes F2/ALAG2 symbolically, with the numpy values and their
+    derivatives."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    structure = "one_compartment_oral"
+    frame = _history([{"TIME": 0.0, "AMT": 100.0, "CMT": 2, "RATE": 40.0},
+                      {"TIME": 6.0, "AMT": 50.0, "CMT": 2, "II": 12.0, "SS": 2},
+                      {"TIME": 8.0, "AMT": 80.0, "CMT": 1}], _SAMPLES)
+    model = get_structure(structure)
+    events = build_event_table(read_dataset(frame), model)
+    base = _params(structure)
+    x = pt.vector("x")
+    prediction = model.predict(events, {**base, "F2": x[0], "ALAG2": x[1]})
+    f = pytensor.function([x], [prediction, pytensor.gradient.jacobian(prediction, x)])
+    point = np.array([0.6, 1.3])
+    value, jac = f(point)
+    np.testing.assert_allclose(value, popkin_predictions(structure, frame, {
+        **base, "F2": 0.6, "ALAG2": 1.3})[events.point_record], rtol=1e-12)
+    h = 1e-6
+    for k in range(2):
+        step = np.zeros(2)
+        step[k] = h
+        fd = (f(point + step)[0] - f(point - step)[0]) / (2 * h)
+        np.testing.assert_allclose(jac[:, k], fd, rtol=1e-5, atol=1e-8)
