@@ -62,11 +62,11 @@ def identifier_problem(name, *, reserved=frozenset()) -> str | None:
         return f"must be text, not {type(name).__name__}"
     if not name:
         return "is empty"
-    if len(name) > MAX_IDENTIFIER_LENGTH:
-        return f"is longer than {MAX_IDENTIFIER_LENGTH} characters"
     if not _IDENTIFIER.fullmatch(name):
         return ("is not a plain name: use letters A-Z, a-z, digits and _, starting with a "
                 "letter or _")
+    if len(name) > MAX_IDENTIFIER_LENGTH:
+        return f"is longer than {MAX_IDENTIFIER_LENGTH} characters"
     if keyword.iskeyword(name):
         return "is a Python keyword"
     if name in reserved:
@@ -138,9 +138,11 @@ def spreadsheet_safe(value):
 def spreadsheet_safe_frame(frame):
     """A copy of a DataFrame with :func:`spreadsheet_safe` applied to every text cell and
     column name."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
     out = frame.copy()
     for column in out.columns:
-        if out[column].dtype == object:
+        if is_object_dtype(out[column]) or is_string_dtype(out[column]):
             out[column] = out[column].map(spreadsheet_safe)
     out.columns = [spreadsheet_safe(c) for c in out.columns]
     return out
