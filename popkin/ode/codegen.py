@@ -84,7 +84,9 @@ def _cache_dir() -> Path:
         # no usable home cache (read-only home, containers): a per-user folder in the
         # temporary directory, under the same checks
         try:
-            return _private_folder(Path(tempfile.gettempdir()) / f"popkin-cache-{os.getuid()}" / "ode")
+            # (Windows' temporary directory is the user's own already)
+            user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
+            return _private_folder(Path(tempfile.gettempdir()) / f"popkin-cache{user}" / "ode")
         except _UnsafeFolder:
             pass
     if not _PRIVATE:
@@ -114,6 +116,8 @@ def _private_folder(folder: Path) -> Path:
             path.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         raise _UnsafeFolder(f"cannot create {folder} ({exc.strerror})") from None
+    if not hasattr(os, "getuid"):       # Windows: no POSIX owner or mode bits to check
+        return folder
     uid = os.getuid()
     for depth, path in enumerate([folder, *folder.parents]):
         try:

@@ -176,16 +176,44 @@ def test_cache_folder_others_can_write_to_is_not_used(tmp_path, monkeypatch, mod
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a folder to another user")
+@pytest.mark.parametrize("planted", [False, True])
+def test_unusable_home_cache_falls_back_to_a_per_user_temporary_folder(tmp_path, monkeypatch,
+                                                                       planted):
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chmod(home, 0o777)                   # anyone could swap ~/.cache: not used
+    system_tmp = tmp_path / "systmp"
+    system_tmp.mkdir()
+    os.chmod(system_tmp, 0o1777)            # like /tmp: world-writable and sticky
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("POPKIN_CACHE_DIR", raising=False)
+    monkeypatch.setattr(codegen.tempfile, "tempdir", str(system_tmp))
+    monkeypatch.setattr(codegen, "_PRIVATE", [])
+    expected = system_tmp / f"popkin-cache-{os.getuid()}" / "ode"
+    if planted:                             # someone made the per-user folder first, open to all
+        expected.mkdir(parents=True)
+        os.chmod(expected.parent, 0o777)
+        with pytest.warns(RuntimeWarning, match="not cached across sessions"):
+            folder = codegen._cache_dir()
+        assert not folder.is_relative_to(expected.parent)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            folder = codegen._cache_dir()
+        assert folder == expected
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
 def test_cache_folder_of_another_user_is_not_used(tmp_path, monkeypatch):
-    other = tmp_path / "theirs"
-    other.mkdir(mode=0o700)
-    os.chown(other, 65534, 65534)
-    monkeypatch.setenv("POPKIN_CACHE_DIR", str(other))
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    # the folder belongs to the real user; popkin runs as someone else
+    monkeypatch.setattr(codegen.os, "getuid", lambda: theirs.stat().st_uid + 1)
+    monkeypatch.setenv("POPKIN_CACHE_DIR", str(theirs))
     monkeypatch.setattr(codegen, "_PRIVATE", [])
     with pytest.warns(RuntimeWarning, match="belongs to another user"):
         folder = codegen._cache_dir()
-    assert not folder.is_relative_to(other)
+    assert not folder.is_relative_to(theirs)
 
 
 # -- class 5: unbounded work in the spec parser ----------------------------------------------
