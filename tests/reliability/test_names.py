@@ -389,8 +389,10 @@ def test_dollar_text_id_survives_the_fit_report(cli, tmp_path):
                              "b$x^2$"])
     data.to_csv(tmp_path / "data.csv", index=False)
     spec = tmp_path / "iv.toml"
+    # the units reach every axis label of the report: a $ there too
     spec.write_text(ODE_SPEC.format(name="iv", states='"central"', parameters='"CL", "V"',
-                                    extra_parameters=""))
+                                    extra_parameters="")
+                    .replace('time = "h"', 'time = "h$\\\\frac{$"'))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         outcome = cli("fit", spec, tmp_path / "data.csv", "--method", "map", "--out",
