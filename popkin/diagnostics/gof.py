@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._names import figure_text
 from .._plotting import pyplot as _pyplot
 
 __all__ = ["gof_figure"]
@@ -34,8 +35,8 @@ def gof_figure(pred: pd.DataFrame, spec, *, log: bool = False):
             if log:
                 ax.set_xscale("log")
                 ax.set_yscale("log")
-            ax.set_xlabel(f"{label} [{unit}]")
-            ax.set_ylabel(f"observed {out} [{unit}]")
+            ax.set_xlabel(figure_text(f"{label} [{unit}]"))
+            ax.set_ylabel(figure_text(f"observed {out} [{unit}]"))
             ax.legend(loc="upper left", fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

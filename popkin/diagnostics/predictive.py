@@ -282,6 +282,7 @@ def _check(observed, sims, subject, time, lloq, statistics, kind, level, units) 
 
 def predictive_check_figure(check: PredictiveCheck, *, title: str | None = None):
     """One histogram per statistic: the replicated values, the observed one as a line."""
+    from .._names import figure_text
     from .._plotting import pyplot
 
     plt = pyplot()
@@ -294,13 +295,14 @@ def predictive_check_figure(check: PredictiveCheck, *, title: str | None = None)
         ax.hist(values, bins=30, color="#9ecae1", edgecolor="white")
         ax.axvline(row.observed, color="#d62728" if row.extreme else "k", lw=2, label="observed")
         ax.set_title(f"{row.statistic}  (p = {row.p_value:.2f})", fontsize=9)
-        ax.set_xlabel(_axis_label(row.statistic, check), fontsize=8)
+        ax.set_xlabel(figure_text(_axis_label(row.statistic, check)), fontsize=8)
         ax.set_ylabel("replicates", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(names):]:
         ax.set_visible(False)
     what = "prior" if check.kind == "prior" else f"posterior ({check.level})"
-    fig.suptitle(title or f"{what} predictive check, {check.n_sim} replicates", fontsize=10)
+    fig.suptitle(figure_text(title or f"{what} predictive check, {check.n_sim} replicates"),
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -130,6 +130,7 @@ def residual_figure(frame: pd.DataFrame, spec, *, column: str = "NPDE",
 
     One row of panels per output of the model; censored (imputed) rows are drawn as triangles.
     """
+    from .._names import figure_text
     from .._plotting import pyplot as _pyplot
 
     plt = _pyplot()
@@ -152,7 +153,7 @@ def residual_figure(frame: pd.DataFrame, spec, *, column: str = "NPDE",
                 lim = [min(theory.min(initial=-3), -3), max(theory.max(initial=3), 3)]
                 ax.plot(lim, lim, color="k", lw=1)
                 ax.set_xlabel("N(0, 1) quantile")
-                ax.set_ylabel(f"{column} quantile ({out})")
+                ax.set_ylabel(figure_text(f"{column} quantile ({out})"))
                 continue
             x = rows[panel].to_numpy(float)
             ax.scatter(x[~cens], res[~cens], s=10, alpha=0.6, color="#2c5d8a", label="observed")
@@ -162,9 +163,9 @@ def residual_figure(frame: pd.DataFrame, spec, *, column: str = "NPDE",
             _trend(ax, x, res)
             for level, style in ((0.0, "-"), (1.96, "--"), (-1.96, "--")):
                 ax.axhline(level, color="k", lw=1, ls=style)
-            ax.set_xlabel(f"time [{time_unit}]" if panel == "TIME" else
-                          f"population prediction (PRED) [{unit}]")
-            ax.set_ylabel(f"{column} ({out})")
+            ax.set_xlabel(figure_text(f"time [{time_unit}]" if panel == "TIME" else
+                                      f"population prediction (PRED) [{unit}]"))
+            ax.set_ylabel(figure_text(f"{column} ({out})"))
             ax.legend(loc="best", fontsize=8, frameon=False)
     fig.tight_layout()
     return fig

@@ -251,6 +251,7 @@ def vpc_figure(result: VPCResult, *, title: str | None = None):
     Shaded: the simulated 90% intervals of the 5th/95th (blue) and 50th (red) percentiles;
     lines: the observed percentiles; points: the observations.
     """
+    from .._names import figure_text
     from .._plotting import pyplot as _pyplot
 
     plt = _pyplot()
@@ -259,7 +260,7 @@ def vpc_figure(result: VPCResult, *, title: str | None = None):
     fig, axes = plt.subplots(n_rows, len(strata), figsize=(5.2 * len(strata) + 1, 4.2 * n_rows),
                              squeeze=False, sharex=True,
                              gridspec_kw={"height_ratios": [3, 1.3][:n_rows]})
-    time_label = f"time ({result.time_unit})" if result.time_unit else "time"
+    time_label = figure_text(f"time ({result.time_unit})" if result.time_unit else "time")
     colours = {0.05: "tab:blue", 0.5: "tab:red", 0.95: "tab:blue"}
     for col, stratum in enumerate(strata):
         ax = axes[0, col]
@@ -278,8 +279,8 @@ def vpc_figure(result: VPCResult, *, title: str | None = None):
         if np.isfinite(lloq).any():
             ax.axhline(float(np.nanmedian(lloq[np.isfinite(lloq)])), color="k", lw=0.8, ls=":",
                        label="LLOQ")
-        ax.set_ylabel(result.value_label)
-        ax.set_title(f"{result.stratify} = {stratum}" if result.stratify else
+        ax.set_ylabel(figure_text(result.value_label))
+        ax.set_title(figure_text(f"{result.stratify} = {stratum}") if result.stratify else
                      f"{'pcVPC' if result.pred_corr else 'VPC'} ({result.n_sim} replicates)",
                      fontsize=10)
         ax.grid(alpha=0.3)
@@ -303,7 +304,7 @@ def vpc_figure(result: VPCResult, *, title: str | None = None):
             if col == 0:
                 ax.legend(fontsize=7, loc="upper right")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(figure_text(title))
     fig.tight_layout()
     return fig
 

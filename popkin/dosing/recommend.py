@@ -33,6 +33,7 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from .._names import folder_names, spreadsheet_safe_frame
 from .._output import staged_folder
 from ..data.events import build_event_table
 from ..data.reader import Dataset, read_dataset
@@ -679,7 +680,11 @@ def recommend_batch(model, patients, directory=None, *, scheduler=None, workers=
     """One recommendation per patient of a table.
 
     With ``directory``: a sub-folder per patient (``ID_<id>/`` with the three files) and
-    ``recommendations.csv``, written together when all are built. A patient whose input is
+    ``recommendations.csv``, written together when all are built. An ID that is not plain
+    text (letters, digits, ``_``, ``-``, inner dots) gets a safe folder name with a hash
+    (:func:`popkin._names.folder_names`); the table's ``folder`` column says which folder
+    holds which patient. Text cells that a spreadsheet would run as a formula are written with
+    a leading single quote. A patient whose input is
     wrong gets its error in the ``error`` column instead of stopping the batch. Patients run
     serially in this process (sharing the compiled patient model) or, with ``scheduler``
     (``"local"``, a Dask scheduler address or a client), as Dask tasks through
@@ -695,10 +700,14 @@ def recommend_batch(model, patients, directory=None, *, scheduler=None, workers=
                         progress=progress, label="patients")
     table = pd.DataFrame([row for row, _ in results])
     if directory is not None:
-        files = {"recommendations.csv": table.to_csv(index=False).encode("utf-8")}
+        folders = folder_names(row["ID"] for row, _ in results)
+        table.insert(1, "folder", [folders[row["ID"]] if outputs else ""
+                                   for row, outputs in results])
+        csv = spreadsheet_safe_frame(table).to_csv(index=False)
+        files = {"recommendations.csv": csv.encode("utf-8")}
         for (row, outputs) in results:
             for name, content in outputs.items():
-                files[f"ID_{row['ID']}/{name}"] = content
+                files[f"{folders[row['ID']]}/{name}"] = content
         _write_tree(directory, files)
     return table
 

@@ -5,15 +5,26 @@ code after common-subexpression elimination and compiled as a numba ``cfunc``. T
 written to a file named by its hash in the cache folder (``POPKIN_CACHE_DIR``, else
 ``~/.cache/popkin``), so numba's on-disk cache applies and a model compiled once loads in
 milliseconds in later sessions.
+
+No text from a spec reaches the source: states, parameters and time are printed as positional
+symbols (``y_0``, ``p_0``, ``t``) and the printer refuses any other name. The cache folder
+holds code that is imported and pickles that numba loads, so it is used only when it belongs to
+the user and no one else can write to it (or to a folder on the way to it); otherwise the
+compiled code goes to a private temporary folder for this process, with a warning.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import os
+import re
+import shutil
+import stat
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +37,7 @@ from .system import TIME, OdeSystem
 
 __all__ = ["CompiledSystem", "compile_system"]
 
-_CODEGEN_VERSION = "1"
+_CODEGEN_VERSION = "2"
 _FUNCTIONS = ("rhs", "jac", "dfdp", "init", "dinit", "output", "doutput_dy", "doutput_dp")
 
 
@@ -58,20 +69,78 @@ def compile_system(system: OdeSystem) -> CompiledSystem:
     return _COMPILED[key]
 
 
+_PRIVATE: list[Path] = []           # this process's fallback folder, once made
+
+
 def _cache_dir() -> Path:
+    """A cache folder only this user can write to (see the module docstring)."""
     configured = os.environ.get("POPKIN_CACHE_DIR")
-    candidates = [Path(configured)] if configured else []
-    candidates += [Path.home() / ".cache" / "popkin", Path(tempfile.gettempdir()) / "popkin-cache"]
-    for base in candidates:
-        folder = base / "ode"
+    base = Path(configured) if configured else Path.home() / ".cache" / "popkin"
+    try:
+        return _private_folder(base / "ode")
+    except _UnsafeFolder as exc:
+        reason = str(exc)
+    if not configured:
+        # no usable home cache (read-only home, containers): a per-user folder in the
+        # temporary directory, under the same checks
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK):
-            return folder
-    raise OSError(f"no writable cache folder for compiled ODE models (tried "
-                  f"{', '.join(str(c) for c in candidates)}); set POPKIN_CACHE_DIR")
+            # (Windows' temporary directory is the user's own already)
+            user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
+            return _private_folder(Path(tempfile.gettempdir()) / f"popkin-cache{user}" / "ode")
+        except _UnsafeFolder:
+            pass
+    if not _PRIVATE:
+        _PRIVATE.append(Path(tempfile.mkdtemp(prefix="popkin-ode-")))
+        atexit.register(shutil.rmtree, _PRIVATE[0], True)
+        warnings.warn(f"compiled ODE models are not cached across sessions: {reason}; set "
+                      "POPKIN_CACHE_DIR to a folder only you can write to", RuntimeWarning,
+                      stacklevel=3)
+    return _PRIVATE[0]
+
+
+class _UnsafeFolder(Exception):
+    pass
+
+
+def _private_folder(folder: Path) -> Path:
+    """``folder`` (created with mode 0700 where missing) if it and its parents are safe.
+
+    Safe: the folder and the one above are owned by this user and not writable by group or
+    others; every folder further up is owned by this user or root and, if others can write to
+    it, sticky (as ``/tmp``), so no one else can rename an entry on the way.
+    """
+    folder = Path(os.path.abspath(folder))
+    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    try:
+        for path in reversed(missing):      # each level 0700: mkdir's parents= ignores mode
+            path.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise _UnsafeFolder(f"cannot create {folder} ({exc.strerror})") from None
+    if not hasattr(os, "getuid"):       # Windows: no POSIX owner or mode bits to check
+        return folder
+    uid = os.getuid()
+    for depth, path in enumerate([folder, *folder.parents]):
+        try:
+            info = path.lstat()
+        except OSError as exc:
+            raise _UnsafeFolder(f"cannot inspect {path} ({exc.strerror})") from None
+        if stat.S_ISLNK(info.st_mode):
+            info = path.stat()
+        if not stat.S_ISDIR(info.st_mode):
+            raise _UnsafeFolder(f"{path} is not a folder")
+        others_write = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if depth < 2:
+            if info.st_uid != uid:
+                raise _UnsafeFolder(f"{path} belongs to another user (uid {info.st_uid})")
+            if others_write:
+                raise _UnsafeFolder(f"others can write to {path} "
+                                    f"(mode {stat.S_IMODE(info.st_mode):o})")
+        elif info.st_uid not in (uid, 0) or (others_write and not info.st_mode & stat.S_ISVTX):
+            raise _UnsafeFolder(f"{path}, on the way to {folder}, can be changed by others "
+                                f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise _UnsafeFolder(f"{folder} is not writable")
+    return folder
 
 
 def _load(source: str, key: str) -> ModuleType:
@@ -89,8 +158,15 @@ def _load(source: str, key: str) -> ModuleType:
     return module
 
 
+_GENERATED_SYMBOL = re.compile(r"(?:y|p|c)_[0-9]+|t")
+
+
 class _Printer(PythonCodePrinter):
     def _print_Symbol(self, expr):
+        # only the positional symbols this module made: a user's name never becomes source
+        if not _GENERATED_SYMBOL.fullmatch(expr.name):
+            raise ValueError(f"internal error: symbol {expr.name!r} was not renamed before "
+                             "code generation")
         return expr.name
 
 
@@ -116,8 +192,8 @@ def _source(system: OdeSystem) -> str:
     }
     printer = _Printer({"standard": "python3", "fully_qualified_modules": True})
     lines = [
-        f"# generated by popkin.ode.codegen {_CODEGEN_VERSION}; states: {', '.join(system.states)}"
-        f"; parameters: {', '.join(system.parameters)}",
+        f"# generated by popkin.ode.codegen {_CODEGEN_VERSION}: {n} states (y_i), {n_par} "
+        f"parameters (p_k), {n_out} outputs",
         "import math",
         "from numba import carray, cfunc, types",
         "_SIG = types.void(types.float64, types.CPointer(types.float64), "

@@ -15,7 +15,10 @@
 
 Expressions are read with Python's ``ast`` and translated node by node into sympy: numbers,
 names, ``+ - * / **`` (``^`` too), unary minus and calls of :data:`FUNCTIONS`. Nothing is
-evaluated, so a spec cannot run code. Every error names the key, the entry and the text.
+evaluated, so a spec cannot run code. Names are plain identifiers (see :mod:`popkin._names`).
+An expression is bounded in length, size and nesting, numeric exponents in magnitude, and
+every number stays below :data:`MAX_MAGNITUDE`, so a spec cannot make the parser run without
+end either. Every error names the key, the entry and the text.
 
 Examples
 --------
@@ -33,18 +36,33 @@ from typing import Any, Mapping
 
 import sympy as sp
 
+from .._names import identifier_problem
 from .structure import OdeStructure
 from .system import RESERVED, TIME, OdeSystem
 
-__all__ = ["OdeSpecError", "ode_structure_from_block", "parse_expression", "FUNCTIONS"]
+__all__ = ["OdeSpecError", "ode_structure_from_block", "parse_expression", "FUNCTIONS",
+           "MAX_EXPRESSION_LENGTH", "MAX_NODES", "MAX_DEPTH", "MAX_EXPONENT", "MAX_MAGNITUDE"]
 
 FUNCTIONS = {
     "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "abs": sp.Abs, "min": sp.Min, "max": sp.Max,
     "pow": sp.Pow, "sin": sp.sin, "cos": sp.cos, "tanh": sp.tanh, "erf": sp.erf,
 }
+_ARITY = {"min": (1, None), "max": (1, None), "pow": (2, 2)}     # the others take one argument
 _KEYS = {"states", "equations", "output", "outputs", "dose_compartment", "initial", "parameters"}
-_EQUATION = re.compile(r"^\s*d\s*/\s*dt\s*\(\s*([A-Za-z_]\w*)\s*\)\s*=(.*)$", re.S)
-_OPERATORS = {ast.Add: sp.Add, ast.Mult: sp.Mul}
+_EQUATION = re.compile(r"^\s*d\s*/\s*dt\s*\(\s*([A-Za-z_]\w*)\s*\)\s*=(.*)$", re.S | re.A)
+# names with a meaning of their own in an equation: functions, time, dose parameters
+_RESERVED_NAMES = frozenset(FUNCTIONS) | RESERVED
+
+# Bounds on one expression, checked before sympy evaluates anything: sympy evaluates numbers
+# exactly, so 9**9**9 would run until memory is gone.
+MAX_EXPRESSION_LENGTH = 10_000      # characters
+MAX_NODES = 5_000                   # syntax-tree nodes
+MAX_DEPTH = 100                     # nesting (a chain a + b + c ... counts once)
+MAX_EXPONENT = 100                  # |n| of a numeric exponent x ** n
+MAX_MAGNITUDE = 1e300               # |value| of any number, literal or computed
+_EXACT = 10_000                     # larger whole numbers are kept as floating point
+_ADDITIVE = (ast.Add, ast.Sub)
+_MULTIPLICATIVE = (ast.Mult, ast.Div)
 
 
 class OdeSpecError(ValueError):
@@ -52,22 +70,127 @@ class OdeSpecError(ValueError):
 
 
 def parse_expression(text: str, allowed: set[str] | None, where: str) -> sp.Expr:
-    """Translate ``text`` into sympy. ``allowed`` limits the names (None: any identifier)."""
+    """Translate ``text`` into sympy. ``allowed`` limits the names (None: any identifier).
+
+    The text is bounded first (:data:`MAX_EXPRESSION_LENGTH`, :data:`MAX_NODES`,
+    :data:`MAX_DEPTH`) and numbers as they are combined (:data:`MAX_EXPONENT`,
+    :data:`MAX_MAGNITUDE`), so no spec can make the parser run without end.
+    """
+    text = text.strip()
+    shown = text if len(text) <= 200 else text[:120] + " ... " + text[-40:]
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        raise OdeSpecError(f"{where}: the expression has {len(text)} characters; the limit is "
+                           f"{MAX_EXPRESSION_LENGTH} (split it with intermediate states or "
+                           "parameters)")
     try:
-        tree = ast.parse(text.strip().replace("^", "**"), mode="eval")
+        tree = ast.parse(text.replace("^", "**"), mode="eval")
     except SyntaxError as exc:
-        raise OdeSpecError(f"{where}: syntax error in {text.strip()!r} at column "
+        raise OdeSpecError(f"{where}: syntax error in {shown!r} at column "
                            f"{exc.offset}: {exc.msg}") from None
-    return _translate(tree.body, allowed, where, text.strip())
+    except (ValueError, RecursionError, MemoryError):   # NUL bytes; nesting the parser refuses
+        raise OdeSpecError(f"{where}: cannot read {shown!r} (a NUL character, or too many "
+                           "terms or levels for the parser: split it with intermediate states "
+                           "or parameters)") from None
+    _check_size(tree.body, where, shown)
+    expr = _translate(tree.body, allowed, where, shown)
+    if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+        raise OdeSpecError(f"{where}: {shown!r} is not finite (a division by zero or the log "
+                           "of zero?)")
+    if expr.has(sp.I):
+        raise OdeSpecError(f"{where}: {shown!r} has an imaginary part (the square root or "
+                           "fractional power of a negative number?)")
+    return expr
+
+
+def _check_size(root, where, text):
+    nodes, deepest = 0, 0
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        deepest = max(deepest, depth)
+        if nodes > MAX_NODES:
+            raise OdeSpecError(f"{where}: the expression has more than {MAX_NODES} terms and "
+                               "operators; split it with intermediate states or parameters")
+        if depth > MAX_DEPTH:
+            raise OdeSpecError(f"{where}: the expression is nested more than {MAX_DEPTH} levels "
+                               f"deep in {text!r}")
+        for child in ast.iter_child_nodes(node):
+            same_chain = (isinstance(node, ast.BinOp) and child is node.left
+                          and isinstance(child, ast.BinOp)
+                          and _group(child.op) is not None and _group(child.op) == _group(node.op))
+            stack.append((child, depth if same_chain else depth + 1))
+
+
+def _group(op):
+    if isinstance(op, _ADDITIVE):
+        return "additive"
+    if isinstance(op, _MULTIPLICATIVE):
+        return "multiplicative"
+    return None
+
+
+def _chain(node):
+    """``a + b - c`` -> ``[(Add, a), (Add, b), (Sub, c)]``, walking the left spine without
+    recursion (a long sum is one level, not one per term)."""
+    group = _group(node.op)
+    items = []
+    while isinstance(node, ast.BinOp) and _group(node.op) == group:
+        items.append((type(node.op), node.right))
+        node = node.left
+    items.append((ast.Add if group == "additive" else ast.Mult, node))
+    return items[::-1]
 
 
 def _translate(node, allowed, where, text):
     def fail(message):
         raise OdeSpecError(f"{where}: {message} in {text!r}")
 
+    def number(value):
+        if value in (sp.zoo, sp.nan, sp.oo, -sp.oo):
+            fail("a division by zero or an infinite value")
+        if abs(value) > MAX_MAGNITUDE:
+            fail(f"a number larger than {MAX_MAGNITUDE:g} in magnitude")
+        if value.is_Rational and (abs(value.p) > _EXACT or value.q > _EXACT):
+            return sp.Float(value)
+        return value
+
+    def checked(value):
+        # the numbers of a result, its own or its coefficient and constant term, stay bounded
+        # and large ones become floating point: sympy raises exact numbers to powers exactly
+        if value.is_Number:
+            return number(value)
+        if isinstance(value, sp.Mul):
+            coeff, rest = value.as_coeff_Mul()
+            bounded = number(coeff)
+            return value if bounded is coeff else bounded * rest
+        if isinstance(value, sp.Add):
+            const, rest = value.as_coeff_Add()
+            bounded = number(const)
+            return value if bounded is const else bounded + rest
+        return value
+
+    def exponential(argument):
+        # exp(c * log(z)) is z ** c to sympy: the same bound on c as on any exponent
+        for term in sp.Add.make_args(argument):
+            coeff, rest = term.as_coeff_Mul()
+            if isinstance(rest, sp.log) and abs(coeff) > MAX_EXPONENT:
+                fail(f"exp({coeff} * log(...)), a power with exponent {coeff} (numeric "
+                     f"exponents are limited to ±{MAX_EXPONENT})")
+        return checked(sp.exp(argument))
+
+    def power(base, exponent):
+        if exponent.is_Number and abs(exponent) > MAX_EXPONENT:
+            fail(f"an exponent of {exponent} (numeric exponents are limited to "
+                 f"±{MAX_EXPONENT})")
+        return checked(base ** exponent)
+
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
             and not isinstance(node.value, bool):
-        return sp.Integer(node.value) if isinstance(node.value, int) else sp.Float(node.value)
+        if not (abs(node.value) <= MAX_MAGNITUDE):      # also inf and nan
+            fail(f"a number larger than {MAX_MAGNITUDE:g} in magnitude")
+        return checked(sp.Integer(node.value) if isinstance(node.value, int)
+                       else sp.Float(node.value))
     if isinstance(node, ast.Name):
         name = node.id
         if name in FUNCTIONS:
@@ -76,25 +199,26 @@ def _translate(node, allowed, where, text):
             fail(f"{name!r} is reserved (the engine applies F and ALAG to doses)")
         if name == "t":
             return TIME
+        problem = identifier_problem(name)
+        if problem is not None:
+            fail(f"the name {name!r} {problem}")
         if allowed is not None and name not in allowed:
             fail(f"unknown symbol {name!r} (states and parameters: {', '.join(sorted(allowed))})")
         return sp.Symbol(name)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         inner = _translate(node.operand, allowed, where, text)
-        return -inner if isinstance(node.op, ast.USub) else inner
+        return checked(-inner) if isinstance(node.op, ast.USub) else inner
+    if isinstance(node, ast.BinOp) and _group(node.op) == "additive":
+        terms = [(op, _translate(operand, allowed, where, text)) for op, operand in _chain(node)]
+        return checked(sp.Add(*(v if op is ast.Add else -v for op, v in terms)))
+    if isinstance(node, ast.BinOp) and _group(node.op) == "multiplicative":
+        factors = [(op, _translate(operand, allowed, where, text)) for op, operand in _chain(node)]
+        return checked(sp.Mul(*(v if op is ast.Mult else power(v, sp.Integer(-1))
+                                for op, v in factors)))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        return power(_translate(node.left, allowed, where, text),
+                     _translate(node.right, allowed, where, text))
     if isinstance(node, ast.BinOp):
-        left = _translate(node.left, allowed, where, text)
-        right = _translate(node.right, allowed, where, text)
-        if isinstance(node.op, ast.Add):
-            return left + right
-        if isinstance(node.op, ast.Sub):
-            return left - right
-        if isinstance(node.op, ast.Mult):
-            return left * right
-        if isinstance(node.op, ast.Div):
-            return left / right
-        if isinstance(node.op, ast.Pow):
-            return left ** right
         fail(f"operator {type(node.op).__name__} is not allowed (use + - * / **)")
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.keywords:
@@ -102,7 +226,17 @@ def _translate(node, allowed, where, text):
         name = node.func.id
         if name not in FUNCTIONS:
             fail(f"unknown function {name!r} (known: {', '.join(sorted(FUNCTIONS))})")
-        return FUNCTIONS[name](*(_translate(a, allowed, where, text) for a in node.args))
+        low, high = _ARITY.get(name, (1, 1))
+        if len(node.args) < low or (high is not None and len(node.args) > high):
+            count = f"{low}" if low == high else f"at least {low}"
+            fail(f"{name}() takes {count} argument{'s' if high != 1 else ''}, "
+                 f"not {len(node.args)}")
+        args = [_translate(a, allowed, where, text) for a in node.args]
+        if name == "pow":
+            return power(*args)
+        if name == "exp":
+            return exponential(*args)
+        return checked(FUNCTIONS[name](*args))
     fail(f"{type(node).__name__} is not allowed in an equation")
 
 
@@ -119,30 +253,55 @@ def _named_entries(value, key: str) -> list[tuple[str | None, str]]:
         if not isinstance(item, str):
             raise OdeSpecError(f"[ode] {key}: entry {item!r} is not a string")
         name, sep, text = item.partition("=")
-        if sep and re.fullmatch(r"\s*[A-Za-z_]\w*\s*", name):
+        if sep and re.fullmatch(r"\s*[A-Za-z_]\w*\s*", name, re.A):
             entries.append((name.strip(), text))
         else:
             entries.append((None, item))
     return entries
 
 
+def _check_name(name, key: str, what: str) -> None:
+    problem = identifier_problem(name, reserved=_RESERVED_NAMES)
+    if problem is not None:
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:60] + "..."
+        raise OdeSpecError(f"[ode] {key}: {what} name {shown} {problem}"
+                           + (" (functions of the equations, t, F and ALAG have a meaning of "
+                              "their own)" if problem == "is reserved" else ""))
+
+
 def ode_structure_from_block(block: Mapping[str, Any], *, name: str = "ode") -> OdeStructure:
-    """Build the structure an ``[ode]`` block describes (see the module docstring)."""
+    """Build the structure an ``[ode]`` block describes (see the module docstring).
+
+    Every name (states, declared parameters, outputs) is a plain identifier
+    (:func:`popkin._names.identifier_problem`); the equation language's functions, ``t``, ``F``
+    and ``ALAG`` are reserved.
+    """
+    if not isinstance(block, Mapping):
+        raise OdeSpecError(f"[ode] must be a table with states, equations and output, not "
+                           f"{block!r}")
     unknown_keys = sorted(set(block) - _KEYS)
     if unknown_keys:
         raise OdeSpecError(f"[ode] has unknown key(s) {', '.join(unknown_keys)}; known keys: "
                            f"{', '.join(sorted(_KEYS))}")
     states = block.get("states")
-    if not states or not isinstance(states, (list, tuple)) or \
-            not all(isinstance(s, str) and s.isidentifier() for s in states):
+    if not states or not isinstance(states, (list, tuple)):
         raise OdeSpecError("[ode] states must be a non-empty list of names, e.g. "
                            "states = [\"depot\", \"central\"]")
+    for state in states:
+        _check_name(state, "states", "state")
     if len(set(states)) != len(states):
         raise OdeSpecError(f"[ode] states are not distinct: {', '.join(states)}")
-    reserved = sorted(set(states) & (RESERVED | set(FUNCTIONS)))
-    if reserved:
-        raise OdeSpecError(f"[ode] state name(s) {', '.join(reserved)} are reserved")
     declared = block.get("parameters")
+    if declared is not None:
+        if not isinstance(declared, (list, tuple)):
+            raise OdeSpecError("[ode] parameters must be a list of names, e.g. "
+                               "parameters = [\"CL\", \"V\"]")
+        for parameter in declared:
+            _check_name(parameter, "parameters", "parameter")
+        twice = sorted({p for p in declared if declared.count(p) > 1} | (set(declared) & set(states)))
+        if twice:
+            raise OdeSpecError(f"[ode] parameters: {', '.join(twice)} named twice (a parameter "
+                               "and a state, or two parameters)")
     allowed = None if declared is None else set(states) | set(declared)
     equations = block.get("equations")
     if not equations or not isinstance(equations, (list, tuple)):
@@ -172,6 +331,7 @@ def ode_structure_from_block(block: Mapping[str, Any], *, name: str = "ode") -> 
     outputs = {}
     for number, (out_name, text) in enumerate(_named_entries(block[key], key), start=1):
         out_name = out_name or ("output" if key == "output" else f"output{number}")
+        _check_name(out_name, key, "output")
         if out_name in outputs:
             raise OdeSpecError(f"[ode] {key}: output {out_name!r} defined twice")
         outputs[out_name] = parse_expression(text, allowed, f"[ode] {key} {number}")
@@ -188,7 +348,7 @@ def ode_structure_from_block(block: Mapping[str, Any], *, name: str = "ode") -> 
             raise OdeSpecError(f"[ode] dose_compartment {dose!r} is not among the states "
                                f"({', '.join(states)})")
         dose_index = states.index(dose) + 1
-    elif isinstance(dose, int) and 1 <= dose <= len(states):
+    elif isinstance(dose, int) and not isinstance(dose, bool) and 1 <= dose <= len(states):
         dose_index = dose
     else:
         raise OdeSpecError(f"[ode] dose_compartment must be a state name or 1..{len(states)}, "

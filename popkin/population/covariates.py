@@ -39,11 +39,37 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .._names import identifier_problem, label_problem
+
 __all__ = ["CovariateEffect", "covariate_kinds", "make_effect", "normalise_genotype"]
 
 
 class SpecError(ValueError):
     """A model spec that cannot be used; the message names the file and the key."""
+
+
+def check_identifier(name, where: str, what: str) -> str:
+    """``name`` if it is a plain identifier (:func:`popkin._names.identifier_problem`), else a
+    :class:`SpecError` that says where and what is wrong."""
+    problem = identifier_problem(name)
+    if problem is not None:
+        raise SpecError(f"{where}: {what} {_shown(name)} {problem}")
+    return name
+
+
+def check_label(text, where: str, what: str) -> str:
+    """``text`` if it is printable text of bounded length (:func:`popkin._names.label_problem`),
+    else a :class:`SpecError` that says where and what is wrong."""
+    problem = label_problem(text)
+    if problem is not None:
+        raise SpecError(f"{where}: {what} {_shown(text)} {problem}")
+    return text
+
+
+def _shown(value) -> str:
+    """``value`` quoted for a message, cut short: a hostile name must not flood the terminal."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "..." + text[-10:]
 
 
 @dataclass(frozen=True)
@@ -194,9 +220,12 @@ def _levels_of(effect_kind, table, where, normalise):
     ref = table.get("reference")
     if ref is None:
         raise SpecError(f"{where}: missing key 'reference' (the level whose factor is 1)")
-    ref = normalise(ref)
+    if isinstance(ref, bool) or not isinstance(ref, (str, int, float)):
+        raise SpecError(f"{where}: reference must be a level name such as \"*1/*1\", not {ref!r}")
+    ref = check_label(normalise(ref), where, "reference level")
     values = {}
     for level, factor in effects.items():
+        check_label(level, f"{where}, effects", "level")
         f = _number({"f": factor}, "f", f"{where}, effects.{level}")
         if f <= 0:
             raise SpecError(f"{where}: effects.{level} must be a positive factor")
@@ -206,8 +235,10 @@ def _levels_of(effect_kind, table, where, normalise):
                         "remove it from effects")
     freqs = table.get("frequencies")
     if freqs is not None:
-        freqs = {normalise(k): _number({"f": v}, "f", f"{where}, frequencies.{k}")
-                 for k, v in freqs.items()}
+        if not isinstance(freqs, dict):
+            raise SpecError(f"{where}: frequencies must be a table of level = frequency")
+        freqs = {normalise(check_label(k, f"{where}, frequencies", "level")):
+                 _number({"f": v}, "f", f"{where}, frequencies.{k}") for k, v in freqs.items()}
         total = sum(freqs.values())
         if any(v < 0 for v in freqs.values()) or not math.isclose(total, 1.0, abs_tol=1e-3):
             raise SpecError(f"{where}: frequencies must be >= 0 and sum to 1 (they sum to {total:g})")
@@ -346,7 +377,8 @@ class _ActivityScore:
         if activities is not None:
             if not isinstance(activities, dict) or not activities:
                 raise SpecError(f"{where}: activities must be a table of allele = activity value")
-            activities = {str(k).strip(): _number({"a": v}, "a", f"{where}, activities.{k}")
+            activities = {check_label(k, f"{where}, activities", "allele").strip():
+                          _number({"a": v}, "a", f"{where}, activities.{k}")
                           for k, v in activities.items()}
             if any(v < 0 for v in activities.values()):
                 raise SpecError(f"{where}: activity values must be >= 0")
@@ -428,12 +460,13 @@ def make_effect(table: Mapping, parameter: str, where: str) -> CovariateEffect:
         raise SpecError(f"{where}: each covariate effect must be a table like "
                         "{ kind = \"power\", covariate = \"WT\", reference = 70 }")
     kind = table.get("kind")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise SpecError(f"{where}: unknown covariate kind {kind!r}; known kinds: "
                         f"{', '.join(covariate_kinds())}")
     cov = table.get("covariate")
     if not isinstance(cov, str) or not cov:
         raise SpecError(f"{where}: missing key 'covariate' (the data column)")
+    check_identifier(cov, where, "covariate")
     extra = set(table) - _COMMON_KEYS - _KIND_KEYS[kind]
     if extra:
         raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(extra))} for a {kind} effect "

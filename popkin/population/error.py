@@ -15,6 +15,7 @@ used for simulation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
@@ -46,8 +47,11 @@ class ErrorModel:
 
     @classmethod
     def from_table(cls, table: Mapping, where: str) -> "ErrorModel":
+        if not isinstance(table, Mapping):
+            raise SpecError(f"{where}: must be a table like {{ model = \"additive\", "
+                            f"sigma_add = 0.1 }}, not {table!r}")
         model = table.get("model")
-        if model not in _SIGMAS:
+        if not isinstance(model, str) or model not in _SIGMAS:
             raise SpecError(f"{where}: unknown error model {model!r}; known: {', '.join(error_models())}")
         allowed = {"model", *_SIGMAS[model]}
         extra = set(table) - allowed
@@ -60,7 +64,8 @@ class ErrorModel:
             if value is None:
                 raise SpecError(f"{where}: the {model} error model needs {name} (in the units of "
                                 "the observations)")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value > 0):
                 raise SpecError(f"{where}: {name} must be a positive number, not {value!r}")
             sigmas[name] = float(value)
         return cls(model, MappingProxyType(sigmas))

@@ -46,7 +46,8 @@ from ..data.reader import Dataset
 from ..data.schema import DatasetError, Problem
 from ..structural import Structure, get_structure
 from ..structural.backend import NumpyOps
-from .covariates import CONTINUOUS_KINDS, CovariateEffect, SpecError, make_effect
+from .covariates import (CONTINUOUS_KINDS, CovariateEffect, SpecError, check_identifier,
+                         check_label, make_effect)
 from .error import ErrorModel
 
 __all__ = ["ModelSpec", "ParameterSpec", "SpecError", "load_model", "library_models"]
@@ -270,13 +271,30 @@ def load_model(source: "str | os.PathLike | ModelSpec") -> ModelSpec:
     if "\n" in text or text.lstrip().startswith("["):
         return _parse(text, "<string>")
     path = Path(text)
-    if path.is_file():
-        return _parse(path.read_text(encoding="utf-8"), path.name)
+    if _is_file(path):
+        return _parse(_read_text(path), path.name)
     candidate = LIBRARY / f"{text}.toml"
-    if candidate.is_file():
-        return _parse(candidate.read_text(encoding="utf-8"), f"models/{candidate.name}")
-    raise SpecError(f"model {text!r} is neither a TOML file nor a library model (library: "
+    if "/" not in text and "\0" not in text and _is_file(candidate):
+        return _parse(_read_text(candidate), f"models/{candidate.name}")
+    raise SpecError(f"model {text[:200]!r} is neither a TOML file nor a library model (library: "
                     f"{', '.join(library_models()) or 'empty'})")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):       # a name too long for the file system, a NUL byte
+        return False
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path.name}: not a UTF-8 text file (byte {exc.start}: "
+                        f"{exc.object[exc.start:exc.start + 1]!r}); save the spec as UTF-8") from None
+    except OSError as exc:
+        raise SpecError(f"{path.name}: cannot read the spec: {exc.strerror}") from None
 
 
 def _parse(text: str, source: str) -> ModelSpec:
@@ -293,18 +311,21 @@ def _parse(text: str, source: str) -> ModelSpec:
     if extra:
         raise SpecError(f"{source}: [model]: unknown key(s) {', '.join(sorted(extra))} "
                         f"(allowed: {', '.join(sorted(_MODEL_KEYS))})")
-    name = str(model.get("name", Path(source).stem))
+    name = check_label(model.get("name", Path(source).stem), f"{source}: [model]", "name")
     structure = _structure(model, doc, name, source)
     units = _table(model, "units", f"{source}: [model]", required=False)
     extra = set(units) - _UNIT_KEYS
     if extra:
         raise SpecError(f"{source}: [model.units]: unknown key(s) {', '.join(sorted(extra))} "
                         f"(allowed: {', '.join(sorted(_UNIT_KEYS))})")
+    for key, unit in units.items():
+        check_label(unit, f"{source}: [model.units]", key)
     _concentration_factor(units, source)
     params_doc = _table(doc, "parameters", source, required=True)
     allowed = tuple(structure.parameters) + tuple(structure.optional_parameters)
     parameters = []
     for pname, table in params_doc.items():
+        check_identifier(pname, f"{source}: [parameters]", "parameter name")
         where = f"{source}: [parameters.{pname}]"
         if pname not in allowed:
             raise SpecError(f"{where}: structure {structure.name!r} has no parameter {pname!r} "
@@ -320,10 +341,18 @@ def _parse(text: str, source: str) -> ModelSpec:
     ranges = _covariate_ranges(model.get("covariate_ranges", {}), source)
     dosing = _table(doc, "dosing", source, required=False)
     return ModelSpec(name=name, structure=structure, parameters=tuple(parameters), errors=errors,
-                     units=MappingProxyType(dict(units)), description=str(model.get("description", "")),
-                     reference=str(model.get("reference", "")), source=source,
+                     units=MappingProxyType(dict(units)),
+                     description=_text(model, "description", source),
+                     reference=_text(model, "reference", source), source=source,
                      omega_blocks=blocks, text=text, covariate_ranges=MappingProxyType(ranges),
                      dosing=MappingProxyType(dict(dosing)))
+
+
+def _text(model, key, source) -> str:
+    value = model.get(key, "")
+    if not isinstance(value, str):
+        raise SpecError(f"{source}: [model].{key} must be text, not {value!r}")
+    return value
 
 
 def _plain(value):
@@ -342,6 +371,7 @@ def _covariate_ranges(value, source) -> dict[str, tuple[float, float]]:
         raise SpecError(f"{where}: must be a table of [low, high] pairs, e.g. {{ WT = [40, 120] }}")
     ranges = {}
     for column, pair in value.items():
+        check_identifier(column, where, "covariate")
         ok = (isinstance(pair, list) and len(pair) == 2
               and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
               and pair[0] <= pair[1])
@@ -366,6 +396,8 @@ def _omega_blocks(value, parameters, source) -> tuple[tuple[str, ...], ...]:
                         f"lists such as [[\"CL\", \"V\"]], not {value!r}")
     seen = set()
     for block in blocks:
+        if not all(isinstance(name, str) for name in block):
+            raise SpecError(f"{where}: a block lists parameter names, not {block!r}")
         if len(block) < 2:
             raise SpecError(f"{where}: a block needs at least two parameters, got {block!r}")
         for name in block:
@@ -429,7 +461,9 @@ def _structure(model, doc, name, source) -> Structure:
         try:
             return ode_structure_from_block(doc["ode"], name=name)
         except (ValueError, KeyError) as exc:
-            raise SpecError(f"{source}: [ode]: {exc}") from None
+            message = str(exc)
+            raise SpecError(f"{source}: " + (message if message.startswith("[ode]")
+                                             else f"[ode]: {message}")) from None
     if "ode" in doc:
         raise SpecError(f"{source}: an [ode] section needs structure = \"ode\" in [model]")
     try:

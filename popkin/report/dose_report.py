@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
+from .._names import figure_text
 from .figures import _pyplot
 from .html import HtmlDocument, figure_png
 
@@ -49,7 +50,7 @@ def concentration_figure(rec):
         future = t >= c["start"]
         ax.fill_between(t[future], q05[future], q95[future], color=colour, alpha=0.2, lw=0)
         ax.plot(t[future], q50[future], color=colour, lw=1.6,
-                label=f"{label}: median and 90% interval")
+                label=figure_text(f"{label}: median and 90% interval"))
     q05, q50, q95 = c["recommended"]
     past = t <= c["start"]
     ax.fill_between(t[past], q05[past], q95[past], color="0.5", alpha=0.2, lw=0)
@@ -67,7 +68,7 @@ def concentration_figure(rec):
         top = 1e9
         if target in rec.limits:
             # a limit shades what it forbids
-            label = f"breaks the limit {target.describe()}"
+            label = figure_text(f"breaks the limit {target.describe()}")
             if not math.isinf(target.high):
                 ax.axhspan(target.high, top, color=_RED, alpha=0.08, label=label)
                 label = None
@@ -76,9 +77,9 @@ def concentration_figure(rec):
         else:
             ax.axhspan(0.0 if math.isinf(target.low) else target.low,
                        top if math.isinf(target.high) else target.high, color=_GREEN,
-                       alpha=0.13, label=f"target {target.describe()}")
-    ax.set_xlabel(f"time [{time_unit}]")
-    ax.set_ylabel(f"concentration [{conc_unit}]")
+                       alpha=0.13, label=figure_text(f"target {target.describe()}"))
+    ax.set_xlabel(figure_text(f"time [{time_unit}]"))
+    ax.set_ylabel(figure_text(f"concentration [{conc_unit}]"))
     ax.set_ylim(bottom=0, top=max(np.nanmax(c["recommended"][2]),
                                   np.nanmax(c["current"][2]) if "current" in c else 0,
                                   levels["DV"].max() if len(levels) else 0) * 1.15)
@@ -103,7 +104,7 @@ def parameter_figure(rec):
             ax.plot([mid], [y], "o", color=colour, ms=6)
         ax.set_yticks([0, 1], ["patient", "population"], fontsize=8)
         ax.set_ylim(-0.6, 1.6)
-        ax.set_title(f"{name} [{_parameter_unit(rec, name)}]", fontsize=9)
+        ax.set_title(figure_text(f"{name} [{_parameter_unit(rec, name)}]"), fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle("Median and 90% interval: the patient's posterior against the population "
@@ -126,7 +127,7 @@ def candidate_figure(rec):
         colour = colours[k % len(colours)]
         label = f"every {interval:g} {time_unit}" + (f", {duration:g}-{time_unit} infusion"
                                                       if duration > 0 else "")
-        ax.plot(g["amount"], g["P(target)"], color=colour, lw=1.6, label=label)
+        ax.plot(g["amount"], g["P(target)"], color=colour, lw=1.6, label=figure_text(label))
         if rec.limits:
             ax.plot(g["amount"], g["P(limit)"], color=colour, lw=1.0, ls="--")
     r = rec.regimen
@@ -134,7 +135,7 @@ def candidate_figure(rec):
     if rec.limits:
         ax.axhline(rec.max_limit_probability, color=_RED, lw=0.8, ls=":",
                    label=f"limit bound {rec.max_limit_probability:g}")
-    ax.set_xlabel(f"dose [{amount_unit}]")
+    ax.set_xlabel(figure_text(f"dose [{amount_unit}]"))
     ax.set_ylabel("probability")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._names import figure_text
 from .._plotting import pyplot as _pyplot
 
 __all__ = ["prediction_band_figure", "percentile_band"]
@@ -48,13 +49,13 @@ def prediction_band_figure(panels, *, title: str | None = None):
         if panel.get("doses") is not None:
             for k, td in enumerate(np.asarray(panel["doses"], float)):
                 ax.axvline(td, color="0.6", lw=0.6, ls=":", label="dose" if k == 0 else None)
-        ax.set_title(panel.get("title", ""), fontsize=10)
-        ax.set_xlabel(panel.get("xlabel", "time"))
-        ax.set_ylabel(panel.get("ylabel", "concentration"))
+        ax.set_title(figure_text(panel.get("title", "")), fontsize=10)
+        ax.set_xlabel(figure_text(panel.get("xlabel", "time")))
+        ax.set_ylabel(figure_text(panel.get("ylabel", "concentration")))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(figure_text(title))
     fig.tight_layout()
     return fig

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from .._names import figure_text
 from ..diagnostics.gof import gof_figure
 from .figures import _pyplot
 from .html import HtmlDocument
@@ -38,14 +39,14 @@ def individual_figure(pred: pd.DataFrame, spec, data, *, max_subjects: int = 12)
         ax.scatter(obs["TIME"], obs["DV"], s=10, color="k", zorder=3)
         for t in doses.loc[doses["ID"] == sid, "TIME"]:
             ax.axvline(t, color="#e69500", lw=0.6, alpha=0.7)
-        ax.set_title(f"ID {sid}", fontsize=9)
+        ax.set_title(figure_text(f"ID {sid}"), fontsize=9)
         ax.tick_params(labelsize=8)
     for ax in axes.ravel()[len(subjects):]:
         ax.axis("off")
     for ax in axes[:, 0]:
-        ax.set_ylabel(f"[{conc}]", fontsize=8)
+        ax.set_ylabel(figure_text(f"[{conc}]"), fontsize=8)
     for ax in axes[-1]:
-        ax.set_xlabel(f"time [{time_unit}]", fontsize=8)
+        ax.set_xlabel(figure_text(f"time [{time_unit}]"), fontsize=8)
     fig.suptitle("Individual fits: observed (dots), IPRED median and 90% band, PRED (dashed), "
                  "doses (orange)", fontsize=10)
     fig.tight_layout()
@@ -78,10 +79,11 @@ def covariate_figure(fit):
             else:
                 labels = base[cov].astype(str).to_numpy()
                 levels = sorted(set(labels))
-                ax.boxplot([eta[labels == lv] for lv in levels], tick_labels=levels)
+                ax.boxplot([eta[labels == lv] for lv in levels],
+                           tick_labels=[figure_text(lv) for lv in levels])
             ax.axhline(0.0, color="k", lw=0.8)
-            ax.set_xlabel(cov, fontsize=8)
-            ax.set_ylabel(f"eta_{name}", fontsize=8)
+            ax.set_xlabel(figure_text(cov), fontsize=8)
+            ax.set_ylabel(figure_text(f"eta_{name}"), fontsize=8)
             ax.tick_params(labelsize=7)
     fig.suptitle("Random effects (posterior means) against covariates: a trend suggests a "
                  "missing covariate effect", fontsize=10)
@@ -96,6 +98,7 @@ def rank_figure(fit):
     names = list(dict.fromkeys(e.var for e in fit.model.entries))[:12]
     axes = az.plot_rank(fit.idata, var_names=names, figsize=(10, 1.2 * ((len(names) + 2) // 3) + 1))
     fig = np.asarray(axes).ravel()[0].figure
+    _without_mathtext(fig)
     fig.tight_layout()
     return fig
 
@@ -108,8 +111,18 @@ def trace_figure(fit):
     names = list(dict.fromkeys(names))[:12]
     axes = az.plot_trace(fit.idata, var_names=names, compact=True, figsize=(10, 1.6 * len(names)))
     fig = np.asarray(axes).ravel()[0].figure
+    _without_mathtext(fig)
     fig.tight_layout()
     return fig
+
+
+def _without_mathtext(fig) -> None:
+    """ArviZ writes level names (user text) into titles and legends itself: read all of its
+    text literally, as :func:`popkin._names.figure_text` makes popkin's own labels."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
 
 
 def _predictive_sections(doc: HtmlDocument, fit) -> None:
