@@ -412,16 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output figure file")
     p.add_argument("--stratify", default=None, help="data column: one panel per value")
     p.add_argument("--pred-corr", action="store_true", help="prediction-corrected VPC")
-    p.add_argument("--n-sim", type=_whole(1, MAX_SIMULATIONS), default=200,
-                   help="replicate datasets (default: 200)")
+    p.add_argument("--n-sim", type=_whole(2, MAX_SIMULATIONS), default=200,
+                   help="replicate datasets, at least 2 (default: 200)")
     p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=_vpc)
 
     p = sub.add_parser("gof", help="goodness-of-fit figures of a fit: DV vs PRED/IPRED and NPDE")
     p.add_argument("fitdir", help="fit folder written by `popkin fit`")
     p.add_argument("--out", required=True, type=_output("folder"), help="output folder")
-    p.add_argument("--n-sim", type=_whole(1, MAX_SIMULATIONS), default=500,
-                   help="simulations per subject (default: 500)")
+    # an observation's NPDE is its quantile among the simulations: fewer than 10 say nothing
+    p.add_argument("--n-sim", type=_whole(10, MAX_SIMULATIONS), default=500,
+                   help="simulations per subject, at least 10 (default: 500)")
     p.add_argument("--log", action="store_true", help="logarithmic axes for DV vs PRED/IPRED")
     p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=_gof)

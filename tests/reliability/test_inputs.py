@@ -113,7 +113,8 @@ DOSE = ["dose", "theophylline", "patient.csv", "--out", "dose"]
     (DOSE + ["--amount-range", "100"], "--amount-range: expected LOW,HIGH"),
     (DOSE + ["--intervals", "12,-8"], "--intervals: '12,-8': every value must be a positive"),
     (DOSE + ["--draws", "0"], "--draws: expected a number of at least 1"),
-    (["vpc", "fitdir", "--out", "v.png", "--n-sim", "0"], "--n-sim: expected a number of at least 1"),
+    (["vpc", "fitdir", "--out", "v.png", "--n-sim", "0"], "--n-sim: expected a number of at least 2"),
+    (["gof", "fitdir", "--out", "g", "--n-sim", "5"], "--n-sim: expected a number of at least 10"),
     (["gof", "fitdir", "--out", "g", "--n-sim", "99999999"], "--n-sim: expected a number of at most"),
     (["simulate", "theophylline", "d.csv", "--out", "s.csv", "--subjects", "0"], "--subjects"),
 ], ids=lambda a: " ".join(a) if isinstance(a, list) else None)
