@@ -154,7 +154,8 @@ def _load_fit(directory: str):
 
     path = Path(directory)
     if not path.is_dir():
-        raise InputError(f"{directory}: no such fit folder (written by `popkin fit --out`)")
+        raise InputError(f"{directory} is not a popkin fit directory: no such folder (a fit "
+                         "folder is written by `popkin fit --out`)")
     try:
         return Fit.load(path)
     except (DatasetError, SpecError, FileNotFoundError):
@@ -482,13 +483,15 @@ def main(argv: list[str] | None = None) -> int:
     path, a scheduler address, a fit refused by its own checks). Anything else is a bug and
     keeps its traceback.
     """
+    from .diagnostics._replicates import ReplicateLimitError
     from .inference.fit import ApproximationError
     from .simulation.distributed import SchedulerError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, SpecError, InputError, ApproximationError, SchedulerError) as exc:
+    except (DatasetError, SpecError, InputError, ApproximationError, SchedulerError,
+            ReplicateLimitError) as exc:
         print(f"popkin {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

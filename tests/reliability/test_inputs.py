@@ -314,3 +314,14 @@ def test_map_warnings_reach_the_fit_and_its_saved_record(report_failed_fit):
     record = json.loads((fit / "fit.json").read_text())
     assert record["method"] == "map"
     assert record["warnings"][0].startswith("These are map approximations")
+
+
+def test_replicates_beyond_memory_are_refused(cli, report_failed_fit, tmp_path, monkeypatch):
+    import popkin.diagnostics._replicates as replicates
+
+    _, fit = report_failed_fit
+    monkeypatch.setattr(replicates, "MAX_REPLICATE_VALUES", 1000)
+    outcome = cli("vpc", fit, "--out", tmp_path / "vpc.png", "--n-sim", "200")
+    assert_clean_error(outcome, "200 replicates of", "more than the limit of 1,000",
+                       "use at most")
+    assert not tree(tmp_path)
