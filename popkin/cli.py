@@ -199,6 +199,10 @@ def _fit(args) -> int:
     try:
         result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
     except Exception as exc:          # noqa: BLE001 - the report is optional, the fit is not
+        # a report left by an earlier fit into the same folder would describe another fit
+        stale = os.path.join(args.out, "report.html")
+        if os.path.exists(stale):
+            os.remove(stale)
         print(f"popkin fit: error: the fit is saved in {args.out}/ (summary.csv, posterior.nc, "
               f"model.toml, data.csv), but writing report.html failed: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
@@ -328,6 +332,10 @@ def _amount_range(text: str) -> list[float]:
 
 def _dose(args) -> int:
     from .dosing import recommend, recommend_batch
+
+    if args.scheduler is not None and not args.batch:
+        raise InputError("--scheduler runs the patients of --batch on Dask; add --batch or "
+                         "leave --scheduler out")
 
     options = dict(target=args.target, limit=args.limit, method=args.method, route=args.route,
                    amount_step=args.amount_step, amount_range=args.amount_range,

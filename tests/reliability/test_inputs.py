@@ -229,6 +229,10 @@ def report_failed_fit(tmp_path_factory):
     def broken(result, path):
         raise RuntimeError("no figure for you")
 
+    # a report of an earlier fit into the same folder must not pass for this fit's
+    (root / "fit").mkdir()
+    (root / "fit" / "report.html").write_text("<html>an earlier fit</html>")
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fit_report, "write_fit_report", broken)
         import io
@@ -239,6 +243,13 @@ def report_failed_fit(tmp_path_factory):
                          str(root / "fit"), "--method", "map", "--draws", "50", "--chains", "1",
                          "--seed", "1", "--quiet"])
     return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue()), root / "fit"
+
+
+def test_scheduler_without_batch_is_refused(cli, files, tmp_path):
+    patient = files(patient_csv=PATIENT)["patient"]
+    outcome = cli("dose", "theophylline", patient, "--out", tmp_path / "d", "--scheduler", "local")
+    assert_clean_error(outcome, "--scheduler runs the patients of --batch")
+    assert not (tmp_path / "d").exists()
 
 
 def test_report_failure_after_a_fit_keeps_the_fit(report_failed_fit):
