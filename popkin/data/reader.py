@@ -296,6 +296,13 @@ def _to_float(values: pd.Series) -> pd.Series:
 
     Booleans and complex numbers (possible in a DataFrame) are not numbers of a dataset.
     """
+    try:
+        fast = pd.to_numeric(values, errors="coerce")
+        if fast.dtype.kind in "iuf":
+            return fast.astype(float)
+    except (TypeError, ValueError, OverflowError):
+        pass
+
     def one(v):
         if v is None or isinstance(v, (bool, np.bool_, complex, np.complexfloating)):
             return np.nan
