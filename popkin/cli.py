@@ -495,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     from .inference.fit import ApproximationError
     from .simulation.distributed import SchedulerError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:       # argparse printed the usage and the error (or the help)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
     except (DatasetError, SpecError, InputError, ApproximationError, SchedulerError,

@@ -22,7 +22,10 @@ from .schema import (
     RESET, RESET_DOSE, STANDARD_COLUMNS, DatasetError, Problem,
 )
 
-__all__ = ["Dataset", "read_dataset"]
+__all__ = ["Dataset", "read_dataset", "MAX_ADDL"]
+
+#: Most additional doses (ADDL) one record may imply.
+MAX_ADDL = 240_000
 
 _MISSING_MARKERS = ("", ".", "NA", "NaN", "nan", "na", "NULL")
 _NUMERIC_COLUMNS = tuple(c for c in STANDARD_COLUMNS if c != "ID")
@@ -400,6 +403,10 @@ def _check_rows(r: pd.DataFrame, problems: list[Problem]) -> None:
     flag(ii < 0, "II", lambda i: f"negative dosing interval {ii.iat[i]:g}")
     flag((addl < 0) | (addl != np.round(addl)), "ADDL",
          lambda i: f"ADDL must be a whole number >= 0, not {addl.iat[i]:g}")
+    # every additional dose becomes a dose of the event table, superposed at every later time
+    flag(addl > MAX_ADDL, "ADDL",
+         lambda i: f"ADDL {addl.iat[i]:g} is more than the limit of {MAX_ADDL:,} additional doses "
+                   "per record (27 years of hourly doses); split the record or use SS = 1")
     flag((addl > 0) & ~(ii > 0), "II", "ADDL > 0 needs a positive interval II")
     flag(~ss.isin([0, 1, 2]), "SS", lambda i: f"SS must be 0, 1 or 2, not {ss.iat[i]:g}")
     constant_infusion = (amt == 0) & (rate > 0)

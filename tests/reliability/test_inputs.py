@@ -57,7 +57,9 @@ def _nothing_written(root: Path, before: set[str]) -> None:
     ("ID,TIME,AMT,DV,RATE\n1,0,100,.,inf\n1,1,0,5,0\n", ["row 1, ID 1, column RATE"]),
     ("ID,TIME,AMT,DV,II,ADDL\n1,0,100,.,Infinity,2\n1,1,0,5,0,0\n", ["row 1, ID 1, column II"]),
     ("ID,TIME,AMT,DV,WT\n1,0,100,.,70\n1,1,0,5,inf\n", ["row 2, ID 1, column WT", "not a finite"]),
-], ids=["DV", "AMT", "TIME", "RATE", "II", "covariate"])
+    ("ID,TIME,AMT,DV,II,ADDL\n1,0,100,.,1,99999999\n1,1,0,5,0,0\n",
+     ["row 1, ID 1, column ADDL", "more than the limit of 240,000 additional doses"]),
+], ids=["DV", "AMT", "TIME", "RATE", "II", "covariate", "huge-ADDL"])
 def test_non_finite_values_are_dataset_errors(cli, files, tmp_path, text, needles):
     data = files(data_csv=text)["data"]
     before = tree(tmp_path)
