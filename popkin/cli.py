@@ -66,7 +66,6 @@ def _whole(low: int, high: int | None = None, what: str = "number"):
     return parse
 
 
-_positive_int = _whole(1)
 _seed = _whole(0, 2**32 - 1, "seed")
 
 
@@ -118,17 +117,17 @@ def _output(kind: str, *, suffixes: tuple[str, ...] = ()):
                 raise argparse.ArgumentTypeError(
                     f"{text!r} has the suffix {path.suffix or '(none)'!r}; use one of "
                     f"{', '.join(suffixes)}")
-        ancestor = path.absolute()
-        if kind == "file" or not path.exists():
-            ancestor = ancestor.parent
+        # outputs are staged beside their target and renamed: the parent must take new entries
+        ancestor = path.absolute().parent
         while not ancestor.exists():
             ancestor = ancestor.parent
         if not ancestor.is_dir():
             raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {str(ancestor)!r} is a "
                                              "file, not a folder")
-        if not _writable(ancestor):
-            raise argparse.ArgumentTypeError(f"{text!r} cannot be written: the folder "
-                                             f"{str(ancestor)!r} is not writable")
+        for folder in (ancestor, *([path] if kind == "folder" and path.is_dir() else [])):
+            if not _writable(folder):
+                raise argparse.ArgumentTypeError(f"{text!r} cannot be written: the folder "
+                                                 f"{str(folder)!r} is not writable")
         return text
 
     return parse
