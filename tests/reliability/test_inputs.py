@@ -338,3 +338,22 @@ def test_replicates_beyond_memory_are_refused(cli, report_failed_fit, tmp_path, 
     assert_clean_error(outcome, "200 replicates of", "more than the limit of 1,000",
                        "use at most")
     assert not tree(tmp_path)
+
+
+def test_draws_are_predicted_in_chunks_with_the_same_result(monkeypatch):
+    import popkin.dosing.regimens as rg
+    from popkin.population import load_model
+
+    spec = load_model("theophylline")
+    win = rg.window(8.0, 0.0, "day3", 24.0, loading=False)
+    events = rg.window_events(spec, win, "oral", 0.0, 8.0, maintenance=100.0, loading=None)
+    rng = np.random.default_rng(1)
+    params = {"KA": rng.lognormal(0.4, 0.3, 37), "CL": rng.lognormal(1.0, 0.3, 37),
+              "V": rng.lognormal(3.4, 0.2, 37)}
+    whole = rg.predict_draws(spec, events, params)
+    monkeypatch.setattr(rg, "_CHUNK_PAIRS", 5 * len(events.dose_point_pairs()[0]))
+    chunked = rg.predict_draws(spec, events, params)        # chunks of 5 draws, and a last of 2
+    np.testing.assert_array_equal(whole, chunked)
+    assert whole.shape == (37, events.n_points) and np.isfinite(whole).all()
+    # the grid covers the day read (and its dosing interval), not the days before it
+    assert win.times.min() == pytest.approx(48.0)
