@@ -291,6 +291,27 @@ def test_map_fit_running_off_is_refused_not_reported(cli, tmp_path):
     assert not (tmp_path / "fit").exists()
 
 
+def test_map_on_a_categorical_model_that_runs_off_is_refused(cli, tmp_path):
+    # the case: a categorical covariate (here one F subject of four) and method map.
+    # BFGS ends on a line-search step where the log-density overflowed to NaN; the optimum
+    # it returned had V:SEX[F] = 5e10 and KA = 3e60 and used to be reported as a fit
+    from popkin.population import load_model
+
+    spec = load_model("theophylline").text.split("[dosing]")[0].replace(
+        "[parameters.V]\ntypical = 31.5\niiv = 0.15",
+        "[parameters.V]\ntypical = 31.5\niiv = 0.15\ncovariates = [{ kind = \"categorical\", "
+        "covariate = \"SEX\", reference = \"M\", effects = { F = 0.8 } }]")
+    assert "categorical" in spec
+    (tmp_path / "model.toml").write_text(spec)
+    data = theophylline()
+    data = data[data["ID"] <= 4].assign(SEX=lambda d: np.where(d["ID"] % 3 == 0, "F", "M"))
+    data.to_csv(tmp_path / "data.csv", index=False)
+    outcome = cli("fit", tmp_path / "model.toml", tmp_path / "data.csv", "--out", tmp_path / "fit",
+                  "--method", "map", "--draws", "50", "--chains", "1", "--seed", "1", "--quiet")
+    assert_clean_error(outcome, "the map fit is refused", "prior SDs away", "V:SEX[F]")
+    assert not (tmp_path / "fit").exists() and not debris(tmp_path)
+
+
 def test_map_estimate_far_from_its_prior_is_flagged():
     import arviz as az
     import xarray as xr
