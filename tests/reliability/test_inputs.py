@@ -378,3 +378,24 @@ def test_draws_are_predicted_in_chunks_with_the_same_result(monkeypatch):
     assert whole.shape == (37, events.n_points) and np.isfinite(whole).all()
     # the grid covers the day read (and its dosing interval), not the days before it
     assert win.times.min() == pytest.approx(48.0)
+
+
+def test_flagged_map_estimates_are_printed_and_marked(cli, tmp_path, monkeypatch):
+    import importlib
+
+    fitting = importlib.import_module("popkin.inference.fit")   # the package exports fit()
+
+    def flag_v(spec, built, idata, method):
+        return ["V = 9999 is 6.0 prior SDs from its prior's centre: implausible"], ["V"]
+
+    monkeypatch.setattr(fitting, "_check_approximation", flag_v)
+    data = theophylline()
+    data[data["ID"] <= 3].to_csv(tmp_path / "theo.csv", index=False)
+    outcome = cli("fit", "theophylline", tmp_path / "theo.csv", "--out", tmp_path / "fit",
+                  "--method", "map", "--draws", "50", "--chains", "1", "--seed", "1", "--quiet")
+    assert outcome.code == 0, outcome.err
+    row = next(line for line in outcome.out.splitlines() if line.split()[:1] == ["V"])
+    assert row.rstrip().endswith("implausible")
+    assert "warning: V = 9999 is 6.0 prior SDs" in outcome.out
+    record = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    assert any("implausible" in w for w in record["warnings"])
