@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import warnings
 
 from ._output import staged_file, staged_folder
 from .data.schema import DatasetError
 from .population.covariates import SpecError
+
+#: Upper limits of counts on the command line: far beyond any real use, low enough that a typo
+#: (an extra zero or three) is an error at once rather than hours of work or an exhausted memory.
+MAX_CHAINS = 64
+MAX_DRAWS = 100_000          # per chain (fit), or in all (dose)
+MAX_TUNE = 100_000
+MAX_SIMULATIONS = 10_000     # replicates of a VPC or simulations per subject of the NPDE
+MAX_SUBJECTS = 10_000_000    # virtual subjects of `simulate --subjects`
+_FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff",
+                    ".webp")
+
+
+class InputError(ValueError):
+    """A command-line value or output path that cannot be used (raised before any computing)."""
 
 
 def _simulate(args) -> int:
@@ -31,14 +47,121 @@ def _simulate(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def _whole(low: int, high: int | None = None, what: str = "number"):
+    """An argparse type: a whole number in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a {what} of at least {low}, not {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(
+                f"expected a {what} of at most {high:,}, not {value:,} (a limit that bounds the "
+                "work and memory of one run)")
+        return value
+
+    return parse
+
+
+_seed = _whole(0, 2**32 - 1, "seed")
+
+
+def _real(*, low: float | None = None, high: float | None = None, open_low: bool = False,
+          open_high: bool = False):
+    """An argparse type: a finite number in the given interval."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        too_low = low is not None and (value <= low if open_low else value < low)
+        too_high = high is not None and (value >= high if open_high else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            left = "(" if open_low else "["
+            right = ")" if open_high else "]"
+            span = (f"in {left}{low:g}, {high:g}{right}" if low is not None and high is not None
+                    else f"{'>' if open_low else '>='} {low:g}" if low is not None
+                    else f"{'<' if open_high else '<='} {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number{' ' + span if span else ''}, not {text!r}")
+        return value
+
+    return parse
+
+
+def _output(kind: str, *, suffixes: tuple[str, ...] = ()):
+    """An argparse type: an output path checked before any computing.
+
+    ``kind`` is ``"folder"`` or ``"file"``. The path must not be the other kind, its nearest
+    existing ancestor must be a writable folder, and a file's suffix one of ``suffixes``.
+    """
+
+    def parse(text: str) -> str:
+        from pathlib import Path
+
+        if not text.strip():
+            raise argparse.ArgumentTypeError("an output path may not be empty")
+        path = Path(text)
+        if kind == "folder" and path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is an existing file; --out names a folder")
+        if kind == "file":
+            if path.is_dir():
+                raise argparse.ArgumentTypeError(f"{text!r} is an existing folder; --out names a "
+                                                 "file")
+            if suffixes and path.suffix.lower() not in suffixes:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} has the suffix {path.suffix or '(none)'!r}; use one of "
+                    f"{', '.join(suffixes)}")
+        # outputs are staged beside their target and renamed: the parent must take new entries
+        ancestor = path.absolute().parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} cannot be created: {str(ancestor)!r} is a "
+                                             "file, not a folder")
+        for folder in (ancestor, *([path] if kind == "folder" and path.is_dir() else [])):
+            if not _writable(folder):
+                raise argparse.ArgumentTypeError(f"{text!r} cannot be written: the folder "
+                                                 f"{str(folder)!r} is not writable")
+        return text
+
+    return parse
+
+
+def _writable(folder) -> bool:
+    """Whether a file can be created in ``folder``: permission bits do not stop root, so an
+    unnamed temporary file is tried (gone when closed, nothing left behind)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, not {value}")
-    return value
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _load_fit(directory: str):
+    """A fit folder, or an :class:`InputError` naming the file that cannot be read."""
+    from pathlib import Path
+
+    from .inference import Fit
+
+    path = Path(directory)
+    if not path.is_dir():
+        raise InputError(f"{directory} is not a popkin fit directory: no such folder (a fit "
+                         "folder is written by `popkin fit --out`)")
+    try:
+        return Fit.load(path)
+    except (DatasetError, SpecError, FileNotFoundError):
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path / 'posterior.nc'} cannot be read (truncated or corrupt? write "
+                         f"the fit again): {exc}") from None
 
 
 def _demo(args) -> int:
@@ -62,12 +185,27 @@ def _fit(args) -> int:
                      draws=args.draws, tune=args.tune, seed=args.seed, sampler=args.sampler,
                      target_accept=args.target_accept, progress=not args.quiet,
                      mass_matrix=args.mass_matrix, start=args.start)
-    result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
+    # the finished fit first: a report that fails must not lose it
+    result.save(args.out)
     summary = result.summary()
+    flagged = set(json.loads(result.idata.attrs.get("popkin_flagged", "[]")))
+    if flagged:
+        summary["check"] = ["implausible" if p in flagged else "" for p in summary["parameter"]]
     with _pandas_wide():
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for message in result.warnings:
         print(f"warning: {message}")
+    try:
+        result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
+    except Exception as exc:          # noqa: BLE001 - the report is optional, the fit is not
+        # a report left by an earlier fit into the same folder would describe another fit
+        stale = os.path.join(args.out, "report.html")
+        if os.path.exists(stale):
+            os.remove(stale)
+        print(f"popkin fit: error: the fit is saved in {args.out}/ (summary.csv, posterior.nc, "
+              f"model.toml, data.csv), but writing report.html failed: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}/: summary.csv, posterior.nc, report.html, model.toml, data.csv "
           f"({result.seconds:.1f} s)")
     return 0
@@ -75,9 +213,8 @@ def _fit(args) -> int:
 
 def _vpc(args) -> int:
     from .diagnostics.vpc import vpc_data, vpc_figure
-    from .inference import Fit
 
-    result = vpc_data(Fit.load(args.fitdir), n_sim=args.n_sim, stratify=args.stratify,
+    result = vpc_data(_load_fit(args.fitdir), n_sim=args.n_sim, stratify=args.stratify,
                       pred_corr=args.pred_corr, seed=args.seed)
     figure = vpc_figure(result)
     with staged_file(args.out) as tmp:
@@ -104,11 +241,10 @@ def _models(args) -> int:
 
 def _gof(args) -> int:
     from .diagnostics.residuals import npde, residual_figure
-    from .inference import Fit
     from ._plotting import pyplot as _pyplot
     from .diagnostics.gof import gof_figure
 
-    result = Fit.load(args.fitdir)
+    result = _load_fit(args.fitdir)
     frame = npde(result, n_sim=args.n_sim, seed=args.seed)
     figures = {"dv_vs_pred.png": gof_figure(result.predictions(), result.spec, log=args.log)}
     for name, panel in (("npde_vs_time.png", "TIME"), ("npde_vs_pred.png", "PRED"),
@@ -133,12 +269,11 @@ def _compare(args) -> int:
     from pathlib import Path
 
     from .diagnostics.compare import compare
-    from .inference import Fit
 
     names = [Path(d).name or str(d) for d in args.fitdirs]
     if len(set(names)) < len(names):
         names = list(args.fitdirs)
-    fits = {name: Fit.load(d) for name, d in zip(names, args.fitdirs)}
+    fits = {name: _load_fit(d) for name, d in zip(names, args.fitdirs)}
     try:
         table = compare(fits)
     except ValueError as exc:
@@ -154,14 +289,33 @@ def _compare(args) -> int:
 
 
 def _number_list(text: str) -> list[float]:
+    """A comma-separated list of positive finite numbers (amounts, intervals, durations)."""
+    import math
+
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be a positive finite number")
+    return values
+
+
+def _amount_range(text: str) -> list[float]:
+    values = _number_list(text)
+    if len(values) != 2 or values[0] > values[1]:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with 0 < LOW <= HIGH, not {text!r}")
+    return values
 
 
 def _dose(args) -> int:
     from .dosing import recommend, recommend_batch
+
+    if args.scheduler is not None and not args.batch:
+        raise InputError("--scheduler runs the patients of --batch on Dask; add --batch or "
+                         "leave --scheduler out")
 
     options = dict(target=args.target, limit=args.limit, method=args.method, route=args.route,
                    amount_step=args.amount_step, amount_range=args.amount_range,
@@ -169,8 +323,6 @@ def _dose(args) -> int:
                    loading_dose=args.loading_dose, start=args.start,
                    max_limit_probability=args.max_limit_probability, draws=args.draws,
                    seed=args.seed)
-    if args.amount_range is not None and len(args.amount_range) != 2:
-        raise SpecError(f"--amount-range needs LOW,HIGH, not {args.amount_range!r}")
     if args.batch:
         table = recommend_batch(args.model, args.patient, args.out, scheduler=args.scheduler,
                                 progress=not args.quiet, **options)
@@ -196,26 +348,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the main job on the shipped example data")
-    p.add_argument("--out", default="popkin-demo", help="output folder (default: popkin-demo)")
+    p.add_argument("--out", default="popkin-demo", type=_output("folder"),
+                   help="output folder (default: popkin-demo)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("simulate", help="simulate a design: PRED, IPRED and DV for every record")
     p.add_argument("model", help="model spec (TOML file) or library model name")
     p.add_argument("design", help="NONMEM-format CSV with the doses and the records to predict")
-    p.add_argument("--out", required=True, help="output file (.csv or .parquet)")
+    p.add_argument("--out", required=True, type=_output("file", suffixes=(".csv", ".parquet")),
+                   help="output file (.csv or .parquet)")
     p.add_argument("--typical", action="store_true",
                    help="no between-subject variability: every subject is the typical one")
-    p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output)")
-    p.add_argument("--subjects", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--seed", type=_seed, default=None, help="random seed (same seed, same output)")
+    p.add_argument("--subjects", type=_whole(1, MAX_SUBJECTS), default=None, metavar="N",
                    help="virtual trial of N subjects: subject k has the records of design subject "
                         "k mod n_design and ID k + 1 (default: the design's own subjects)")
-    p.add_argument("--chunk-size", type=_positive_int, default=2000, metavar="N",
+    p.add_argument("--chunk-size", type=_whole(1, 1_000_000), default=2000, metavar="N",
                    help="subjects simulated and written at a time; bounds the memory "
                         "(default: 2000; the output does not depend on it)")
     p.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
                    help="run the chunks on Dask: 'local' for a cluster on this machine, or a "
                         "scheduler address such as tcp://host:8786 (default: serially)")
-    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--workers", type=_whole(1, 1024), default=None, metavar="N",
                    help="worker processes of --scheduler local (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress line for long runs")
     p.set_defaults(func=_simulate)
@@ -223,50 +377,56 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a model to a dataset: summary.csv, posterior.nc, report.html")
     p.add_argument("model", help="model spec (TOML file) or library model name")
     p.add_argument("data", help="NONMEM-format CSV")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=_output("folder"), help="output folder")
     p.add_argument("--method", choices=("nuts", "pathfinder", "map"), default="nuts")
     p.add_argument("--sampler", choices=("nutpie", "pymc"), default="nutpie",
                    help="NUTS implementation (default: nutpie)")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--tune", type=int, default=1000)
-    p.add_argument("--target-accept", type=float, default=0.8)
+    p.add_argument("--chains", type=_whole(1, MAX_CHAINS), default=4)
+    p.add_argument("--draws", type=_whole(1, MAX_DRAWS), default=1000, help="draws per chain")
+    p.add_argument("--tune", type=_whole(0, MAX_TUNE), default=1000)
+    p.add_argument("--target-accept", type=_real(low=0, high=1, open_low=True, open_high=True),
+                   default=0.8, help="NUTS target acceptance rate, in (0, 1) (default 0.8)")
     p.add_argument("--mass-matrix", choices=("diag", "low_rank"), default="diag",
                    help="nutpie mass-matrix adaptation (low_rank for strongly correlated posteriors)")
     p.add_argument("--start", choices=("optimize", "jitter"), default="optimize",
                    help="where the chains start: around the best of several short optimisations "
                         "(default), or at the prior's centre jittered")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_seed, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_fit)
 
     p = sub.add_parser("vpc", help="visual predictive check of a fit (PNG, PDF or SVG)")
     p.add_argument("fitdir", help="fit folder written by `popkin fit`")
-    p.add_argument("--out", required=True, help="output figure file")
+    p.add_argument("--out", required=True, type=_output("file", suffixes=_FIGURE_SUFFIXES),
+                   help="output figure file")
     p.add_argument("--stratify", default=None, help="data column: one panel per value")
     p.add_argument("--pred-corr", action="store_true", help="prediction-corrected VPC")
-    p.add_argument("--n-sim", type=int, default=200, help="replicate datasets (default: 200)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-sim", type=_whole(2, MAX_SIMULATIONS), default=200,
+                   help="replicate datasets, at least 2 (default: 200)")
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=_vpc)
 
     p = sub.add_parser("gof", help="goodness-of-fit figures of a fit: DV vs PRED/IPRED and NPDE")
     p.add_argument("fitdir", help="fit folder written by `popkin fit`")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n-sim", type=int, default=500, help="simulations per subject (default: 500)")
+    p.add_argument("--out", required=True, type=_output("folder"), help="output folder")
+    # an observation's NPDE is its quantile among the simulations: fewer than 10 say nothing
+    p.add_argument("--n-sim", type=_whole(10, MAX_SIMULATIONS), default=500,
+                   help="simulations per subject, at least 10 (default: 500)")
     p.add_argument("--log", action="store_true", help="logarithmic axes for DV vs PRED/IPRED")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=_gof)
 
     p = sub.add_parser("compare", help="rank fits of the same data by PSIS-LOO")
     p.add_argument("fitdirs", nargs="+", help="fit folders written by `popkin fit`")
-    p.add_argument("--out", default=None, help="also write the table to this CSV file")
+    p.add_argument("--out", default=None, type=_output("file", suffixes=(".csv",)),
+                   help="also write the table to this CSV file")
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("dose", help="recommend a regimen for a patient: recommendation.json, "
                                     "report.html, report.pdf")
     p.add_argument("model", help="library model name, model spec (TOML) or fit folder")
     p.add_argument("patient", help="NONMEM-format CSV of the patient (doses, levels, covariates)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=_output("folder"), help="output folder")
     p.add_argument("--target", action="append", default=None,
                    help="metric:window, e.g. auc24:400-600, trough:10-20, ftmic(2):>=40, "
                         "trough@day2:10-20 (repeat for several; default: the model's [dosing])")
@@ -281,19 +441,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None,
                    help="with --batch: run patients on Dask ('local' or a scheduler address)")
     p.add_argument("--route", choices=("oral", "iv_bolus", "infusion"), default=None)
-    p.add_argument("--amount-step", type=float, default=None, help="dose step (strength)")
-    p.add_argument("--amount-range", type=_number_list, default=None, metavar="LOW,HIGH")
+    p.add_argument("--amount-step", type=_real(low=0, open_low=True), default=None,
+                   help="dose step (strength)")
+    p.add_argument("--amount-range", type=_amount_range, default=None, metavar="LOW,HIGH")
     p.add_argument("--intervals", type=_number_list, default=None, metavar="T1,T2,...")
     p.add_argument("--durations", type=_number_list, default=None, metavar="D1,D2,...",
                    help="infusion durations")
     p.add_argument("--loading-dose", type=_number_list, default=None, metavar="AMT[,AMT...]",
                    help="loading dose(s) at the start, each tried with every candidate")
-    p.add_argument("--start", type=float, default=None,
+    p.add_argument("--start", type=_real(), default=None,
                    help="time of the first dose of the new regimen (default: the next dose due)")
-    p.add_argument("--max-limit-probability", type=float, default=0.1,
-                   help="highest acceptable P(limit exceeded) (default 0.1)")
-    p.add_argument("--draws", type=int, default=1000, help="posterior draws (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-limit-probability", type=_real(low=0, high=1), default=0.1,
+                   help="highest acceptable P(limit exceeded), in [0, 1] (default 0.1)")
+    p.add_argument("--draws", type=_whole(1, MAX_DRAWS), default=1000,
+                   help="posterior draws (default 1000)")
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress line (batch)")
     p.set_defaults(func=_dose)
 
@@ -303,16 +465,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``popkin ARGS``: 0 on success, 2 with one message for anything the user can fix.
+
+    User errors are the input's (a dataset, a spec, an option value, a fit folder, an output
+    path, a scheduler address, a fit refused by its own checks). Anything else is a bug and
+    keeps its traceback.
+    """
+    from .diagnostics._replicates import ReplicateLimitError
+    from .inference.fit import ApproximationError
+    from .simulation.distributed import SchedulerError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:       # argparse printed the usage and the error (or the help)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
-    except (DatasetError, SpecError, FileNotFoundError) as exc:
+    except (DatasetError, SpecError, InputError, ApproximationError, SchedulerError,
+            ReplicateLimitError) as exc:
         print(f"popkin {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        if args.command not in ("fit",):
-            raise
-        print(f"popkin {args.command}: error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        # a path the user named (missing, unwritable, a folder instead of a file, disk full)
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in str(exc) else ""
+        print(f"popkin {args.command}: error: {exc}{where}", file=sys.stderr)
         return 2
 
 

@@ -6,8 +6,11 @@ A dataset is read once, checked as a whole, and either returned complete or reje
 
 from __future__ import annotations
 
+import codecs
+import csv
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
@@ -19,7 +22,10 @@ from .schema import (
     RESET, RESET_DOSE, STANDARD_COLUMNS, DatasetError, Problem,
 )
 
-__all__ = ["Dataset", "read_dataset"]
+__all__ = ["Dataset", "read_dataset", "MAX_ADDL"]
+
+#: Most additional doses (ADDL) one record may imply.
+MAX_ADDL = 240_000
 
 _MISSING_MARKERS = ("", ".", "NA", "NaN", "nan", "na", "NULL")
 _NUMERIC_COLUMNS = tuple(c for c in STANDARD_COLUMNS if c != "ID")
@@ -135,20 +141,80 @@ def _load(source) -> tuple[str, pd.DataFrame]:
     path = os.fspath(source)
     name = os.path.basename(path)
     try:
-        with open(path, encoding="utf-8-sig") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            blob = fh.read()
     except FileNotFoundError:
         raise DatasetError([Problem("file not found")], path) from None
+    except IsADirectoryError:
+        raise DatasetError([Problem("is a folder, not a data file")], path) from None
+    except PermissionError:
+        raise DatasetError([Problem("cannot be read (permission denied)")], path) from None
+    text = _decode(blob, name)
     if not text.strip():
         raise DatasetError([Problem("the file is empty")], name)
-    first = text.splitlines()[0]
+    # the lines as the CSV parser sees them (str.splitlines also breaks at U+2028 and others)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    first = lines[0]
+    if not any(line.strip() for line in lines[1:]):
+        raise DatasetError([Problem("the file has a header line but no data rows")], name)
     sep = "," if "," in first else ("\t" if "\t" in first else r"\s+")
     try:
         df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
                          skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DatasetError([Problem(f"cannot be parsed as a table: {exc}")], name) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetError([Problem(f"cannot be parsed as a table: {reason}")], name) from None
+    if df.empty:
+        raise DatasetError([Problem("the file has a header line but no data rows")], name)
     return name, df
+
+
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def _nul_reason(head: bytes) -> str:
+    """Why a file holding NUL bytes is refused: UTF-16 without a byte-order mark (ASCII text
+    with a NUL beside every character), or binary."""
+    even, odd = head[0::2], head[1::2]
+    for text, zeros in ((even, odd), (odd, even)):
+        if (zeros and zeros.count(0) > 0.9 * len(zeros)
+                and sum(32 <= b < 127 or b in (9, 10, 13) for b in text) > 0.9 * len(text)):
+            return ("looks like UTF-16 text without a byte-order mark, which cannot be read "
+                    "reliably; save it as UTF-8 CSV")
+    return "is not a text file (it holds NUL bytes); a dataset is a UTF-8 CSV file"
+
+
+def _decode(blob: bytes, name: str) -> str:
+    """The file's text: UTF-8 (with or without a byte-order mark), or UTF-16 with its mark.
+
+    Anything else is refused rather than guessed: reading a Latin-1 file as UTF-8 (or the
+    reverse) silently changes covariate levels such as names with accents.
+    """
+    if blob.startswith(_UTF16_BOMS):
+        try:
+            text = blob.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise DatasetError([Problem(
+                f"starts with a UTF-16 byte-order mark but is not valid UTF-16 text "
+                f"(byte {exc.start}); save it as UTF-8 CSV")], name) from None
+    else:
+        if b"\x00" in blob:
+            raise DatasetError([Problem(_nul_reason(blob[:4096]))], name)
+        try:
+            text = blob.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = blob[:exc.start].count(b"\n") + 1
+            raise DatasetError([Problem(
+                f"is not UTF-8 text: byte 0x{blob[exc.start]:02x} on line {line} cannot be "
+                "decoded (a Latin-1 or Windows-1252 file, or not a text file); save it as "
+                "UTF-8 CSV")], name) from None
+    control = re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
+    if control:
+        line = text.count("\n", 0, control.start()) + 1
+        raise DatasetError([Problem(
+            f"holds the control character U+{ord(control.group()):04X} on line {line}; a "
+            "dataset is a text CSV file (is this a binary file?)")], name)
+    return text
 
 
 def _canonical_names(raw: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -185,36 +251,102 @@ def _convert(raw: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
     for i in np.flatnonzero(id_missing.to_numpy()):
         problems.append(Problem("ID is missing", row=i + 1, column="ID"))
     id_numeric = pd.to_numeric(ids.where(~id_missing), errors="coerce")
-    out["ID"] = id_numeric if id_numeric[~id_missing].notna().all() else ids.astype(str).str.strip()
+    if id_numeric[~id_missing].notna().all():
+        out["ID"] = id_numeric
+        for i in np.flatnonzero(np.isinf(id_numeric.astype(float).to_numpy())):
+            problems.append(Problem(f"ID {raw['ID'].iloc[i]!r} is not a finite number", row=i + 1,
+                                    column="ID"))
+    else:
+        out["ID"] = ids.map(lambda v: str(v).strip() if not _missing_value(v) else v)
     for col in _NUMERIC_COLUMNS:
         if col not in raw.columns:
             continue
         missing = _is_missing(raw[col])
-        values = pd.to_numeric(raw[col].where(~missing), errors="coerce").astype(float)
+        values = _to_float(raw[col].where(~missing))
         bad = values.isna() & ~missing
         for i in np.flatnonzero(bad.to_numpy()):
             problems.append(Problem(f"non-numeric value {raw[col].iloc[i]!r}", row=i + 1,
                                     subject=out["ID"].iloc[i], column=col))
+        _flag_infinite(values, raw[col], out["ID"], col, problems)
         out[col] = values
     if "TIME" in out:
         for i in np.flatnonzero(out["TIME"].isna().to_numpy()):
             if not any(p.row == i + 1 and p.column == "TIME" for p in problems):
                 problems.append(Problem("TIME is missing", row=i + 1, subject=out["ID"].iloc[i],
                                         column="TIME"))
-        bad = ~np.isfinite(out["TIME"].fillna(0.0).to_numpy())
-        for i in np.flatnonzero(bad):
-            problems.append(Problem("TIME is not finite", row=i + 1, subject=out["ID"].iloc[i],
-                                    column="TIME"))
     for col in raw.columns:
         if col in STANDARD_COLUMNS:
             continue
         missing = _is_missing(raw[col])
-        as_num = pd.to_numeric(raw[col].where(~missing), errors="coerce")
-        if as_num[~missing].notna().all():
-            out[col] = as_num.astype(float)
+        as_num = _to_float(raw[col].where(~missing))
+        numeric = as_num.notna() | missing
+        if numeric.all():
+            _flag_infinite(as_num, raw[col], out["ID"], col, problems)
+            out[col] = as_num
         else:
+            _flag_mixed(raw[col], missing, numeric, out["ID"], col, problems)
             out[col] = raw[col].where(~missing).map(lambda v: v.strip() if isinstance(v, str) else v)
     return out
+
+
+def _missing_value(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or (
+        isinstance(v, str) and v.strip() in _MISSING_MARKERS)
+
+
+def _to_float(values: pd.Series) -> pd.Series:
+    """Numbers as floats, NaN where a value is missing or not a number.
+
+    Booleans and complex numbers (possible in a DataFrame) are not numbers of a dataset.
+    """
+    try:
+        fast = pd.to_numeric(values, errors="coerce")
+        if fast.dtype.kind in "iuf":
+            return fast.astype(float)
+    except (TypeError, ValueError, OverflowError):
+        pass
+
+    def one(v):
+        if v is None or isinstance(v, (bool, np.bool_, complex, np.complexfloating)):
+            return np.nan
+        if isinstance(v, str):
+            v = v.strip()
+        try:
+            return float(v)
+        except (TypeError, ValueError, OverflowError):
+            return np.nan
+    return pd.Series([one(v) for v in values], index=values.index, dtype=float)
+
+
+def _flag_infinite(values: pd.Series, raw: pd.Series, ids: pd.Series, col: str,
+                   problems: list[Problem]) -> None:
+    # an infinite DV, dose or covariate reaches the likelihood as a value no parameter can
+    # explain, and the fit silently returns its prior
+    for i in np.flatnonzero(np.isinf(values.to_numpy())):
+        problems.append(Problem(f"value {raw.iloc[i]!r} is not a finite number", row=i + 1,
+                                subject=ids.iloc[i], column=col))
+
+
+def _flag_mixed(raw: pd.Series, missing: pd.Series, numeric: pd.Series, ids: pd.Series, col: str,
+                problems: list[Problem]) -> None:
+    """A covariate column that mixes numbers and text: the values of the rarer kind are named.
+
+    A column is numeric (weights, clearances, codes) or holds text levels (genotypes, sexes);
+    a mix is a typing error (``70kg``, ``<5``, ``n/a`` instead of ``.``).
+    """
+    given = ~missing
+    numbers = (numeric & given).to_numpy()
+    texts = (~numeric).to_numpy()
+    if not numbers.any():
+        return
+    odd = texts if texts.sum() <= numbers.sum() else numbers
+    kind = "text" if odd is texts else "a number"
+    other = "numbers" if odd is texts else "text"
+    for i in np.flatnonzero(odd):
+        problems.append(Problem(
+            f"value {raw.iloc[i]!r} is {kind} in a column whose other values are {other}; a "
+            "covariate column holds numbers or text levels, not both (write '.' for a missing "
+            "value)", row=i + 1, subject=ids.iloc[i], column=col))
 
 
 def _fill_defaults(r: pd.DataFrame) -> None:
@@ -271,6 +403,10 @@ def _check_rows(r: pd.DataFrame, problems: list[Problem]) -> None:
     flag(ii < 0, "II", lambda i: f"negative dosing interval {ii.iat[i]:g}")
     flag((addl < 0) | (addl != np.round(addl)), "ADDL",
          lambda i: f"ADDL must be a whole number >= 0, not {addl.iat[i]:g}")
+    # every additional dose becomes a dose of the event table, superposed at every later time
+    flag(addl > MAX_ADDL, "ADDL",
+         lambda i: f"ADDL {addl.iat[i]:g} is more than the limit of {MAX_ADDL:,} additional doses "
+                   "per record (27 years of hourly doses); split the record or use SS = 1")
     flag((addl > 0) & ~(ii > 0), "II", "ADDL > 0 needs a positive interval II")
     flag(~ss.isin([0, 1, 2]), "SS", lambda i: f"SS must be 0, 1 or 2, not {ss.iat[i]:g}")
     constant_infusion = (amt == 0) & (rate > 0)

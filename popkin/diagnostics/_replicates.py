@@ -20,6 +20,14 @@ from ..inference.draws import covariate_typical, flat, omega, sigma_variable
 
 Level = Literal["population", "individual"]
 
+#: Most simulated values (replicates x observation records) one VPC or NPDE holds at once:
+#: about 0.4 GB per array, of which a few are alive together.
+MAX_REPLICATE_VALUES = 50_000_000
+
+
+class ReplicateLimitError(ValueError):
+    """More replicates of a dataset than fit in memory; the message says the limit."""
+
 
 class PosteriorDraws:
     """``n`` posterior draws picked at random, in the shapes the structural models take.
@@ -40,6 +48,12 @@ class PosteriorDraws:
             self.events = model.events
             self.subject_of = model.copy_subject
         self.random = list(model.random)
+        if n * self.events.n_points > MAX_REPLICATE_VALUES:
+            raise ReplicateLimitError(
+                f"{n} replicates of {self.events.n_points} records are "
+                f"{n * self.events.n_points:,} simulated values, more than the limit of "
+                f"{MAX_REPLICATE_VALUES:,} held in memory at once; use at most "
+                f"{MAX_REPLICATE_VALUES // self.events.n_points} replicates")
         total = post.sizes["chain"] * post.sizes["draw"]
         self.pick = np.sort(rng.choice(total, size=n, replace=n > total))
         self.n = n

@@ -542,6 +542,10 @@ def recommend(
     elif current.last_dose_time is not None and start < current.last_dose_time:
         raise SpecError(f"start {start:g} is before the patient's last recorded dose "
                         f"({current.last_dose_time:g}); the new regimen must start after it")
+    past = rg.history_doses(data, start)
+    rg.check_evaluation_size(cands, sorted({t.when for t in (*targets, *limits)}),
+                             24.0 / rg.hours_per_unit(spec), draws,
+                             int((past["EVID"].isin((1, 4)) * (1 + past["ADDL"])).sum()))
     n_levels = int(((data.records["EVID"] == 0) & (data.records["MDV"] == 0)).sum())
     if n_levels == 0:
         flags.append("No drug levels: the recommendation rests on the covariates alone "

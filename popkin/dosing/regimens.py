@@ -64,6 +64,15 @@ _HOURS = {"h": 1.0, "hr": 1.0, "hrs": 1.0, "hour": 1.0, "hours": 1.0, "min": 1 /
           "minute": 1 / 60, "minutes": 1 / 60, "s": 1 / 3600, "d": 24.0, "day": 24.0,
           "days": 24.0, "week": 168.0, "weeks": 168.0}
 _MAX_CANDIDATES = 2000
+#: Most maintenance doses one evaluation window may hold (up to the end of a target's day):
+#: every draw of every candidate superposes them, so the work grows with their number.
+MAX_WINDOW_DOSES = 3000
+#: Most (dose, time point) pairs times posterior draws one recommendation may superpose: about
+#: ten minutes of work on one core. Evaluated in chunks of ``_CHUNK_PAIRS`` (memory, ~0.6 GB).
+MAX_PAIR_DRAWS = 300_000_000
+_CHUNK_PAIRS = 4_000_000
+#: Most concentrations (candidates x draws x grid points) held at once for a day-N target.
+MAX_PROFILE_VALUES = 100_000_000
 _GRID = 64          # sub-intervals per grid segment (even: Simpson's rule)
 
 
@@ -262,19 +271,20 @@ def candidates(options: DosingOptions, loading_doses: Sequence[float] = ()) -> l
     """Every combination of amount, interval, duration (and loading dose)."""
     step = options.amount_step
     low, high = options.amount_range
-    first = math.ceil(low / step - 1e-9)
+    first = max(math.ceil(low / step - 1e-9), 1)
     last = math.floor(high / step + 1e-9)
-    amounts = [round(k * step, 10) for k in range(max(first, 1), last + 1)]
-    if not amounts:
+    if last < first:
         raise SpecError(f"no dose between {low:g} and {high:g} is a multiple of the step {step:g}")
     loads = [None] + [float(x) for x in loading_doses] if loading_doses else [None]
-    out = [Candidate(a, t, d, options.route, load)
-           for t in options.intervals for d in options.durations for load in loads
-           for a in amounts]
-    if len(out) > _MAX_CANDIDATES:
-        raise SpecError(f"{len(out)} candidate regimens (more than {_MAX_CANDIDATES}); use a larger "
+    count = (last - first + 1) * len(options.intervals) * len(options.durations) * len(loads)
+    if count > _MAX_CANDIDATES:
+        # counted before the list is built: a tiny step would not fit in memory
+        raise SpecError(f"{count} candidate regimens (more than {_MAX_CANDIDATES}); use a larger "
                         "amount step, a narrower amount range or fewer intervals")
-    return out
+    amounts = [round(k * step, 10) for k in range(first, last + 1)]
+    return [Candidate(a, t, d, options.route, load)
+            for t in options.intervals for d in options.durations for load in loads
+            for a in amounts]
 
 
 # -- event tables ---------------------------------------------------------------------------
@@ -354,6 +364,11 @@ def window(interval: float, duration: float, when: str, hours: float, loading: b
     day = int(when[3:])
     day_start, day_end = (day - 1) * hours, day * hours
     first = interval if loading else 0.0
+    needed = (max(day_end, first) - first) / interval + 2
+    if needed > MAX_WINDOW_DOSES:
+        raise SpecError(f"a target on day {day} with a dosing interval of {interval:g} needs about "
+                        f"{needed:.0f} doses, more than the limit of {MAX_WINDOW_DOSES}; read the "
+                        "target earlier, at steady state (@ss), or use a longer interval")
     given = [0.0] if loading else []
     k = 0
     while first + k * interval < day_end - 1e-9:
@@ -368,7 +383,10 @@ def window(interval: float, duration: float, when: str, hours: float, loading: b
         breaks.update((d, d + interval / 8))
         if duration > 0 and d + duration <= upper:
             breaks.add(d + duration)
-    breaks = sorted(b for b in breaks if b <= upper + 1e-9)
+    # the grid covers what the metrics read (the day and the dosing interval), not the course
+    # before it: the doses before it are in the event table all the same
+    lower = min(day_start, last)
+    breaks = sorted(b for b in breaks if lower - 1e-9 <= b <= upper + 1e-9)
     return _grid(breaks, set(doses), (last, last + interval), (day_start, day_end),
                  tuple(maintenance), 0.0 if loading else None, False)
 
@@ -460,15 +478,61 @@ def unit_events(spec: ModelSpec, win: Window, route: str, duration: float, inter
 
 
 def predict_draws(spec: ModelSpec, events: EventTable, parameters: Mapping[str, np.ndarray]):
-    """Concentrations (draws, points) of a one-subject event table for every draw."""
+    """Concentrations (draws, points) of a one-subject event table for every draw.
+
+    The draws are predicted in chunks: a closed form superposes every (dose, point) pair of
+    every draw at once, so a long dose history would otherwise need gigabytes.
+    """
     n = len(next(iter(parameters.values())))
+    pairs = max(len(events.dose_point_pairs()[0]), events.n_points, 1)
+    size = max(1, min(n, _CHUNK_PAIRS // pairs))
     tiles = events.derived.setdefault("popkin.dosing.tiles", {})
-    if n not in tiles:
-        tiles.clear()           # one tiled copy per table: the last draw count
-        tiles[n] = tile_events(events, n)
-    tiled = tiles[n]
-    flat = np.asarray(spec.structure.predict(tiled, dict(parameters)), dtype=float)
-    return flat.reshape(n, events.n_points) * spec.output_scale[0]
+    out = np.empty((n, events.n_points))
+    for begin in range(0, n, size):
+        end = min(n, begin + size)
+        k = end - begin
+        if k not in tiles:
+            if len(tiles) >= 2:
+                tiles.clear()   # tiled copies of the last chunk sizes (a full and a last chunk)
+            tiles[k] = tile_events(events, k)
+        chunk = {name: np.asarray(v)[begin:end] for name, v in parameters.items()}
+        flat = np.asarray(spec.structure.predict(tiles[k], chunk), dtype=float)
+        out[begin:end] = flat.reshape(k, events.n_points)
+    return out * spec.output_scale[0]
+
+
+def check_evaluation_size(candidates: Sequence[Candidate], whens: Sequence[str], hours: float,
+                          draws: int, history_doses: int = 0) -> None:
+    """Refuse, before any sampling, an evaluation whose work or memory has no reasonable bound.
+
+    ``whens`` are the criteria's ``"ss"`` / ``"dayN"``, ``hours`` the model time units in 24 h,
+    ``history_doses`` the patient's past doses (each superposed at every grid point).
+    """
+    shapes: dict[tuple, int] = {}
+    for c in candidates:
+        key = (c.interval, c.duration, bool(c.loading_dose))
+        shapes[key] = shapes.get(key, 0) + 1
+    total = 0
+    for (interval, duration, loading), members in shapes.items():
+        for when in whens:
+            win = window(interval, duration, when, hours, loading)
+            doses = len(win.maintenance) + (1 if loading else 0)
+            if not win.steady_state:
+                doses += history_doses
+                values = members * draws * len(win.times)
+                if values > MAX_PROFILE_VALUES:
+                    raise SpecError(
+                        f"{members} candidate regimens x {draws} draws x {len(win.times)} time "
+                        f"points on day {when[3:]} is {values:.3g} concentrations, more than the "
+                        f"limit of {MAX_PROFILE_VALUES:.3g} held in memory at once; use fewer "
+                        "draws, a larger amount step or a narrower amount range")
+            total += doses * len(win.times) * draws
+    if total > MAX_PAIR_DRAWS:
+        raise SpecError(
+            f"evaluating the candidates needs about {total:.3g} dose-time evaluations ({draws} "
+            f"draws, doses up to the target's day and the patient's {history_doses} past "
+            f"doses), more than the limit of {MAX_PAIR_DRAWS:.3g} (about ten minutes of work); "
+            "use fewer draws, an earlier target day or steady state (@ss)")
 
 
 def profile(win: Window, conc: np.ndarray, hours: float) -> Profile:

@@ -21,7 +21,8 @@ When the metric is read (``@when``)
 -----------------------------------
 ``@ss`` (the default): at steady state of the new regimen; the dosing interval is
 :math:`[0, \tau]` after a dose of the steady-state train, the patient's history is
-irrelevant. ``@dayN``: on day ``N`` (1 = the first 24 h) after the start of the new regimen,
+irrelevant. ``@dayN``: on day ``N`` (1 = the first 24 h, at most :data:`MAX_TARGET_DAY`) after the start of
+the new regimen,
 with the patient's own history and the optional loading dose; the dosing interval is the last
 interval of the new regimen that begins in that day, ``auc24`` integrates the whole day.
 
@@ -57,7 +58,11 @@ import numpy as np
 
 from ..population.covariates import SpecError
 
-__all__ = ["Metric", "Target", "Profile", "parse_target", "register_metric", "metric_names"]
+__all__ = ["Metric", "Target", "Profile", "parse_target", "register_metric", "metric_names",
+           "MAX_TARGET_DAY"]
+
+#: Latest day a target may be read on (``@dayN``): one year of the new regimen.
+MAX_TARGET_DAY = 366
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,12 @@ def parse_target(text: str, *, where: str = "target") -> Target:
     if not (when == "ss" or re.fullmatch(r"day[1-9]\d*", when)):
         raise SpecError(f"{where} {text!r}: '@{m.group('when')}' must be @ss (steady state) or "
                         "@dayN (day N of the new regimen, e.g. @day2)")
+    if when != "ss" and (len(when) > 3 + len(str(MAX_TARGET_DAY))
+                         or int(when[3:]) > MAX_TARGET_DAY):
+        # the whole course up to the day is simulated for every draw and candidate
+        raise SpecError(f"{where} {text!r}: day {when[3:]} is beyond the limit, day "
+                        f"{MAX_TARGET_DAY} (one year after the start of the new regimen); a "
+                        "regimen is read within its first year, or at steady state (@ss)")
     low, high = _window(m.group("window"), text, where)
     return Target(metric, low, high, when, argument, str(text).strip())
 

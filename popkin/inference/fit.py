@@ -17,6 +17,8 @@ sampler whose observations are data, and from then on only swaps the data throug
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import time
 import warnings
 from collections import OrderedDict
@@ -30,9 +32,22 @@ from ..population.pymc_model import PopulationModel, build_pymc_model
 from ..population.spec import ModelSpec, load_model
 from .result import Fit
 
-__all__ = ["fit", "clear_compile_cache"]
+__all__ = ["fit", "clear_compile_cache", "ApproximationError"]
 
 METHODS = ("nuts", "pathfinder", "map")
+#: An optimisation-based estimate this many prior SDs (log scale for positive parameters) from
+#: its prior's centre is flagged; beyond ``_REFUSE_SDS`` it is refused. 20 SDs of a log-normal
+#: prior is a factor of 5e8 for the default typical-value prior: no unit mix-up is that large.
+_FLAG_SDS = 5.0
+_REFUSE_SDS = 20.0
+#: Largest gradient (of the negative log-density) at which an optimiser that reports a failure,
+#: usually "precision loss" at a flat optimum, is still taken as converged.
+_GRADIENT_TOLERANCE = 0.1
+
+
+class ApproximationError(ValueError):
+    """A MAP or pathfinder result that cannot be an answer (non-finite, or absurdly far from
+    its prior); the message names the parameters and what to do."""
 
 
 @dataclass
@@ -129,6 +144,10 @@ def fit(
         before = _failures(built)
         idata = _other(built, method, chains, draws, tune, seed, target_accept, progress, cores)
         failures = _failures(built) - before
+        if method in ("map", "pathfinder"):
+            messages, flagged = _check_approximation(spec, built, idata, method)
+            idata.attrs["popkin_checks"] = json.dumps(messages)
+            idata.attrs["popkin_flagged"] = json.dumps(flagged)
     seconds = time.perf_counter() - began
     idata.attrs.update({"popkin_method": method if method != "nuts" else f"nuts ({sampler})",
                         "popkin_seed": int(seed), "popkin_seconds": round(seconds, 3),
@@ -281,3 +300,123 @@ def _other(built: PopulationModel, method, chains, draws, tune, seed, target_acc
                                       display_summary=False)
     with model:
         return pmx.fit_laplace(random_seed=seed, draws=chains * draws, progressbar=progress)
+
+
+def _prior_centres(spec: ModelSpec) -> dict[str, tuple[str, float, float]]:
+    """Summary name -> (scale, centre, SD) of its prior; scale "log" (a log-normal prior,
+    centre and SD of the log), "linear" (normal) or "half" (half-normal: SD is its scale)."""
+    from ..population.covariates import CONTINUOUS_KINDS
+    from ..population.pymc_model import DEFAULT_PRIOR_SD, SIGMA_MEDIAN_TO_SCALE
+
+    out = {}
+    for p in spec.parameters:
+        out[p.name] = ("log", math.log(p.typical), p.typical_sd)
+        if p.iiv > 0:
+            out[f"omega_{p.name}"] = ("half", 0.0, p.iiv)
+        for e in p.covariates:
+            if not e.estimate:
+                continue
+            sd = e.prior_sd or DEFAULT_PRIOR_SD[e.kind]
+            if e.kind == "power":
+                out[e.names[0]] = ("linear", e.values["exponent"], sd)
+            elif e.kind in ("linear", "exponential"):
+                if e.prior_sd is None and e.reference:
+                    sd = sd / abs(e.reference)
+                out[e.names[0]] = ("linear", e.values["coefficient"], sd)
+            elif e.kind == "threshold":
+                out[f"{p.name}:{e.covariate}"] = ("log", math.log(e.values["factor"]), sd)
+            elif e.kind not in CONTINUOUS_KINDS and e.kind != "activity_score":
+                for level in e.levels[1:]:
+                    out[f"{p.name}:{e.covariate}[{level}]"] = (
+                        "log", math.log(e.values.get(level, 1.0)), sd)
+    multi = len(spec.errors) > 1
+    for k, err in enumerate(spec.errors):
+        for sname, median in err.sigmas.items():
+            name = f"{sname}_{spec.structure.outputs[k]}" if multi else sname
+            out[name] = ("half", 0.0, median * SIGMA_MEDIAN_TO_SCALE)
+    return out
+
+
+def _check_approximation(spec: ModelSpec, built: PopulationModel, idata, method: str):
+    """Check a MAP or pathfinder result: the optimiser converged, every estimate is finite and
+    inside a plausible range of its prior.
+
+    Returns the warnings and the names of the parameters they flag; raises
+    :class:`ApproximationError` for a result that is no answer. (An optimiser can run off
+    along a ridge of the log-density that the prior bounds only weakly, and stop there with
+    a typical value many orders of magnitude from anything physiological.)
+    """
+    post = idata.posterior
+    priors = _prior_centres(spec)
+    messages, flagged, refused, infinite = [], [], [], []
+    for entry in built.entries:
+        if entry.var not in post:
+            continue
+        x = np.asarray(post[entry.var].values, dtype=float)
+        x = x[(slice(None), slice(None)) + tuple(entry.index)]
+        if not np.isfinite(x).all():
+            infinite.append(entry.name)
+            continue
+        if entry.name not in priors:
+            continue
+        scale, centre, sd = priors[entry.name]
+        estimate = float(np.median(x))
+        if scale == "log":
+            distance = abs(math.log(estimate) - centre) / sd if estimate > 0 else math.inf
+        elif scale == "linear":
+            distance = abs(estimate - centre) / sd
+        else:
+            distance = estimate / sd              # half-normal: only large values are odd
+        if distance > _REFUSE_SDS and scale == "log":
+            refused.append(f"{entry.name} = {estimate:.3g} (prior median "
+                           f"{math.exp(centre):.3g}, {distance:.0f} prior SDs away)")
+        elif distance > _FLAG_SDS:
+            flagged.append(entry.name)
+            messages.append(f"{entry.name} = {estimate:.4g} is {distance:.1f} prior SDs from its "
+                            "prior's centre: implausible; check the data's units and the "
+                            "spec's typical values, and confirm with method='nuts'.")
+    for p in spec.parameters:
+        var = f"{p.name}_i"
+        if var in post and not np.isfinite(np.asarray(post[var].values, dtype=float)).all():
+            infinite.append(var)
+    if infinite or refused:
+        what = []
+        if infinite:
+            what.append("non-finite estimates for " + ", ".join(infinite))
+        if refused:
+            what.append("estimates absurdly far from their priors: " + "; ".join(refused))
+        raise ApproximationError(
+            f"the {method} fit is refused: {' and '.join(what)}. The optimiser ran off where the "
+            "data do not constrain the model; check the data's units, the spec's typical values "
+            "and covariate levels, and fit with method='nuts'.")
+    messages[:0] = _convergence_warnings(idata, method)
+    return messages, flagged
+
+
+def _convergence_warnings(idata, method: str) -> list[str]:
+    out = []
+    if method == "map" and "optimizer_result" in idata.groups():
+        result = idata.optimizer_result
+        success = bool(result["success"].values) if "success" in result else True
+        jac = np.asarray(result["jac"].values, dtype=float) if "jac" in result else np.zeros(1)
+        largest = float(np.max(np.abs(jac))) if jac.size else 0.0
+        if not np.isfinite(largest) or (not success and largest > _GRADIENT_TOLERANCE):
+            message = str(result["message"].values) if "message" in result else "no message"
+            out.append(f"The MAP optimiser did not converge ({message}; largest gradient "
+                       f"{largest:.3g}): the mode and its intervals are unreliable; fit with "
+                       "method='nuts'.")
+    if method == "pathfinder" and "sample_stats" in idata.groups():
+        stats = idata.sample_stats
+
+        def value(name):
+            found = [v for v in stats.data_vars if str(v).split("/")[-1] == name]
+            return float(np.asarray(stats[found[0]].values).ravel()[0]) if found else None
+
+        paths, good, khat = value("num_paths"), value("num_successful_paths"), value("pareto_k")
+        if paths is not None and good is not None and good < paths:
+            out.append(f"Only {good:.0f} of {paths:.0f} pathfinder paths succeeded: the "
+                       "approximation may miss part of the posterior; fit with method='nuts'.")
+        if khat is not None and khat > 0.7:
+            out.append(f"Pathfinder's importance-sampling Pareto k is {khat:.2f} (above 0.7): the "
+                       "approximation is poor; fit with method='nuts'.")
+    return out

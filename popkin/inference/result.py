@@ -110,6 +110,8 @@ class Fit:
         if self.method != "nuts":
             out.append(f"These are {self.method} approximations, not NUTS draws: intervals can be "
                        "too narrow; confirm important results with method='nuts'.")
+            # the fit's own checks of its optimum (popkin.inference.fit)
+            out.extend(json.loads(self.idata.attrs.get("popkin_checks", "[]")))
             return out
         s = self.summary()
         high = s[s["r_hat"] > RHAT_LIMIT]
