@@ -59,18 +59,22 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; a file of that name cannot be written")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_folders(path.parent)
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
                                 dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     _register(tmp)
+    done = False
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        done = True
     finally:
         _discard(tmp)
+        if not done:
+            _remove_folders(created)
 
 
 @contextmanager
@@ -82,10 +86,11 @@ def staged_folder(directory: str | os.PathLike) -> Iterator[Path]:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory} exists and is not a folder")
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_folders(directory.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp",
                                     dir=directory.parent))
     _register(staging)
+    done = False
     try:
         yield staging
         _set_modes(staging)
@@ -97,8 +102,31 @@ def staged_folder(directory: str | os.PathLike) -> Iterator[Path]:
                 if target.is_dir() and not target.is_symlink():
                     shutil.rmtree(target)
                 os.replace(item, target)
+        done = True
     finally:
         _discard(staging)
+        if not done:
+            _remove_folders(created)
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; the ones created, innermost first."""
+    created = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_folders(created: list[Path]) -> None:
+    """Remove the folders a failed write created, if nothing else was put there meanwhile."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _set_modes(root: Path) -> None:

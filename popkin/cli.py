@@ -6,8 +6,10 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import warnings
 
+from ._names import spreadsheet_safe_frame
 from ._output import staged_file, staged_folder
 from .data.schema import DatasetError
 from .population.covariates import SpecError
@@ -253,7 +255,8 @@ def _gof(args) -> int:
     out = args.out
     try:
         with staged_folder(out) as staging:
-            frame.to_csv(staging / "npde.csv", index=False, float_format="%.6g")
+            spreadsheet_safe_frame(frame).to_csv(staging / "npde.csv", index=False,
+                                                  float_format="%.6g")
             for name, figure in figures.items():
                 figure.savefig(staging / name, dpi=120)
     finally:
@@ -283,7 +286,7 @@ def _compare(args) -> int:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if args.out:
         with staged_file(args.out) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6g")
+            spreadsheet_safe_frame(table).to_csv(tmp, index=False, float_format="%.6g")
         print(f"wrote {args.out}")
     return 0
 

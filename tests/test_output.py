@@ -140,3 +140,18 @@ def test_sigint_during_a_write_removes_the_temporaries_and_raises_keyboard_inter
     # Python ends an uncaught KeyboardInterrupt by the signal itself
     assert done.returncode == -signal.SIGINT and "KeyboardInterrupt" in done.stderr
     assert names(tmp_path) == []
+
+
+def test_a_failed_write_removes_the_folders_it_created(tmp_path):
+    with pytest.raises(RuntimeError):
+        with staged_file(tmp_path / "a" / "b" / "table.csv"):
+            raise RuntimeError
+    with pytest.raises(RuntimeError):
+        with staged_folder(tmp_path / "c" / "fit"):
+            raise RuntimeError
+    assert names(tmp_path) == []
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError):
+        with staged_file(tmp_path / "kept" / "new" / "x.csv"):
+            raise RuntimeError
+    assert names(tmp_path) == ["kept"] and names(tmp_path / "kept") == []

@@ -17,6 +17,7 @@ from typing import Iterable, Literal
 import numpy as np
 import pandas as pd
 
+from .._names import label_problem
 from .schema import (
     CENSORING_FLAG_ALIASES, DOSE, KNOWN_EVID, OBSERVATION, RATE_FROM_DURATION, REQUIRED_COLUMNS,
     RESET, RESET_DOSE, STANDARD_COLUMNS, DatasetError, Problem,
@@ -258,6 +259,13 @@ def _convert(raw: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
                                     column="ID"))
     else:
         out["ID"] = ids.map(lambda v: str(v).strip() if not _missing_value(v) else v)
+        # a text ID reaches messages, reports, file names and the terminal: printable text only
+        for first, value in out["ID"][~id_missing].drop_duplicates().items():
+            problem = label_problem(value)
+            if problem is not None:
+                shown = value if len(value) <= 40 else value[:40] + "..."
+                problems.append(Problem(f"the ID {shown!r} {problem}",
+                                        row=int(out["row"].loc[first]), column="ID"))
     for col in _NUMERIC_COLUMNS:
         if col not in raw.columns:
             continue

@@ -41,6 +41,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
+import pandas as pd
 
 from ..data.reader import Dataset
 from ..data.schema import DatasetError, Problem
@@ -196,6 +197,8 @@ class ModelSpec:
         for p in self.parameters:
             for e in p.covariates:
                 where = f"{self.source}: [parameters.{p.name}] {e.kind} effect of {e.covariate}"
+                if e.kind not in _LABELLED:
+                    _require_numbers(base[e.covariate], e, data)
                 try:
                     column = base[e.covariate].to_numpy(object if e.kind in _LABELLED else float)
                     values = e.encode(column, where=where)
@@ -331,6 +334,10 @@ def _parse(text: str, source: str) -> ModelSpec:
             raise SpecError(f"{where}: structure {structure.name!r} has no parameter {pname!r} "
                             f"(its parameters: {', '.join(allowed)})")
         parameters.append(_parameter(pname, table, where))
+    for pair in (("F", "F1"), ("ALAG", "ALAG1")):
+        if all(name in params_doc for name in pair):
+            raise SpecError(f"{source}: [parameters]: {pair[0]} and {pair[1]} both act on doses "
+                            f"into the dose compartment (NONMEM's compartment 1); give one of them")
     missing = [p for p in structure.parameters if p not in params_doc]
     if missing:
         raise SpecError(f"{source}: [parameters]: structure {structure.name!r} needs "
@@ -555,3 +562,16 @@ def _concentration_factor(units, source) -> float:
                         f"{volume!r} to concentration {conc!r} (known masses: "
                         f"{', '.join(_MASS)}; volumes: L, dL, mL)") from None
     return given / got
+
+
+def _require_numbers(values: pd.Series, effect, data: Dataset) -> None:
+    """A continuous effect's covariate column holds numbers (or missing values), not text."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    text = values[numbers.isna() & values.notna()]
+    if len(text):
+        subject = text.index[0]
+        raise DatasetError([Problem(
+            f"the {effect.kind} effect of {effect.covariate} needs numbers, but the column holds "
+            f"text such as {str(text.iloc[0])[:40]!r}; use a categorical or genotype effect for "
+            "levels, or give the values as numbers", subject=subject, column=effect.covariate)],
+            data.source)

@@ -202,7 +202,7 @@ def route_factors(model: LinearCompartmentModel, into_dose_compartment: bool):
     NONMEM numbering: ``F1``/``ALAG1`` act on compartment 1 (the depot of an oral model, the
     central compartment of an IV model), ``F2``/``ALAG2`` on compartment 2 (the central
     compartment of an oral model). ``F`` and ``ALAG`` are the dose compartment's, so the same
-    as ``F1`` and ``ALAG1``; a model given both multiplies the F's and adds the lags.
+    as ``F1`` and ``ALAG1`` (a spec may give one of each pair, not both).
     """
     if into_dose_compartment:
         return ("F", "F1"), ("ALAG", "ALAG1")
