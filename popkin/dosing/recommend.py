@@ -557,6 +557,7 @@ def recommend(
         where=str(data.source))
     priors = [(c, fit_prior(fit, c.design) if fit is not None else library_prior(spec, c.design))
               for c in components]
+    flags.extend(_implausible_levels(spec, data, priors, seed))
     if fit is not None and _same_patient(fit, data, patient_id):
         posterior = _fit_draws(fit, patient_id, draws, seed)
         source = "fit draws"
@@ -630,6 +631,56 @@ def recommend(
         current_regimen=current_candidate, curves=curves, options=options,
         max_limit_probability=max_limit_probability, tie_tolerance=tie_tolerance, seconds=time.perf_counter() - began,
         timings=timings)
+
+
+#: A level this many times beyond the 0.5-99.5% range of what the model predicts for the patient
+#: before any level is flagged; beyond REFUSED_FACTOR it is refused (nothing sensible follows).
+IMPLAUSIBLE_FACTOR = 10.0
+REFUSED_FACTOR = 1e6
+
+
+def _implausible_levels(spec: ModelSpec, data: Dataset, priors, seed) -> list[str]:
+    """Levels the model cannot produce for this patient: a wrong unit (ug/L for mg/L), sampling
+    time or dose history gives them, and the posterior then rests on a misreading.
+
+    Each observed level of the first output is compared with the model's predictive range for
+    the patient before any level (covariates, genotype, between-subject and residual
+    variability): more than IMPLAUSIBLE_FACTOR times above its 99.5th or below its 0.5th
+    percentile is flagged, more than REFUSED_FACTOR times is a dataset error.
+    """
+    events = build_event_table(data, spec.structure, points="observations")
+    keep = events.observed & (events.point_dvid == 1) & np.isnan(events.point_lloq)
+    if not keep.any():
+        return []
+    rng = np.random.default_rng([0 if seed is None else int(seed), 7])
+    population = _population_draws(priors, 1000, rng)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*ODE solve failed", RuntimeWarning)
+        conc = rg.predict_draws(spec, events, population)[:, keep]
+        sim = spec.errors[0].simulate(conc, rng.standard_normal(conc.shape))
+        low, high = np.nanquantile(sim, [0.005, 0.995], axis=0)
+    dv = events.point_dv[keep]
+    rows = events.point_row[keep]
+    times = events.point_time[keep]
+    with np.errstate(all="ignore"):
+        ratio = np.where((high > 0) & (dv > high), dv / high,
+                         np.where((low > 0) & (dv > 0) & (dv < low), low / dv, 1.0))
+    unit = spec.units.get("concentration", "")
+    worst = [(r, t, v, q, "above" if v > h else "below")
+             for r, t, v, q, h in zip(rows, times, dv, ratio, high) if q > IMPLAUSIBLE_FACTOR]
+    if not worst:
+        return []
+    described = "; ".join(f"data row {r}: {v:g} {unit} at time {t:g} is {q:.3g} times {side} "
+                          "the model's 99% range for this patient".replace("  ", " ")
+                          for r, t, v, q, side in worst[:5])
+    if any(q > REFUSED_FACTOR for *_, q, _ in worst):
+        raise DatasetError([Problem(
+            f"level(s) the model cannot explain for any patient like this one ({described}); "
+            "check the units, the sampling times and the dose history", column="DV")],
+            data.source)
+    return [f"Implausible level(s) for this model: {described}. Check the units (e.g. ug/L "
+            "against mg/L), the sampling times and the dose history: the recommendation rests "
+            "on these levels."]
 
 
 def _population_draws(priors, n: int, rng) -> dict[str, np.ndarray]:
