@@ -128,7 +128,7 @@ def test_hostile_shared_fit_folder_is_refused_and_never_runs(cli, tmp_path, comm
     fitdir = _fit_folder(tmp_path / "shared-fit", _hostile_spec(marker))
     out = tmp_path / ("vpc.png" if command == "vpc" else "gof")
     before = tree(tmp_path)
-    outcome = cli(command, fitdir, "--out", out, "--n-sim", "5")
+    outcome = cli(command, fitdir, "--out", out, "--n-sim", "20")
     assert_clean_error(outcome, "[ode] parameters", "is not a plain name")
     assert not marker.exists()
     assert tree(tmp_path) == before
