@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
 # Set up popkin on a fresh Debian/Ubuntu machine: system libraries, then a virtual
 # environment in .venv with the exact tested versions (constraints.txt).
+#
+#   bash scripts/install.sh            .venv: the tested versions (constraints.txt)
+#   bash scripts/install.sh --newest   .venv-newest: the newest versions pyproject.toml allows,
+#                                      on the newest Python found (python3.13, 3.12, 3.11), as
+#                                      a plain `pip install popkin` gets them today
+# PYTHON=... chooses the interpreter for either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+newest=0
+case "${1:-}" in
+    "") ;;
+    --newest) newest=1 ;;
+    *) echo "usage: bash scripts/install.sh [--newest]" >&2; exit 2 ;;
+esac
 
 apt_packages=(python3-venv python3-dev libsundials-cvodes6)
 missing=()
@@ -18,10 +31,35 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+# An interpreter that runs and can make a virtual environment (a version manager's shim can
+# exist for a version that is not active, and fail when called).
+usable() { "$1" -c "import ensurepip, venv" >/dev/null 2>&1; }
+
+if [ "$newest" -eq 1 ]; then
+    venv=.venv-newest
+    if [ -z "${PYTHON:-}" ]; then
+        for candidate in python3.13 python3.12 python3.11; do
+            if usable "$candidate"; then PYTHON="$candidate"; break; fi
+        done
+    fi
+    if [ -z "${PYTHON:-}" ]; then
+        echo "popkin install: --newest needs python3.13, python3.12 or python3.11 (or PYTHON=...)" >&2
+        exit 1
+    fi
+else
+    venv=.venv
+    PYTHON="${PYTHON:-python3}"
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
-echo "popkin installed in .venv (run: .venv/bin/popkin --help)"
+usable "$PYTHON" || { echo "popkin install: $PYTHON cannot create a virtual environment" >&2; exit 1; }
+
+if [ ! -x "$venv/bin/python" ]; then
+    "$PYTHON" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
+if [ "$newest" -eq 1 ]; then
+    # no constraints, and every dependency moved to the newest version the ranges allow
+    "$venv/bin/python" -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+else
+    "$venv/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
+fi
+echo "popkin installed in $venv with $("$venv/bin/python" --version) (run: $venv/bin/popkin --help)"
