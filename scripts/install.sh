@@ -4,8 +4,9 @@
 #
 #   bash scripts/install.sh            .venv: the tested versions (constraints.txt)
 #   bash scripts/install.sh --newest   .venv-newest: the newest versions pyproject.toml allows,
-#                                      on the newest Python found (python3.13, 3.12, 3.11), as
-#                                      a plain `pip install popkin` gets them today
+#                                      on the newest Python found (python3.13, 3.12, 3.11; on
+#                                      PATH or installed by pyenv), as a plain
+#                                      `pip install popkin` gets them today
 # PYTHON=... chooses the interpreter for either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,11 +36,24 @@ fi
 # exist for a version that is not active, and fail when called).
 usable() { "$1" -c "import ensurepip, venv" >/dev/null 2>&1; }
 
+# Python X.Y on PATH, else the newest X.Y.* that pyenv installed (its shims run only the
+# versions it has activated).
+find_python() {
+    local candidate pyenv_root=""
+    command -v pyenv >/dev/null && pyenv_root=$(pyenv root)
+    for candidate in "python$1" $( [ -n "$pyenv_root" ] && ls -d "$pyenv_root"/versions/"$1".*/bin/"python$1" 2>/dev/null | sort -V -r ); do
+        if usable "$candidate"; then echo "$candidate"; return 0; fi
+    done
+    return 1
+}
+
 if [ "$newest" -eq 1 ]; then
     venv=.venv-newest
     if [ -z "${PYTHON:-}" ]; then
-        for candidate in python3.13 python3.12 python3.11; do
-            if usable "$candidate"; then PYTHON="$candidate"; break; fi
+        # the newest first: some releases need it (nutpie >= 0.16.9 needs Python >= 3.12)
+        for version in 3.13 3.12 3.11; do
+            if PYTHON=$(find_python "$version"); then break; fi
+            PYTHON=""
         done
     fi
     if [ -z "${PYTHON:-}" ]; then
@@ -52,6 +66,11 @@ else
 fi
 usable "$PYTHON" || { echo "popkin install: $PYTHON cannot create a virtual environment" >&2; exit 1; }
 
+minor() { "$1" -c 'import sys; print(*sys.version_info[:2])' 2>/dev/null; }
+if [ -x "$venv/bin/python" ] && [ "$(minor "$venv/bin/python")" != "$(minor "$PYTHON")" ]; then
+    echo "recreating $venv for $("$PYTHON" --version)"
+    rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
     "$PYTHON" -m venv "$venv"
 fi
