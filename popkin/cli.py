@@ -179,6 +179,7 @@ def _demo(args) -> int:
 
 def _fit(args) -> int:
     from .inference import fit
+    from .inference.result import ExtraOutputError
     from .report.fit_report import write_fit_report
 
     with warnings.catch_warnings():
@@ -187,8 +188,6 @@ def _fit(args) -> int:
                      draws=args.draws, tune=args.tune, seed=args.seed, sampler=args.sampler,
                      target_accept=args.target_accept, progress=not args.quiet,
                      mass_matrix=args.mass_matrix, start=args.start)
-    # the finished fit first: a report that fails must not lose it
-    result.save(args.out)
     summary = result.summary()
     flagged = set(json.loads(result.idata.attrs.get("popkin_flagged", "[]")))
     if flagged:
@@ -198,15 +197,10 @@ def _fit(args) -> int:
     for message in result.warnings:
         print(f"warning: {message}")
     try:
+        # the fit's own files are saved first: a report that fails does not lose them
         result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
-    except Exception as exc:          # noqa: BLE001 - the report is optional, the fit is not
-        # a report left by an earlier fit into the same folder would describe another fit
-        stale = os.path.join(args.out, "report.html")
-        if os.path.exists(stale):
-            os.remove(stale)
-        print(f"popkin fit: error: the fit is saved in {args.out}/ (summary.csv, posterior.nc, "
-              f"model.toml, data.csv), but writing report.html failed: "
-              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    except ExtraOutputError as exc:
+        print(f"popkin fit: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}/: summary.csv, posterior.nc, report.html, model.toml, data.csv "
           f"({result.seconds:.1f} s)")

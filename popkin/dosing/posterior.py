@@ -12,7 +12,9 @@ dose/level pairs of each dose kind (bolus, infusion, steady state; into the depo
 central compartment) are padded to a capacity (a power of two, at least 64 pairs and 16
 levels) with zero-amount pairs, and the levels with a mask. A new patient with another number
 of doses and levels, other covariates or another population prior swaps these arrays into
-the compiled model: nutpie's ``with_data`` for NUTS, shared variables for the MAP functions.
+the compiled model: nutpie's ``with_data`` for NUTS (every data variable the log-density reads,
+named by the PyMC model: :mod:`popkin.inference.sampler_data`), shared variables for the MAP
+functions.
 Only a patient whose pairs exceed the capacities, or who brings a dose kind the model was
 not compiled for, triggers a new compilation (counted in :func:`compilations`). The pairs are
 built by the same pair plan as :meth:`LinearCompartmentModel.predict`, and the prediction is
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.events import EventTable
+from ..inference.sampler_data import sampled_data_names, with_model_data
 from ..population.spec import ModelSpec
 from ..structural.linear import LinearCompartmentModel, _kernel, _pair_plan, dose_terms
 from .prior import PopulationPrior
@@ -148,6 +151,7 @@ class _Compiled:
     model: object
     data_names: tuple[str, ...]
     nutpie: object = None
+    nutpie_data: tuple[str, ...] = ()      # the data the sampler reads, swapped per patient
     map_functions: tuple | None = None
     logp_function: object = None
     n_u: int = 0
@@ -234,6 +238,7 @@ def _nutpie_model(compiled: _Compiled):
         import nutpie
 
         compiled.nutpie = nutpie.compile_pymc_model(compiled.model, backend="numba")
+        compiled.nutpie_data = sampled_data_names(compiled.model)
         _COUNTS["compilations"] += 1
     return compiled.nutpie
 
@@ -332,9 +337,7 @@ def _draw(compiled: _Compiled, values: dict, method: str, draws: int, chains: in
     if method == "nuts":
         import nutpie
 
-        sampler = _nutpie_model(compiled)
-        # data the log-density does not read (e.g. the rate of a bolus) are not in the sampler
-        sampler = sampler.with_data(**{k: v for k, v in values.items() if k in sampler.shared_data})
+        sampler = with_model_data(_nutpie_model(compiled), compiled.nutpie_data, values)
         per_chain = max(1, int(np.ceil(draws / chains)))
         idata = nutpie.sample(sampler, draws=per_chain, tune=tune, chains=chains, seed=seed,
                               progress_bar=False)

@@ -11,7 +11,8 @@ for the rest of the process. The first fit of a design compiles its observations
 constants (nutpie compiles that about a second faster than swappable data); fitting other
 observations on the same design (simulation studies, calibration) compiles once more, a
 sampler whose observations are data, and from then on only swaps the data through nutpie's
-``with_data``.
+``with_data`` (every data variable the log-density reads, named by the PyMC model:
+:mod:`popkin.inference.sampler_data`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..data.reader import Dataset, read_dataset
 from ..population.pymc_model import PopulationModel, build_pymc_model
 from ..population.spec import ModelSpec, load_model
 from .result import Fit
+from .sampler_data import sampled_data_names, with_model_data
 
 __all__ = ["fit", "clear_compile_cache", "ApproximationError"]
 
@@ -57,6 +59,7 @@ class _Compiled:
     built: PopulationModel
     sampler: object
     observations: str | None        # key of the observations compiled in; None: they are data
+    data_names: tuple[str, ...] = ()    # the data the sampler reads, swapped per dataset
 
 
 _CACHE: "OrderedDict[str, _Compiled]" = OrderedDict()
@@ -243,12 +246,8 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
         compiled = entry.sampler
         if entry.observations is None:
             built = build_pymc_model(spec, dataset)      # cheap: the graph, not the compilation
-            updates = {}
-            for name in built.observed:
-                for suffix in ("_dv", "_lloq"):
-                    if f"{name}{suffix}" in built.model.named_vars:
-                        updates[f"{name}{suffix}"] = built.model[f"{name}{suffix}"].get_value()
-            compiled = compiled.with_data(**updates)
+            values = {var.name: var.get_value() for var in built.model.data_vars}
+            compiled = with_model_data(compiled, entry.data_names, values)
         else:
             # the same design and observations: the model the sampler was compiled from
             built = entry.built
@@ -259,7 +258,8 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
         built = build_pymc_model(spec, dataset, observations_as_data=as_data)
         compiled = nutpie.compile_pymc_model(built.model, backend="numba",
                                              jitter_rvs=_population_rvs(built.model))
-        entry = _Compiled(built, compiled, None if as_data else observations)
+        entry = _Compiled(built, compiled, None if as_data else observations,
+                          sampled_data_names(built.model) if as_data else ())
         _CACHE[key] = entry
         _CACHE.move_to_end(key)
         while len(_CACHE) > _CACHE_SIZE:

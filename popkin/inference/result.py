@@ -2,30 +2,49 @@
 
 A fit directory holds ``posterior.nc`` (ArviZ InferenceData, with the spec's TOML in its
 attributes), ``model.toml`` and ``data.csv`` (what was fitted, so the fit can be reloaded and
-re-used for diagnostics and dosing) and ``summary.csv``.
+re-used for diagnostics and dosing), ``summary.csv`` and ``fit.json``.
+
+netCDF attributes hold only strings, numbers and flat arrays of them; samplers put other things
+there (nutpie 0.16.9 and later a dict of its settings). Such an attribute is written as a JSON
+string and listed in the root attribute ``popkin_json_attrs``, and :meth:`Fit.load` decodes it
+again; one that JSON cannot hold either is left out and listed, with the reason, in
+``popkin_dropped_attrs``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .._output import staged_folder
+from .._output import staged_file, staged_folder
 from ..data.reader import Dataset, read_dataset
 from ..population.pymc_model import PopulationModel, build_pymc_model
 from .draws import flat
 from ..population.spec import ModelSpec, load_model
 
-__all__ = ["Fit", "SUMMARY_COLUMNS", "RHAT_LIMIT", "ESS_LIMIT"]
+__all__ = ["Fit", "ExtraOutputError", "SUMMARY_COLUMNS", "RHAT_LIMIT", "ESS_LIMIT"]
 
 SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q05", "q50", "q95", "r_hat", "ess_bulk", "ess_tail"]
 RHAT_LIMIT = 1.01
 ESS_LIMIT = 400
+FIT_FILES = ("posterior.nc", "model.toml", "data.csv", "summary.csv", "fit.json")
+
+
+class ExtraOutputError(RuntimeError):
+    """An extra output of :meth:`Fit.save` (a report) could not be written; the fit itself was
+    saved. ``directory`` holds the fit, ``name`` is the output that is missing."""
+
+    def __init__(self, directory: Path, name: str, cause: BaseException):
+        self.directory, self.name = Path(directory), name
+        super().__init__(f"the fit is saved in {directory} ({', '.join(FIT_FILES)}), but "
+                         f"writing {name} failed: {type(cause).__name__}: {cause}")
 
 
 @dataclass
@@ -201,16 +220,34 @@ class Fit:
     # -- saving -------------------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike, *, extra: dict[str, callable] | None = None) -> Path:
-        """Write the fit to ``directory``: all files appear together or none do.
+        """Write the fit to ``directory``; the fit's own files appear together or none do.
 
-        ``extra`` maps further file names to functions that write them given a path.
+        Parameters
+        ----------
+        directory
+            The fit folder (created if needed).
+        extra
+            Further file names mapped to functions that write them given a path (reports).
+            They run after the fit's own files are in place, one by one, each appearing
+            complete or not at all, so a failing report never loses the fit.
+
+        Returns
+        -------
+        Path
+            ``directory``.
+
+        Raises
+        ------
+        ExtraOutputError
+            An ``extra`` writer failed; the fit's own files are saved.
         """
         directory = Path(directory)
         self.log_likelihood()
+        self.idata.attrs["popkin_spec"] = self.spec.text
+        self.idata.attrs["popkin_method"] = self.idata.attrs.get("popkin_method", self.method)
         with staged_folder(directory) as staging:
-            self.idata.attrs["popkin_spec"] = self.spec.text
-            self.idata.attrs["popkin_method"] = self.idata.attrs.get("popkin_method", self.method)
-            self.idata.to_netcdf(str(staging / "posterior.nc"))
+            with _netcdf_safe_attrs(self.idata):
+                self.idata.to_netcdf(str(staging / "posterior.nc"))
             (staging / "model.toml").write_text(self.spec.text, encoding="utf-8")
             self._data_frame().to_csv(staging / "data.csv", index=False, na_rep=".")
             self.summary().to_csv(staging / "summary.csv", index=False, float_format="%.6g")
@@ -220,8 +257,15 @@ class Fit:
                 "divergences": self.divergences, "ode_failures": self.ode_failures,
                 "shrinkage": {k: (None if np.isnan(v) else v) for k, v in self.shrinkage().items()},
             }, indent=2), encoding="utf-8")
-            for name, writer in (extra or {}).items():
-                writer(staging / name)
+        # the fit is in place; each extra output (a report) after it, complete or not at all
+        for name, writer in (extra or {}).items():
+            try:
+                with staged_file(directory / name) as tmp:
+                    writer(tmp)
+            except Exception as exc:
+                # an earlier fit's output of that name would now describe another fit
+                (directory / name).unlink(missing_ok=True)
+                raise ExtraOutputError(directory, name, exc) from exc
         return directory
 
     def _data_frame(self) -> pd.DataFrame:
@@ -240,9 +284,114 @@ class Fit:
                                     f"{', '.join(missing)}")
         idata = az.from_netcdf(str(directory / "posterior.nc"))
         idata.load() if hasattr(idata, "load") else None
-        spec = load_model((directory / "model.toml").read_text(encoding="utf-8"))
+        _decode_json_attrs(idata)
+        spec = load_model(directory / "model.toml")      # errors then name the file
         data = read_dataset(directory / "data.csv")
         method = str(idata.attrs.get("popkin_method", "nuts")).split(" ")[0]
         return cls(idata=idata, spec=spec, data=data, method=method,
                    seconds=float(idata.attrs.get("popkin_seconds", np.nan)),
                    ode_failures=int(idata.attrs.get("popkin_ode_failures", 0)))
+
+
+# -- netCDF attributes --------------------------------------------------------------------------
+
+_JSON_ATTRS, _DROPPED_ATTRS = "popkin_json_attrs", "popkin_dropped_attrs"
+_INT64 = (-2**63, 2**63)
+_ABSENT = object()
+
+
+def _number(value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False                        # netCDF has no boolean type
+    if isinstance(value, (int, np.integer)):
+        return _INT64[0] <= int(value) < _INT64[1]
+    return isinstance(value, (float, np.floating))
+
+
+def _storable(value) -> bool:
+    """Whether netCDF holds ``value`` as an attribute and gives it back as it was."""
+    if isinstance(value, (str, bytes)) or _number(value):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.dtype.kind in "iuf"
+    if isinstance(value, (list, tuple)):
+        # mixed or nested lists fail or come back flattened
+        return all(isinstance(v, str) for v in value) or all(_number(v) for v in value)
+    return False
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _attr_owners(idata):
+    """``(group, variable, attrs dict)`` for the root, every group and every variable."""
+    yield "", "", idata.attrs
+    for group in idata.groups():
+        dataset = getattr(idata, group)
+        yield group, "", dataset.attrs
+        for name, variable in dataset.variables.items():
+            yield group, str(name), variable.attrs
+
+
+@contextmanager
+def _netcdf_safe_attrs(idata):
+    """Within the block, every attribute of ``idata`` is one netCDF can hold (see the module
+    docstring); the original attributes are back afterwards."""
+    root = idata.attrs
+    owners = {(group, variable): attrs for group, variable, attrs in _attr_owners(idata)}
+    saved = []                  # (attrs, key, original value or _ABSENT), restored at the end
+    try:
+        encoded, dropped = [], []
+        if _JSON_ATTRS in root:
+            # read without decoding (not by Fit.load): its JSON strings are still JSON
+            listed = root.pop(_JSON_ATTRS)
+            saved.append((root, _JSON_ATTRS, listed))
+            encoded = [[g, v, k] for g, v, k in json.loads(listed)
+                       if isinstance(owners.get((g, v), {}).get(k), str)]
+        for (group, variable), attrs in owners.items():
+            for key, value in list(attrs.items()):
+                if _storable(value):
+                    continue
+                saved.append((attrs, key, value))
+                try:
+                    attrs[key] = json.dumps(value, default=_json_default)
+                    encoded.append([group, variable, str(key)])
+                except (TypeError, ValueError) as exc:
+                    del attrs[key]
+                    dropped.append([group, variable, str(key), str(exc)])
+        if encoded:
+            saved.append((root, _JSON_ATTRS, _ABSENT))
+            root[_JSON_ATTRS] = json.dumps(encoded)
+        if dropped:
+            earlier = root.get(_DROPPED_ATTRS, _ABSENT)
+            saved.append((root, _DROPPED_ATTRS, earlier))
+            before = json.loads(earlier) if isinstance(earlier, str) else []
+            root[_DROPPED_ATTRS] = json.dumps(before + dropped)
+            warnings.warn("attributes netCDF cannot hold were left out of posterior.nc: "
+                          + "; ".join(f"{'/'.join(p for p in where[:3] if p)} ({where[3]})"
+                                      for where in dropped), stacklevel=3)
+        yield
+    finally:
+        for attrs, key, value in reversed(saved):
+            if value is _ABSENT:
+                attrs.pop(key, None)
+            else:
+                attrs[key] = value
+
+
+def _decode_json_attrs(idata) -> None:
+    """Undo the JSON encoding of :func:`_netcdf_safe_attrs` on a loaded InferenceData."""
+    listed = idata.attrs.get(_JSON_ATTRS)
+    if listed is None:
+        return
+    owners = {(group, variable): attrs for group, variable, attrs in _attr_owners(idata)}
+    for group, variable, key in json.loads(listed):
+        attrs = owners.get((group, variable))
+        if attrs is not None and isinstance(attrs.get(key), str):
+            attrs[key] = json.loads(attrs[key])
+    del idata.attrs[_JSON_ATTRS]
