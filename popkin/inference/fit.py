@@ -158,7 +158,8 @@ def fit(
     if report is not None and report.used:
         idata.attrs.update({"popkin_start": "optimize",
                             "popkin_start_modes": int(report.distinct_modes),
-                            "popkin_start_remote": int(report.remote)})
+                            "popkin_start_remote": int(report.remote),
+                            "popkin_start_optima": [float(v) for v in report.end_logps]})
     result = Fit(idata=idata, spec=spec, data=dataset, built=built, method=method, seconds=seconds,
                  ode_failures=int(failures))
     for message in result.warnings:

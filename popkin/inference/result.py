@@ -26,6 +26,7 @@ import pandas as pd
 from .._output import staged_file, staged_folder
 from ..data.reader import Dataset, read_dataset
 from ..population.pymc_model import PopulationModel, build_pymc_model
+from .chains import chain_logp, stuck_chains
 from .draws import flat
 from ..population.spec import ModelSpec, load_model
 
@@ -150,6 +151,13 @@ class Fit:
             out.append(f"{self.divergences} divergent transition(s) of {n} draws: the posterior may "
                        "be biased; consider centred/non-centred changes, stronger priors or a "
                        "higher target_accept.")
+        logp = chain_logp(self.idata)
+        if logp is not None:
+            draws = {entry.name: self.draws(entry.name) for entry in self.model.entries}
+            for chain in stuck_chains(logp, draws):
+                out.append(f"{chain.describe()}. The chains sample different modes of the "
+                           "posterior, whatever R-hat says: these estimates mix them. Rerun with "
+                           "more tuning or another seed and compare, before trusting either.")
         return out
 
     def log_likelihood(self):
