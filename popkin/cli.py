@@ -461,6 +461,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The files a command writes into its --out folder (besides per-patient folders).
+_FOLDER_OUTPUTS = {
+    "fit": ("summary.csv", "posterior.nc", "report.html", "model.toml", "data.csv", "fit.json"),
+    "dose": ("recommendation.json", "report.html", "report.pdf", "recommendations.csv"),
+    "gof": ("npde.csv", "dv_vs_pred.png", "npde_vs_time.png", "npde_vs_pred.png", "npde_qq.png"),
+}
+
+
+def _refuse_overwriting_inputs(args) -> None:
+    """An output that would replace one of the command's own input files (a design overwritten
+    by its simulation, a patient file by a report) is refused before any work."""
+    from pathlib import Path
+
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    inputs = [getattr(args, name, None) for name in ("model", "design", "data", "patient")]
+    inputs = {Path(p).resolve() for p in inputs if isinstance(p, str) and Path(p).is_file()}
+    target = Path(out).resolve()
+    written = {target} | {target / name for name in _FOLDER_OUTPUTS.get(args.command, ())}
+    clash = sorted(str(p) for p in inputs & written)
+    if clash:
+        raise InputError(f"--out {out} would overwrite the input file {clash[0]}; choose another "
+                         "output")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``popkin ARGS``: 0 on success, 2 with one message for anything the user can fix.
 
@@ -477,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:       # argparse printed the usage and the error (or the help)
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        _refuse_overwriting_inputs(args)
         return args.func(args)
     except (DatasetError, SpecError, InputError, ApproximationError, SchedulerError,
             ReplicateLimitError) as exc:

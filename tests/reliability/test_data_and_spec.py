@@ -88,3 +88,17 @@ def test_ids_from_a_data_frame_are_checked_by_the_same_rule():
     with pytest.raises(DatasetError, match=r"row 1, column ID: the ID 'P1\\x1b\[2J' holds the "
                                            r"character '\\x1b'"):
         popkin.read_dataset(frame)
+
+
+def test_an_output_that_would_replace_its_own_input_is_refused(cli, tmp_path):
+    design = _design(tmp_path / "design.csv", [1], [70])
+    before = design.read_text()
+    outcome = cli("simulate", "theophylline", design, "--out", design)
+    assert_clean_error(outcome, f"--out {design} would overwrite the input file {design}")
+    assert design.read_text() == before
+    data = _design(tmp_path / "data.csv", [1, 2], [70, 80])
+    before = data.read_text()
+    outcome = cli("fit", "theophylline", data, "--out", tmp_path, "--method", "map")
+    assert_clean_error(outcome, f"would overwrite the input file {data}")
+    assert data.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "design.csv"]
