@@ -102,3 +102,29 @@ def test_an_output_that_would_replace_its_own_input_is_refused(cli, tmp_path):
     assert_clean_error(outcome, f"would overwrite the input file {data}")
     assert data.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "design.csv"]
+
+
+@pytest.mark.parametrize("level, expect", [(8.0, None), (8000.0, "flag"), (1e200, "refused")])
+def test_levels_the_model_cannot_produce_are_flagged_or_refused(cli, tmp_path, level, expect):
+    """A level in the wrong unit (8000 for 8 mg/L) used to give a recommendation with exit 0 and
+    no word about it; an absurd one (1e200) a sampler traceback."""
+    import json
+
+    patient = tmp_path / "patient.csv"
+    pd.DataFrame({"ID": [1, 1], "TIME": [0, 12], "AMT": [400, 0], "EVID": [1, 0],
+                  "DV": [".", level]}).to_csv(patient, index=False)
+    out = tmp_path / "dose"
+    outcome = cli("dose", "theophylline", patient, "--out", out, "--method", "map")
+    if expect == "refused":
+        assert_clean_error(outcome, "patient.csv, column DV: level(s) the model cannot explain",
+                           "data row 2: 1e+200 mg/L at time 12")
+        assert not out.exists()
+        return
+    assert outcome.code == 0, outcome.err
+    flags = json.loads((out / "recommendation.json").read_text())["flags"]
+    implausible = [f for f in flags if f.startswith("Implausible level(s)")]
+    if expect is None:
+        assert implausible == []
+    else:
+        assert len(implausible) == 1 and "data row 2: 8000 mg/L at time 12 is" in implausible[0]
+        assert "Implausible level(s)" in outcome.out
