@@ -64,17 +64,10 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
                                 dir=path.parent)
     os.close(fd)
     tmp = Path(name)
-    _register(tmp)
-    done = False
-    try:
+    with _tracked(tmp, created):
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-        done = True
-    finally:
-        _discard(tmp)
-        if not done:
-            _remove_folders(created)
 
 
 @contextmanager
@@ -89,9 +82,7 @@ def staged_folder(directory: str | os.PathLike) -> Iterator[Path]:
     created = _make_folders(directory.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp",
                                     dir=directory.parent))
-    _register(staging)
-    done = False
-    try:
+    with _tracked(staging, created):
         yield staging
         _set_modes(staging)
         if not directory.exists():
@@ -102,9 +93,19 @@ def staged_folder(directory: str | os.PathLike) -> Iterator[Path]:
                 if target.is_dir() and not target.is_symlink():
                     shutil.rmtree(target)
                 os.replace(item, target)
+
+
+@contextmanager
+def _tracked(temporary: Path, created: list[Path]) -> Iterator[None]:
+    """Keep ``temporary`` on the list the signal handlers clean up until the block ends; then
+    remove it, and if the block failed also the folders ``created`` for it."""
+    _register(temporary)
+    done = False
+    try:
+        yield
         done = True
     finally:
-        _discard(staging)
+        _discard(temporary)
         if not done:
             _remove_folders(created)
 
