@@ -78,7 +78,7 @@ def test_a_real_fit_has_no_stuck_chain_and_a_displaced_chain_is_reported(small_f
     assert not any("stuck" in w for w in small_fit.warnings)
     idata = small_fit.idata.copy()
     idata.sample_stats["logp"][1] = idata.sample_stats["logp"][1] - 25.0
-    idata.posterior["KA"][1] = idata.posterior["KA"][1] * 0.3
+    idata.posterior["KA"][1] = idata.posterior["KA"][1] * 0.05
     displaced = type(small_fit)(idata=idata, spec=small_fit.spec, data=small_fit.data,
                                 built=small_fit.built, method="nuts", seconds=small_fit.seconds)
     messages = [w for w in displaced.warnings if "stuck" in w]
