@@ -463,7 +463,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: The files a command writes into its --out folder (besides per-patient folders).
 _FOLDER_OUTPUTS = {
-    "fit": ("summary.csv", "posterior.nc", "report.html", "model.toml", "data.csv", "fit.json"),
     "dose": ("recommendation.json", "report.html", "report.pdf", "recommendations.csv"),
     "gof": ("npde.csv", "dv_vs_pred.png", "npde_vs_time.png", "npde_vs_pred.png", "npde_qq.png"),
 }
@@ -474,13 +473,17 @@ def _refuse_overwriting_inputs(args) -> None:
     by its simulation, a patient file by a report) is refused before any work."""
     from pathlib import Path
 
+    from .inference.result import FIT_FILES
+
     out = getattr(args, "out", None)
     if not out:
         return
     inputs = [getattr(args, name, None) for name in ("model", "design", "data", "patient")]
     inputs = {Path(p).resolve() for p in inputs if isinstance(p, str) and Path(p).is_file()}
     target = Path(out).resolve()
-    written = {target} | {target / name for name in _FOLDER_OUTPUTS.get(args.command, ())}
+    names = ((*FIT_FILES, "report.html") if args.command == "fit"
+             else _FOLDER_OUTPUTS.get(args.command, ()))
+    written = {target} | {target / name for name in names}
     clash = sorted(str(p) for p in inputs & written)
     if clash:
         raise InputError(f"--out {out} would overwrite the input file {clash[0]}; choose another "

@@ -557,13 +557,13 @@ def recommend(
         where=str(data.source))
     priors = [(c, fit_prior(fit, c.design) if fit is not None else library_prior(spec, c.design))
               for c in components]
-    flags.extend(_implausible_levels(spec, data, priors, seed))
+    events = build_event_table(data, spec.structure, points="observations")
+    flags.extend(_implausible_levels(spec, data, events, priors, seed))
     if fit is not None and _same_patient(fit, data, patient_id):
         posterior = _fit_draws(fit, patient_id, draws, seed)
         source = "fit draws"
     else:
         source = priors[0][1].source
-        events = build_event_table(data, spec.structure, points="observations")
         posterior = sample_mixture(spec, priors, events, method=method, draws=draws,
                                    chains=chains, tune=tune, seed=seed or 0)
         timings["compiled"] = posterior.compiled
@@ -639,7 +639,7 @@ IMPLAUSIBLE_FACTOR = 10.0
 REFUSED_FACTOR = 1e6
 
 
-def _implausible_levels(spec: ModelSpec, data: Dataset, priors, seed) -> list[str]:
+def _implausible_levels(spec: ModelSpec, data: Dataset, events, priors, seed) -> list[str]:
     """Levels the model cannot produce for this patient: a wrong unit (ug/L for mg/L), sampling
     time or dose history gives them, and the posterior then rests on a misreading.
 
@@ -648,7 +648,6 @@ def _implausible_levels(spec: ModelSpec, data: Dataset, priors, seed) -> list[st
     variability): more than IMPLAUSIBLE_FACTOR times above its 99.5th or below its 0.5th
     percentile is flagged, more than REFUSED_FACTOR times is a dataset error.
     """
-    events = build_event_table(data, spec.structure, points="observations")
     keep = events.observed & (events.point_dvid == 1) & np.isnan(events.point_lloq)
     if not keep.any():
         return []
