@@ -167,9 +167,10 @@ def _load_fit(directory: str):
 
 
 def _demo(args) -> int:
+    from ._progress import Progress
     from .demo import run_demo
 
-    result = run_demo(args.out, progress=sys.stderr.isatty())
+    result = run_demo(args.out, progress=Progress(enabled=not args.quiet))
     print(result.summary, end="")
     print(f"Outputs in {result.out}/:")
     for f in result.files:
@@ -178,15 +179,17 @@ def _demo(args) -> int:
 
 
 def _fit(args) -> int:
+    from ._progress import Progress
     from .inference import fit
     from .inference.result import ExtraOutputError
     from .report.fit_report import write_fit_report
 
+    progress = Progress(enabled=not args.quiet)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)     # printed below, in plain words, once
         result = fit(args.model, args.data, method=args.method, chains=args.chains,
                      draws=args.draws, tune=args.tune, seed=args.seed, sampler=args.sampler,
-                     target_accept=args.target_accept, progress=not args.quiet,
+                     target_accept=args.target_accept, progress=progress,
                      mass_matrix=args.mass_matrix, start=args.start)
     summary = result.summary()
     flagged = set(json.loads(result.idata.attrs.get("popkin_flagged", "[]")))
@@ -196,6 +199,7 @@ def _fit(args) -> int:
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for message in result.warnings:
         print(f"warning: {message}")
+    progress.stage(f"writing {args.out}/ and its report")
     try:
         # the fit's own files are saved first: a report that fails does not lose them
         result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
@@ -347,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the main job on the shipped example data")
     p.add_argument("--out", default="popkin-demo", type=_output("folder"),
                    help="output folder (default: popkin-demo)")
+    p.add_argument("--quiet", action="store_true", help="say nothing while it runs")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("simulate", help="simulate a design: PRED, IPRED and DV for every record")
@@ -389,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the chains start: around the best of several short optimisations "
                         "(default), or at the prior's centre jittered")
     p.add_argument("--seed", type=_seed, default=None)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="say nothing while fitting (no stage lines, no progress)")
     p.set_defaults(func=_fit)
 
     p = sub.add_parser("vpc", help="visual predictive check of a fit (PNG, PDF or SVG)")

@@ -56,12 +56,14 @@ def _fitted_spec(spec, fit):
 
 
 def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024,
-             progress: bool = False) -> DemoResult:
+             progress=False) -> DemoResult:
+    from ._progress import as_progress
     from .inference import fit as fit_model
     from .report.fit_report import write_fit_report
 
     from .dosing import parse_target
 
+    progress = as_progress(progress)
     os.makedirs(out, exist_ok=True)
     library = load_model("theophylline")
     # the therapeutic window of the library model's [dosing] table (trough 5-15 mg/L)
@@ -81,6 +83,7 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
         fit = fit_model(library, data, chains=4, draws=1000, tune=1000, seed=seed,
                         progress=progress)
     fit_dir = os.path.join(out, "fit")
+    progress.stage(f"writing the fit and its report to {fit_dir}/")
     fit.save(fit_dir, extra={"report.html": lambda p: write_fit_report(fit, p)})
     files += [os.path.join(fit_dir, n) for n in ("summary.csv", "posterior.nc", "report.html")]
     model = _fitted_spec(library, fit)
@@ -88,6 +91,7 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
     # 1. the library model against the observed single-dose study (median dose of the study)
     # the study's median dose, rounded to a whole number of 10 mg as a prescriber would
     dose = float(np.round(np.median(observed.loc[observed["EVID"] == 1, "AMT"]), -1))
+    progress.stage(f"simulating {n_virtual} virtual patients: one dose, then a 5-day regimen")
     times = np.round(np.linspace(0.25, 25.0, 100), 3)
     single = simulate(model, _design(range(1, n_virtual + 1), dose, times), seed=seed)
 
@@ -120,6 +124,7 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
     from .dosing import recommend
 
     patient = voriconazole_patient()
+    progress.stage("recommending a voriconazole dose for a patient with a CYP2C19 genotype")
     rec = recommend("voriconazole_ling", patient, method="nuts", seed=seed)
     dose_dir = os.path.join(out, "dose")
     rec.write(dose_dir)

@@ -40,9 +40,12 @@ def compare(fits: Mapping[str, object]) -> pd.DataFrame:
     DataFrame
         One row per fit, best first: ``model, rank, elpd_loo, p_loo, elpd_diff, se, dse,
         weight``, ``n_pareto_k_high`` (observations whose Pareto k exceeds 0.7: their LOO
-        estimate is unreliable) and ``warning`` (ArviZ's flag that some k is too high).
+        estimate is unreliable) and ``warning`` (some k too high: above 0.7, or above
+        ArviZ's threshold for the number of draws). ``elpd_diff`` is how far each fit's ELPD
+        is below the best one's (0 for the best).
     """
     import arviz as az
+    import xarray as xr
 
     if len(fits) < 2:
         raise ValueError(f"compare needs at least two fits, got {len(fits)}")
@@ -56,14 +59,23 @@ def compare(fits: Mapping[str, object]) -> pd.DataFrame:
                              f"observations ({len(rows_seen[1])} and {len(rows)}); PSIS-LOO "
                              "compares models of the same data only")
         # the posterior too: PSIS uses its relative effective sample size
-        idata = az.InferenceData(posterior=fit.idata.posterior,
-                                 log_likelihood=pointwise.to_dataset(name="obs"))
-        loo = az.loo(idata, pointwise=True)
+        tree = xr.DataTree.from_dict({"posterior": fit.idata["posterior"].to_dataset(),
+                                      "log_likelihood": pointwise.to_dataset(name="obs")})
+        loo = az.loo(tree, pointwise=True)
         loos[name] = loo
         high[name] = int((np.asarray(loo.pareto_k) > PARETO_K_LIMIT).sum())
-    table = az.compare(loos, ic="loo")
-    table = table.rename_axis("model").reset_index()
+    ranked = az.compare(loos)
+    # ArviZ's elpd_diff is this fit's ELPD minus the best one's (<= 0); popkin reports how far
+    # each fit is behind the best (>= 0), as the comparison table has always shown it
+    table = pd.DataFrame({
+        "model": ranked.index, "rank": ranked["rank"].to_numpy(),
+        "elpd_loo": ranked["elpd"].to_numpy(), "p_loo": ranked["p"].to_numpy(),
+        "elpd_diff": np.abs(ranked["elpd_diff"].to_numpy()),
+        "se": ranked["se"].to_numpy(), "dse": ranked["dse"].to_numpy(),
+        "weight": ranked["weight"].to_numpy(),
+    })
     table["n_pareto_k_high"] = table["model"].map(high)
+    table["warning"] = table["model"].map(lambda m: bool(loos[m].warning) or high[m] > 0)
     return table[COLUMNS]
 
 

@@ -352,7 +352,7 @@ def _draw(compiled: _Compiled, values: dict, method: str, draws: int, chains: in
         if compiled.n_z and post.sizes["chain"] > 1:
             import arviz as az
 
-            diagnostics["max_r_hat"] = float(np.nanmax(az.rhat(post["z"]).to_array().values))
+            diagnostics["max_r_hat"] = float(np.nanmax(np.asarray(az.rhat(post["z"].values))))
         return np.hstack([u, z]), diagnostics
     if method == "map":
         from scipy.optimize import minimize

@@ -31,6 +31,7 @@ import numpy as np
 from ..data.reader import Dataset, read_dataset
 from ..population.pymc_model import PopulationModel, build_pymc_model
 from ..population.spec import ModelSpec, load_model
+from .._progress import Progress, as_progress
 from .result import Fit
 from .sampler_data import sampled_data_names, with_model_data
 
@@ -77,7 +78,7 @@ def fit(
     seed: int | None = None,
     sampler: Literal["nutpie", "pymc"] = "nutpie",
     target_accept: float = 0.8,
-    progress: bool = True,
+    progress: bool | Progress = True,
     cores: int | None = None,
     mass_matrix: Literal["diag", "low_rank"] = "diag",
     start: Literal["optimize", "jitter"] = "optimize",
@@ -97,6 +98,10 @@ def fit(
         ``"nutpie"`` (default, compiled with numba) or ``"pymc"`` (PyMC's own NUTS).
     seed
         Random seed; the same seed and data give the same draws.
+    progress
+        Say each stage on standard error (building, compiling, finding a start, sampling) and
+        show the sampler's progress: a bar on a terminal, a plain line every 10 s otherwise.
+        ``False``: silent. A :class:`popkin._progress.Progress` to share with a caller.
     mass_matrix
         nutpie's mass-matrix adaptation: ``"diag"`` (default) or ``"low_rank"`` (a diagonal
         plus low-rank correction learned from the gradients; more effective draws per draw
@@ -116,7 +121,7 @@ def fit(
     Returns
     -------
     Fit
-        Holds the InferenceData, the spec and the data; ``summary()``, ``warnings``,
+        Holds the posterior (an ``xarray.DataTree``), the spec and the data; ``summary()``, ``warnings``,
         ``shrinkage()``, ``save()``.
     """
     if method not in METHODS:
@@ -137,12 +142,14 @@ def fit(
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**31))
     began = time.perf_counter()
+    progress = as_progress(progress)
     if method == "nuts" and sampler == "nutpie":
         built, idata, failures, report = _nutpie(spec, dataset, chains, draws, tune, seed,
                                                  target_accept, progress, cores,
                                                  mass_matrix == "low_rank", start)
     else:
         report = None
+        progress.stage(f"building the model ({dataset.n_subjects} subjects)")
         built = build_pymc_model(spec, dataset)
         before = _failures(built)
         idata = _other(built, method, chains, draws, tune, seed, target_accept, progress, cores)
@@ -239,6 +246,7 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
             start):
     import nutpie
 
+    progress.stage(f"building the model ({dataset.n_subjects} subjects)")
     key = _design_key(spec, dataset)
     observations = _observation_key(dataset)
     entry = _CACHE.get(key)
@@ -257,6 +265,7 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
         # design get a sampler whose observations are data, kept for all later ones
         as_data = entry is not None
         built = build_pymc_model(spec, dataset, observations_as_data=as_data)
+        progress.stage("compiling the sampler (numba; once per design in this session)")
         compiled = nutpie.compile_pymc_model(built.model, backend="numba",
                                              jitter_rvs=_population_rvs(built.model))
         entry = _Compiled(built, compiled, None if as_data else observations,
@@ -265,7 +274,7 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
         _CACHE.move_to_end(key)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-    kwargs = dict(chains=chains, draws=draws, tune=tune, seed=seed, progress_bar=progress,
+    kwargs = dict(chains=chains, draws=draws, tune=tune, seed=seed, **progress.sampler_options(),
                   target_accept=target_accept, low_rank_modified_mass_matrix=low_rank)
     if cores is not None:
         kwargs["cores"] = cores
@@ -274,11 +283,13 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
         from .start import optimised_start
 
         model = entry.built.model
+        progress.stage(f"finding a start: {chains + 1} searches of the posterior's modes")
         compiled, report = optimised_start(
             compiled, model, seed=seed, searches=chains,
             jitter_names=_value_names(model, _population_rvs(model)),
             frozen_names=_frozen_in_search(model, spec))
     before = _failures(entry.built)             # the Ops the compiled sampler calls
+    progress.stage(f"sampling {chains} chain(s) x ({tune} tuning + {draws} draws)")
     idata = nutpie.sample(compiled, **kwargs)
     return built, idata, _failures(entry.built) - before, report
 
@@ -288,6 +299,9 @@ def _other(built: PopulationModel, method, chains, draws, tune, seed, target_acc
 
     model = built.model
     if method == "nuts":
+        progress.stage(f"sampling {chains} chain(s) x ({tune} tuning + {draws} draws) with "
+                       "PyMC's sampler")
+        progress = progress.enabled and progress.terminal
         with model:
             return pm.sample(draws=draws, tune=tune, chains=chains, cores=cores or min(chains, 4),
                              random_seed=seed, target_accept=target_accept, progressbar=progress,

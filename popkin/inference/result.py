@@ -1,7 +1,7 @@
 """The result of a fit: the posterior, its summary in the field's names, diagnostics, save/load.
 
-A fit directory holds ``posterior.nc`` (ArviZ InferenceData, with the spec's TOML in its
-attributes), ``model.toml`` and ``data.csv`` (what was fitted, so the fit can be reloaded and
+A fit directory holds ``posterior.nc`` (the posterior, an ``xarray.DataTree`` with ArviZ's
+groups and the spec's TOML in its attributes), ``model.toml`` and ``data.csv`` (what was fitted, so the fit can be reloaded and
 re-used for diagnostics and dosing), ``summary.csv`` and ``fit.json``.
 
 netCDF attributes hold only strings, numbers and flat arrays of them; samplers put other things
@@ -28,6 +28,7 @@ from ..data.reader import Dataset, read_dataset
 from ..population.pymc_model import PopulationModel, build_pymc_model
 from .chains import chain_logp, stuck_chains
 from .draws import flat
+from .tree import has_group, read_tree
 from ..population.spec import ModelSpec, load_model
 
 __all__ = ["Fit", "ExtraOutputError", "SUMMARY_COLUMNS", "RHAT_LIMIT", "ESS_LIMIT"]
@@ -35,6 +36,8 @@ __all__ = ["Fit", "ExtraOutputError", "SUMMARY_COLUMNS", "RHAT_LIMIT", "ESS_LIMI
 SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q05", "q50", "q95", "r_hat", "ess_bulk", "ess_tail"]
 RHAT_LIMIT = 1.01
 ESS_LIMIT = 400
+# the tail ESS: the smaller of the ESS of the 5% and 95% quantiles (Vehtari et al. 2021)
+TAIL_PROB = 0.05
 FIT_FILES = ("posterior.nc", "model.toml", "data.csv", "summary.csv", "fit.json")
 
 
@@ -52,8 +55,9 @@ class ExtraOutputError(RuntimeError):
 class Fit:
     """A fitted population model.
 
-    ``idata`` is the ArviZ InferenceData (``posterior``, ``sample_stats``, and after ``save``
-    or :meth:`log_likelihood`, the pointwise log-likelihood); ``spec`` and ``data`` are what
+    ``idata`` is the posterior, an ``xarray.DataTree`` with ArviZ's groups (``posterior``,
+    ``sample_stats``, and after ``save`` or :meth:`log_likelihood`, the pointwise
+    log-likelihood); ``spec`` and ``data`` are what
     was fitted.
     """
 
@@ -100,7 +104,8 @@ class Fit:
                     "q05": q05, "q50": q50, "q95": q95,
                     "r_hat": float(az.rhat(x)) if several else np.nan,
                     "ess_bulk": float(az.ess(x, method="bulk")) if self.method == "nuts" else np.nan,
-                    "ess_tail": float(az.ess(x, method="tail")) if self.method == "nuts" else np.nan,
+                    "ess_tail": (float(az.ess(x, method="tail", prob=TAIL_PROB))
+                                 if self.method == "nuts" else np.nan),
                 })
             self._summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
         return self._summary.copy()
@@ -162,7 +167,7 @@ class Fit:
 
     def log_likelihood(self):
         """Add the pointwise log-likelihood (for LOO) to ``idata`` and return it."""
-        if "log_likelihood" not in self.idata.groups():
+        if not has_group(self.idata, "log_likelihood"):
             import pymc as pm
 
             if self.model.observed:
@@ -283,15 +288,12 @@ class Fit:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Fit":
         """Read a fit written by :meth:`save` (or by ``popkin fit``)."""
-        import arviz as az
-
         directory = Path(directory)
         missing = [n for n in ("posterior.nc", "model.toml", "data.csv") if not (directory / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{directory} is not a popkin fit directory: missing "
                                     f"{', '.join(missing)}")
-        idata = az.from_netcdf(str(directory / "posterior.nc"))
-        idata.load() if hasattr(idata, "load") else None
+        idata = read_tree(directory / "posterior.nc")
         _decode_json_attrs(idata)
         spec = load_model(directory / "model.toml")      # errors then name the file
         data = read_dataset(directory / "data.csv")
@@ -339,10 +341,9 @@ def _json_default(value):
 def _attr_owners(idata):
     """``(group, variable, attrs dict)`` for the root, every group and every variable."""
     yield "", "", idata.attrs
-    for group in idata.groups():
-        dataset = getattr(idata, group)
-        yield group, "", dataset.attrs
-        for name, variable in dataset.variables.items():
+    for group, node in idata.children.items():
+        yield group, "", node.attrs
+        for name, variable in node.variables.items():
             yield group, str(name), variable.attrs
 
 
@@ -393,7 +394,7 @@ def _netcdf_safe_attrs(idata):
 
 
 def _decode_json_attrs(idata) -> None:
-    """Undo the JSON encoding of :func:`_netcdf_safe_attrs` on a loaded InferenceData."""
+    """Undo the JSON encoding of :func:`_netcdf_safe_attrs` on a loaded posterior tree."""
     listed = idata.attrs.get(_JSON_ATTRS)
     if listed is None:
         return

@@ -13,7 +13,7 @@ analyst does who first finds the estimates and then samples around them:
    (its joint density grows without bound as the SD shrinks to zero with every eta at zero).
 2. The best end point (highest log density) is the anchor. The other end points are counted
    (:class:`StartReport`; ``popkin.fit`` stores the counts as ``popkin_start_remote`` and
-   ``popkin_start_modes`` in the InferenceData's attributes): end points more than
+   ``popkin_start_modes`` in the posterior's attributes): end points more than
    ``MODES_WITHIN`` below the anchor are remote modes left behind; separate optima within it are
    modes of comparable height (the smoothed warfarin lag has a minor one about 6 below).
 3. Every chain starts at the anchor with the population parameters (typical values, variability

@@ -116,7 +116,7 @@ class OdeSolveOp(Op):
         output_storage[0][0] = solution.prediction
         output_storage[1][0] = solution.jacobian
 
-    def grad(self, inputs, output_grads):
+    def pullback(self, inputs, outputs, output_grads):
         if not isinstance(output_grads[1].type, DisconnectedType):
             raise NotImplementedError("the Jacobian output of an ODE solve has no gradient")
         prediction, jacobian = self._variant(True)(*inputs)
@@ -198,7 +198,7 @@ class OdeEventsOp(Op):
         output_storage[0][0] = solution.prediction
         output_storage[1][0] = solution.jacobian
 
-    def grad(self, inputs, output_grads):
+    def pullback(self, inputs, outputs, output_grads):
         if not isinstance(output_grads[1].type, DisconnectedType):
             raise NotImplementedError("the Jacobian output of an ODE solve has no gradient")
         _, jacobian = self._variant(True)(*inputs)

@@ -91,38 +91,79 @@ def covariate_figure(fit):
     return fig
 
 
-def rank_figure(fit):
-    import arviz as az
+# chains in ArviZ's colour cycle, so the figures look as they did when ArviZ drew them
+_CHAIN_COLOURS = ("#3f90da", "#ffa90e", "#bd1f01", "#94a4a2", "#832db6", "#a96b59", "#e76300",
+                  "#b9ac70", "#717581", "#92dadd")
+_MAX_PANELS = 12
 
-    _pyplot()
-    names = list(dict.fromkeys(e.var for e in fit.model.entries))[:12]
-    axes = az.plot_rank(fit.idata, var_names=names, figsize=(10, 1.2 * ((len(names) + 2) // 3) + 1))
-    fig = np.asarray(axes).ravel()[0].figure
-    _without_mathtext(fig)
+
+def _parameter_draws(fit) -> dict[str, np.ndarray]:
+    """(chain, draw) draws of the first population parameters of the summary, by name."""
+    names = [e.name for e in fit.model.entries][:_MAX_PANELS]
+    return {name: np.asarray(fit.draws(name), dtype=float) for name in names}
+
+
+def rank_figure(fit):
+    """Rank plots: per parameter, a histogram of each chain's ranks among all draws.
+
+    Well-mixed chains give flat histograms near the dashed line (the uniform expectation); a
+    chain in another region of the posterior shows as a sloped or U-shaped histogram.
+    """
+    from scipy.stats import rankdata
+
+    plt = _pyplot()
+    draws = _parameter_draws(fit)
+    ncol = 3
+    nrow = int(np.ceil(len(draws) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(10, 1.8 * nrow + 0.6), squeeze=False)
+    for ax, (name, x) in zip(axes.ravel(), draws.items()):
+        n_chains, n_draws = x.shape
+        ranks = rankdata(x, method="average").reshape(x.shape)
+        bins = np.linspace(0.5, x.size + 0.5, min(20, max(2, n_draws // 5)) + 1)
+        width = bins[1] - bins[0]
+        expected = n_draws * width / x.size
+        for c in range(n_chains):
+            counts, _ = np.histogram(ranks[c], bins=bins)
+            # one band per chain, heights scaled so the uniform expectation is 0.8 of a band
+            heights = 0.8 * counts / expected
+            ax.bar(bins[:-1], heights, width=width, bottom=c, align="edge",
+                   color=_CHAIN_COLOURS[c % len(_CHAIN_COLOURS)], edgecolor="white", lw=0.4)
+            ax.axhline(c + 0.8, color="k", lw=0.7, ls="--")
+        ax.set_yticks(np.arange(n_chains) + 0.4, [str(c) for c in range(n_chains)], fontsize=8)
+        ax.set_ylabel("chain", fontsize=8)
+        ax.set_xlabel("rank (all chains)", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.set_title(figure_text(name), fontsize=9)
+    for ax in axes.ravel()[len(draws):]:
+        ax.axis("off")
     fig.tight_layout()
     return fig
 
 
 def trace_figure(fit):
-    import arviz as az
+    """Per parameter: each chain's posterior density (left) and its trace (right)."""
+    from scipy.stats import gaussian_kde
 
-    _pyplot()                       # the non-interactive backend, before ArviZ draws
-    names = [e.var for e in fit.model.entries]
-    names = list(dict.fromkeys(names))[:12]
-    axes = az.plot_trace(fit.idata, var_names=names, compact=True, figsize=(10, 1.6 * len(names)))
-    fig = np.asarray(axes).ravel()[0].figure
-    _without_mathtext(fig)
+    plt = _pyplot()
+    draws = _parameter_draws(fit)
+    fig, axes = plt.subplots(len(draws), 2, figsize=(10, 1.6 * len(draws) + 0.4), squeeze=False,
+                             gridspec_kw={"width_ratios": (1, 2)})
+    for (left, right), (name, x) in zip(axes, draws.items()):
+        lo, hi = np.nanmin(x), np.nanmax(x)
+        grid = np.linspace(lo, hi, 200) if hi > lo else np.array([lo])
+        for c, chain in enumerate(x):
+            colour = _CHAIN_COLOURS[c % len(_CHAIN_COLOURS)]
+            if hi > lo and np.ptp(chain) > 0:
+                left.plot(grid, gaussian_kde(chain)(grid), color=colour, lw=1)
+            right.plot(np.arange(len(chain)), chain, color=colour, lw=0.5, alpha=0.8)
+        left.set_title(figure_text(name), fontsize=9)
+        right.set_title(figure_text(name), fontsize=9)
+        left.set_yticks([])
+        right.set_xlabel("draw", fontsize=8)
+        for ax in (left, right):
+            ax.tick_params(labelsize=8)
     fig.tight_layout()
     return fig
-
-
-def _without_mathtext(fig) -> None:
-    """ArviZ writes level names (user text) into titles and legends itself: read all of its
-    text literally, as :func:`popkin._names.figure_text` makes popkin's own labels."""
-    from matplotlib.text import Text
-
-    for text in fig.findobj(Text):
-        text.set_parse_math(False)
 
 
 def _predictive_sections(doc: HtmlDocument, fit) -> None:

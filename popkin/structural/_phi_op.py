@@ -95,7 +95,7 @@ class PhiDerivative(BinaryScalarOp):
     def impl(self, x, e):
         return phi_derivative_scalar(self.order, float(x))
 
-    def L_op(self, inputs, outputs, output_gradients):
+    def pullback(self, inputs, outputs, output_gradients):
         x, e = inputs
         (gz,) = output_gradients
         return [gz * PhiDerivative(self.order + 1)(x, e), e.zeros_like()]

@@ -161,7 +161,7 @@ def test_population_fit_prior_and_own_draws():
             "omega_CL": np.full(n, 0.3), "omega_V": np.full(n, 0.2), "omega_KA": np.full(n, 0.3),
             "sigma_prop": np.full(n, 0.1),
             "CL_i": cl_i[..., None], "V_i": np.full(n + (1,), 45.0), "KA_i": np.full(n + (1,), 1.0)}
-    fit = popkin.Fit(idata=az.from_dict(posterior=post), spec=SPEC, data=data)
+    fit = popkin.Fit(idata=az.from_dict({"posterior": post}), spec=SPEC, data=data)
     from popkin.dosing.prior import fit_prior, patient_covariates
 
     new = popkin.read_dataset(patient(pid=2, genotype="*2/*2", wt=70.0))

@@ -67,7 +67,7 @@ def test_save_and_load_round_trip(theo_fit, tmp_path):
                                                "data.csv", "fit.json"}
     loaded = popkin.Fit.load(out)
     pd.testing.assert_frame_equal(loaded.summary(), theo_fit.summary())
-    assert "log_likelihood" in loaded.idata.groups()
+    assert "log_likelihood" in loaded.idata.children
     assert json.loads((out / "fit.json").read_text())["model"] == "theophylline"
     csv = pd.read_csv(out / "summary.csv")
     assert list(csv.columns) == SUMMARY_COLUMNS

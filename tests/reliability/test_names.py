@@ -115,8 +115,8 @@ def _fit_folder(folder: Path, model_toml: str) -> Path:
 
     folder.mkdir()
     rng = np.random.default_rng(0)
-    az.from_dict(posterior={"CL": rng.lognormal(0.7, 0.1, (1, 20)),
-                            "V": rng.lognormal(3.0, 0.1, (1, 20))}).to_netcdf(folder / "posterior.nc")
+    az.from_dict({"posterior": {"CL": rng.lognormal(0.7, 0.1, (1, 20)),
+                                 "V": rng.lognormal(3.0, 0.1, (1, 20))}}).to_netcdf(folder / "posterior.nc")
     DESIGN.to_csv(folder / "data.csv", index=False)
     (folder / "model.toml").write_text(model_toml)
     return folder
