@@ -13,7 +13,8 @@ PyTensor's default C backend) is timed at the same point, the models' shared ini
 after warm-up calls, the median over repeated timing blocks of the time per call. ``ode_bdf``
 times the ODE engine with CVODES throughout (``method="bdf"``), for reference. With ``--nuts``
 the ODE model is also sampled with nutpie (numba backend, 1 chain, 500 tuning + 500 draws).
-The last line printed is ``ode_vs_closed_form=<ratio> pymc_ode_vs_ode=<ratio>``.
+The first line printed names the CVODES library (``POPKIN_CVODES=wheel|system`` chooses
+one); the last is ``ode_vs_closed_form=<ratio> pymc_ode_vs_ode=<ratio>``.
 
 Run: ``python scripts/bench_ode.py [--nuts]``
 """
@@ -30,7 +31,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from popkin.data import build_event_table, read_dataset
-from popkin.ode import ode_structure_from_block
+from popkin.ode import _sundials, ode_structure_from_block
 from popkin.structural import get_structure
 
 N_SUBJECTS = 12
@@ -115,6 +116,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nuts", action="store_true", help="also sample the ODE model with nutpie")
     args = parser.parse_args()
+    print(f"CVODES: {_sundials.DESCRIPTION}")
     frame, dv = simulate()
     seconds = {}
     for kind in ("closed_form", "ode", "ode_bdf", "pymc_ode"):

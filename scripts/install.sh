@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Set up popkin on a fresh Debian/Ubuntu machine: system libraries, then a virtual
-# environment in .venv with the exact tested versions (constraints.txt).
+# Set up popkin in a virtual environment. No root and no system packages: pip brings
+# everything, SUNDIALS CVODES included (inside the sundials4py wheel).
 #
 #   bash scripts/install.sh            .venv: the tested versions (constraints.txt)
 #   bash scripts/install.sh --newest   .venv-newest: the newest versions pyproject.toml allows,
-#                                      on the newest Python found (python3.13, 3.12, 3.11; on
-#                                      PATH or installed by pyenv), as a plain
-#                                      `pip install popkin` gets them today
-# PYTHON=... chooses the interpreter for either.
+#                                      as a plain `pip install popkin` gets them today
+#
+# Python 3.12 or newer: the first of python3.13 and python3.12 on PATH, else the newest 3.13.*
+# or 3.12.* that pyenv installed. PYTHON=... chooses the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,54 +18,65 @@ case "${1:-}" in
     *) echo "usage: bash scripts/install.sh [--newest]" >&2; exit 2 ;;
 esac
 
-apt_packages=(python3-venv python3-dev libsundials-cvodes6)
-missing=()
-for p in "${apt_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
-        echo "popkin install: need root (or sudo) to install: ${missing[*]}" >&2; exit 1
-    fi
-    echo "installing system packages: ${missing[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# Why an interpreter cannot make popkin's environment, or nothing if it can: it must run (a
+# version manager's shim can exist for a version that is not active, and fail when called), be
+# 3.12 or newer and have venv and ensurepip (Debian's Pythons lack ensurepip until
+# python3.X-venv is installed).
+unusable() {
+    local version
+    version=$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \
+        || { echo "does not run"; return; }
+    "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' \
+        || { echo "is Python $version, older than 3.12"; return; }
+    "$1" -c 'import ensurepip, venv' >/dev/null 2>&1 || echo "is Python $version without venv" \
+        "or ensurepip (Debian/Ubuntu: apt-get install python$version-venv)"
+}
+usable() { [ -z "$(unusable "$1")" ]; }
 
-# An interpreter that runs and can make a virtual environment (a version manager's shim can
-# exist for a version that is not active, and fail when called).
-usable() { "$1" -c "import ensurepip, venv" >/dev/null 2>&1; }
+pyenv_root() {
+    if command -v pyenv >/dev/null; then pyenv root; else echo "${PYENV_ROOT:-$HOME/.pyenv}"; fi
+}
 
-# Python X.Y on PATH, else the newest X.Y.* that pyenv installed (its shims run only the
-# versions it has activated).
+# PYTHON := python3.13 or python3.12 on PATH, else pyenv's newest 3.13.* or 3.12.* (its shims
+# run only the versions it has activated, so its interpreters are taken from their folders);
+# the interpreters found and set aside are listed in $rejected.
 find_python() {
-    local candidate pyenv_root=""
-    command -v pyenv >/dev/null && pyenv_root=$(pyenv root)
-    for candidate in "python$1" $( [ -n "$pyenv_root" ] && ls -d "$pyenv_root"/versions/"$1".*/bin/"python$1" 2>/dev/null | sort -V -r ); do
-        if usable "$candidate"; then echo "$candidate"; return 0; fi
+    local candidate problem pyenv_pythons
+    pyenv_pythons=$(ls -d "$(pyenv_root)"/versions/3.1[23].*/bin/python3.1[23] 2>/dev/null \
+                    | sort -V -r || true)
+    rejected=""
+    for candidate in python3.13 python3.12 $pyenv_pythons; do
+        command -v "$candidate" >/dev/null || continue
+        problem=$(unusable "$candidate")
+        if [ -z "$problem" ]; then PYTHON=$candidate; return 0; fi
+        rejected+=$'\n'"  $(command -v "$candidate") $problem"
     done
     return 1
 }
 
-if [ "$newest" -eq 1 ]; then
-    venv=.venv-newest
-    if [ -z "${PYTHON:-}" ]; then
-        # the newest first: some releases need it (nutpie >= 0.16.9 needs Python >= 3.12)
-        for version in 3.13 3.12 3.11; do
-            if PYTHON=$(find_python "$version"); then break; fi
-            PYTHON=""
-        done
-    fi
-    if [ -z "${PYTHON:-}" ]; then
-        echo "popkin install: --newest needs python3.13, python3.12 or python3.11 (or PYTHON=...)" >&2
-        exit 1
-    fi
-else
-    venv=.venv
-    PYTHON="${PYTHON:-python3}"
-fi
-usable "$PYTHON" || { echo "popkin install: $PYTHON cannot create a virtual environment" >&2; exit 1; }
+no_python() {
+    cat >&2 <<EOF
+popkin install: $*
+popkin needs Python 3.12 or newer, with venv and ensurepip. Get one, then run this again:
+  - from the system's package manager: \`apt-get install python3.13 python3.13-venv\`
+    (Debian/Ubuntu), \`dnf install python3.13\`, \`brew install python@3.13\`;
+  - with pyenv: \`pyenv install 3.13\` (found by this script under $(pyenv_root)/versions);
+  - with uv, no root: \`uv python install 3.13\`, then
+    PYTHON=\$(uv python find 3.13) bash scripts/install.sh
+PYTHON=/path/to/python3.13 bash scripts/install.sh uses that interpreter.
+EOF
+    exit 1
+}
 
+if [ -n "${PYTHON:-}" ]; then
+    problem=$(unusable "$PYTHON")
+    [ -z "$problem" ] || no_python "PYTHON=$PYTHON $problem"
+else
+    find_python || no_python "no usable Python 3.12 or newer found (looked for python3.13 and" \
+        "python3.12 on PATH and in $(pyenv_root)/versions)${rejected}"
+fi
+
+if [ "$newest" -eq 1 ]; then venv=.venv-newest; else venv=.venv; fi
 minor() { "$1" -c 'import sys; print(*sys.version_info[:2])' 2>/dev/null; }
 if [ -x "$venv/bin/python" ] && [ "$(minor "$venv/bin/python")" != "$(minor "$PYTHON")" ]; then
     echo "recreating $venv for $("$PYTHON" --version)"
@@ -74,11 +85,14 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
     "$PYTHON" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --upgrade pip
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
 if [ "$newest" -eq 1 ]; then
     # no constraints, and every dependency moved to the newest version the ranges allow
-    "$venv/bin/python" -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+    "${pip[@]}" --upgrade --upgrade-strategy eager -e ".[test]"
 else
-    "$venv/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
+    "${pip[@]}" -c constraints.txt -e ".[test]"
 fi
-echo "popkin installed in $venv with $("$venv/bin/python" --version) (run: $venv/bin/popkin --help)"
+cvodes=$("$venv/bin/python" -c 'from popkin.ode._sundials import DESCRIPTION; print(DESCRIPTION)')
+echo "popkin installed in $venv with $("$venv/bin/python" --version); CVODES: $cvodes"
+echo "run: $venv/bin/popkin --help"

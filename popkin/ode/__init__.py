@@ -1,9 +1,11 @@
 """popkin's ODE engine: SUNDIALS CVODES through cffi, models compiled with numba.
 
-Solving needs the CVODES library (``libsundials-cvodes6`` on Debian, conda-forge ``sundials``
-elsewhere). It is loaded on first use, so model definitions (:class:`OdeSystem`) and the
-registry of structures work without it; solving without it raises an ImportError that says
-how to install it.
+Solving needs the CVODES library, which pip installs with popkin: the ``sundials4py`` wheel
+carries it. A system library (Debian's ``libsundials-cvodes6``, conda-forge's ``sundials``) is
+the fallback, or the choice with ``POPKIN_CVODES=system``; ``POPKIN_CVODES_LIBRARY`` names a
+file (see :mod:`popkin.ode._sundials`). It is loaded on first use, so model definitions
+(:class:`OdeSystem`) and the registry of structures work without it; solving without it raises
+an ImportError that lists what was tried and how to install it.
 
 A failed solve never raises inside a model: its predictions are NaN, :func:`guard_prediction`
 or :func:`guard_logp` turn them into a log-density of -inf with finite gradients, and
