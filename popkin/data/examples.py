@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pathlib import Path
+
+from .._library import folder
 
 __all__ = ["theophylline", "phenobarbital", "warfarin", "voriconazole_patient"]
 
-DATASETS = Path(__file__).resolve().parents[2] / "datasets"
+
+def _shipped(name: str) -> pd.DataFrame:
+    """A CSV file of the shipped ``datasets/`` folder, ``.`` read as missing."""
+    with folder("datasets").joinpath(name).open("rb") as fh:
+        return pd.read_csv(fh, na_values=".")
 
 
 def _rdataset(package: str, item: str) -> pd.DataFrame:
@@ -75,7 +80,7 @@ def warfarin() -> pd.DataFrame:
     ``DVID`` 2 the prothrombin complex activity (% of normal). Covariates ``WT`` (kg), ``SEX``
     (1 male, 0 female), ``AGE`` (years). 32 subjects, 483 observations.
     """
-    raw = pd.read_csv(DATASETS / "warfarin_oreilly.csv", na_values=".")
+    raw = _shipped("warfarin_oreilly.csv")
     is_dose = raw["amt"].notna().to_numpy()
     return pd.DataFrame({
         "ID": raw["id"].astype(int),
@@ -99,4 +104,4 @@ def voriconazole_patient() -> pd.DataFrame:
     of the library model ``voriconazole_ling``: ``CYP2C19``, ``AGE``, ``WT``, ``ALB``, ``SEX``,
     ``CRP_NON_PM``.
     """
-    return pd.read_csv(DATASETS / "voriconazole_patient.csv", na_values=".")
+    return _shipped("voriconazole_patient.csv")

@@ -36,6 +36,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -43,6 +44,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from .._library import folder as _library_folder
 from ..data.reader import Dataset
 from ..data.schema import DatasetError, Problem
 from ..structural import Structure, get_structure
@@ -52,8 +54,6 @@ from .covariates import (CONTINUOUS_KINDS, CovariateEffect, SpecError, check_ide
 from .error import ErrorModel
 
 __all__ = ["ModelSpec", "ParameterSpec", "SpecError", "load_model", "library_models"]
-
-LIBRARY = Path(__file__).resolve().parents[2] / "models"
 
 _TOP_KEYS = {"model", "parameters", "error", "ode", "dosing"}
 _MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega", "covariate_ranges",
@@ -263,7 +263,13 @@ def _impute(values: np.ndarray, effect: CovariateEffect) -> np.ndarray:
 
 def library_models() -> list[str]:
     """Names of the models in the shipped model library."""
-    return sorted(p.stem for p in LIBRARY.glob("*.toml"))
+    return sorted(_library_specs())
+
+
+def _library_specs() -> dict[str, Traversable]:
+    """The library's spec files by model name."""
+    return {f.name.removesuffix(".toml"): f for f in _library_folder("models").iterdir()
+            if f.name.endswith(".toml") and f.is_file()}
 
 
 def load_model(source: "str | os.PathLike | ModelSpec") -> ModelSpec:
@@ -276,9 +282,9 @@ def load_model(source: "str | os.PathLike | ModelSpec") -> ModelSpec:
     path = Path(text)
     if _is_file(path):
         return _parse(_read_text(path), path.name)
-    candidate = LIBRARY / f"{text}.toml"
-    if "/" not in text and "\0" not in text and _is_file(candidate):
-        return _parse(_read_text(candidate), f"models/{candidate.name}")
+    shipped = _library_specs().get(text)
+    if shipped is not None:
+        return _parse(_read_text(shipped), f"models/{shipped.name}")
     raise SpecError(f"model {text[:200]!r} is neither a TOML file nor a library model (library: "
                     f"{', '.join(library_models()) or 'empty'})")
 
@@ -290,7 +296,7 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path | Traversable) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
