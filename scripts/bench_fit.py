@@ -87,8 +87,8 @@ def hand_written_theophylline(data: pd.DataFrame, spec):
 def min_ess_bulk(idata, names) -> float:
     import arviz as az
 
-    ess = az.ess(idata.posterior[list(names)], method="bulk")
-    return float(min(float(ess[n].values.min()) for n in names))
+    posterior = idata["posterior"].to_dataset()
+    return float(min(np.min(az.ess(posterior[n].values, method="bulk")) for n in names))
 
 
 def _sample_hand(compiled, args):

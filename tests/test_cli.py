@@ -88,3 +88,30 @@ def test_readme_commands_match_ci_and_spec_example_is_valid():
     toml = re.findall(r"```toml\n(.*?)```", readme, re.S)[0]
     spec = load_model(toml)
     assert spec.parameter("CL").covariates[1].names == ["CL:CYP3A5[*1/*3]", "CL:CYP3A5[*1/*1]"]
+
+
+def test_fit_says_what_it_does_in_plain_lines_and_keeps_library_noise_out(tmp_path):
+    """Not a terminal (a pipe): each stage and the sampling progress as plain lines on stderr,
+    no control characters, and none of the dependencies' own warnings; with --quiet, nothing."""
+    from popkin.data.examples import theophylline
+
+    data = tmp_path / "theo.csv"
+    theophylline().to_csv(data, index=False)
+    command = [sys.executable, "-m", "popkin.cli", "fit", "theophylline", str(data),
+               "--chains", "2", "--draws", "100", "--tune", "100", "--seed", "1"]
+    said = subprocess.run(command + ["--out", str(tmp_path / "fit")], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert said.returncode == 0, said.stderr
+    lines = said.stderr.splitlines()
+    stages = ["building the model (12 subjects)", "compiling the sampler", "finding a start",
+              "sampling 2 chain(s) x (100 tuning + 100 draws)", "sampling: 400/400 draws (100%)",
+              "writing"]
+    for stage in stages:
+        assert any(stage in line for line in lines), (stage, said.stderr)
+    assert all(re.match(r"\[\d+\.\d s\] ", line) for line in lines), said.stderr
+    assert "\x1b" not in said.stderr and "\r" not in said.stderr
+    for noise in ("Warning", "BLAS", "Numba", "numba", "arviz"):
+        assert noise not in said.stderr, said.stderr
+    quiet = subprocess.run(command + ["--out", str(tmp_path / "quiet"), "--quiet"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

@@ -265,7 +265,7 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
         # design get a sampler whose observations are data, kept for all later ones
         as_data = entry is not None
         built = build_pymc_model(spec, dataset, observations_as_data=as_data)
-        progress.stage("compiling the sampler (numba; once per design in this session)")
+        progress.stage("compiling the sampler (once per design in this session)")
         compiled = nutpie.compile_pymc_model(built.model, backend="numba",
                                              jitter_rvs=_population_rvs(built.model))
         entry = _Compiled(built, compiled, None if as_data else observations,
