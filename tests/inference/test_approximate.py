@@ -13,7 +13,7 @@ import popkin
 from popkin.data.examples import theophylline
 from popkin.inference.approximate import (ApproximationError, _Density, _diagonal_update,
                                           _hessian, _inverse_hessian_factors, _maximise,
-                                          laplace, pathfinder)
+                                          _normal_at, laplace, pathfinder)
 from popkin.inference.fit import _convergence_warnings, _not_a_mode
 
 # nlmixr2's FOCEi estimates for these data (models/theophylline.toml)
@@ -119,6 +119,36 @@ def test_lbfgs_compact_inverse_hessian_equals_the_bfgs_recursion():
     assert np.allclose(_diagonal_update(alpha, s, y), 1 / np.diag(updated))
 
 
+@pytest.mark.parametrize("pairs", [2, 6])
+def test_pathfinder_normal_is_a_quasi_newton_step_with_its_exact_density(pairs):
+    """On a quadratic log density with A-conjugate curvature pairs the L-BFGS inverse Hessian
+    is the exact covariance once there are as many pairs as dimensions: the normal's mean is
+    the mode. With fewer pairs the draws' log q is still the density of the stated normal."""
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(5)
+    n = 6
+    factor = rng.normal(size=(n, n))
+    precision = factor @ factor.T + n * np.eye(n)
+    mode = rng.normal(size=n)
+    _, vectors = np.linalg.eigh(precision)
+    s_pairs = [vectors[:, i] * (i + 1) for i in range(pairs)]
+    y_pairs = [precision @ s for s in s_pairs]
+    alpha = np.ones(n)
+    for s, y in zip(s_pairs, y_pairs):
+        alpha = _diagonal_update(alpha, s, y)
+    x = mode + rng.normal(size=n)
+    normal = _normal_at(x, -precision @ (x - mode), alpha, s_pairs, y_pairs)
+    beta, gamma = _inverse_hessian_factors(alpha, s_pairs, y_pairs)
+    cov = np.diag(alpha) + beta @ gamma @ beta.T
+    draws, logq = normal.sample(rng, 20000)
+    assert np.allclose(logq, multivariate_normal(normal.mean, cov).logpdf(draws), atol=1e-9)
+    assert np.allclose(np.cov(draws.T), cov, atol=5 * np.sqrt(2 / 20000) * np.diag(cov).max())
+    if pairs == n:
+        assert np.allclose(cov, np.linalg.inv(precision), atol=1e-12)
+        assert np.allclose(normal.mean, mode, atol=1e-12)
+
+
 def test_positive_parameter_is_approximated_on_the_log_scale():
     model, shape, rate = gamma_rate()
     mode = np.log(shape / rate)                 # the constrained mode is log((shape - 1) / rate)
@@ -215,7 +245,8 @@ def test_convergence_warnings_read_what_the_methods_record():
     assert _convergence_warnings(quiet, "map") == []        # a flat optimum, small gradient
     loud = tree("optimizer_result", success=False, message="ABNORMAL", hessian_regularised=0,
                 jac=np.array([3.0, 0.0]))
-    assert "did not converge (ABNORMAL; largest gradient 3)" in _convergence_warnings(loud, "map")[0]
+    [message] = _convergence_warnings(loud, "map")
+    assert "did not converge (ABNORMAL; largest gradient 3)" in message
     assert _not_a_mode(loud) is None and _not_a_mode(quiet) is None
     # a large gradient where the log density is not concave either: no mode, the fit is refused
     lost = tree("optimizer_result", success=True, message="CONVERGENCE", hessian_regularised=15,
