@@ -32,6 +32,7 @@ from ..data.reader import Dataset, read_dataset
 from ..population.pymc_model import PopulationModel, build_pymc_model
 from ..population.spec import ModelSpec, load_model
 from .._progress import Progress, as_progress
+from .approximate import ApproximationError, laplace, pathfinder
 from .result import Fit
 from .sampler_data import sampled_data_names, with_model_data
 
@@ -43,14 +44,9 @@ METHODS = ("nuts", "pathfinder", "map")
 #: prior is a factor of 5e8 for the default typical-value prior: no unit mix-up is that large.
 _FLAG_SDS = 5.0
 _REFUSE_SDS = 20.0
-#: Largest gradient (of the negative log-density) at which an optimiser that reports a failure,
-#: usually "precision loss" at a flat optimum, is still taken as converged.
+#: Largest gradient (of the negative log-density) at which an optimiser's end point is taken as
+#: converged, whatever the optimiser reported (usually "precision loss" at a flat optimum).
 _GRADIENT_TOLERANCE = 0.1
-
-
-class ApproximationError(ValueError):
-    """A MAP or pathfinder result that cannot be an answer (non-finite, or absurdly far from
-    its prior); the message names the parameters and what to do."""
 
 
 @dataclass
@@ -90,7 +86,8 @@ def fit(
     method
         ``"nuts"`` (default): full posterior by NUTS. ``"pathfinder"``: variational
         approximation by multi-path Pathfinder (fast, approximate). ``"map"``: the posterior mode
-        and a Laplace (Gaussian) approximation around it in the unconstrained space.
+        and a Laplace (Gaussian) approximation around it in the unconstrained space (both:
+        :mod:`popkin.inference.approximate`).
     chains, draws, tune
         NUTS chains, draws kept per chain and tuning steps per chain. For ``pathfinder`` and
         ``map`` the approximation is sampled ``chains * draws`` times.
@@ -306,15 +303,10 @@ def _other(built: PopulationModel, method, chains, draws, tune, seed, target_acc
             return pm.sample(draws=draws, tune=tune, chains=chains, cores=cores or min(chains, 4),
                              random_seed=seed, target_accept=target_accept, progressbar=progress,
                              compute_convergence_checks=False)
-    import pymc_extras as pmx
-
-    if method == "pathfinder":
-        with model:
-            return pmx.fit_pathfinder(num_paths=4, num_draws=chains * draws, random_seed=seed,
-                                      progressbar=progress, concurrent=None,
-                                      display_summary=False)
-    with model:
-        return pmx.fit_laplace(random_seed=seed, draws=chains * draws, progressbar=progress)
+    # jittered starts move the population parameters only (see _population_rvs)
+    jitter = _value_names(model, _population_rvs(model))
+    approximate = pathfinder if method == "pathfinder" else laplace
+    return approximate(model, draws=chains * draws, seed=seed, jitter=jitter, progress=progress)
 
 
 def _prior_centres(spec: ModelSpec) -> dict[str, tuple[str, float, float]]:
@@ -394,12 +386,15 @@ def _check_approximation(spec: ModelSpec, built: PopulationModel, idata, method:
         var = f"{p.name}_i"
         if var in post and not np.isfinite(np.asarray(post[var].values, dtype=float)).all():
             infinite.append(var)
-    if infinite or refused:
+    lost = _not_a_mode(idata) if method == "map" else None
+    if infinite or refused or lost:
         what = []
         if infinite:
             what.append("non-finite estimates for " + ", ".join(infinite))
         if refused:
             what.append("estimates absurdly far from their priors: " + "; ".join(refused))
+        if lost:
+            what.append(lost)
         raise ApproximationError(
             f"the {method} fit is refused: {' and '.join(what)}. The optimiser ran off where the "
             "data do not constrain the model; check the data's units, the spec's typical values "
@@ -408,30 +403,53 @@ def _check_approximation(spec: ModelSpec, built: PopulationModel, idata, method:
     return messages, flagged
 
 
+def _largest_gradient(result) -> float:
+    jac = np.asarray(result["jac"].values, dtype=float)
+    return float(np.max(np.abs(jac))) if jac.size else 0.0
+
+
+def _not_a_mode(idata) -> str | None:
+    """Why the MAP optimiser's end point is no mode (None when it may be one): it stopped with
+    a large gradient where the log density is not concave either, as on data in units 1e9
+    times those of the spec."""
+    if "optimizer_result" not in idata.children:
+        return None
+    result = idata["optimizer_result"]
+    largest, directions = _largest_gradient(result), int(result["hessian_regularised"].values)
+    if directions and not largest <= _GRADIENT_TOLERANCE:
+        return (f"the optimiser stopped where the log density has no mode (largest gradient "
+                f"{largest:.3g}, {directions} direction(s) of zero or positive curvature)")
+    return None
+
+
 def _convergence_warnings(idata, method: str) -> list[str]:
+    """What the optimiser or pathfinder recorded about itself (:mod:`.approximate`), in words."""
     out = []
-    if method == "map" and "optimizer_result" in idata.groups():
-        result = idata.optimizer_result
-        success = bool(result["success"].values) if "success" in result else True
-        jac = np.asarray(result["jac"].values, dtype=float) if "jac" in result else np.zeros(1)
-        largest = float(np.max(np.abs(jac))) if jac.size else 0.0
-        if not np.isfinite(largest) or (not success and largest > _GRADIENT_TOLERANCE):
-            message = str(result["message"].values) if "message" in result else "no message"
-            out.append(f"The MAP optimiser did not converge ({message}; largest gradient "
-                       f"{largest:.3g}): the mode and its intervals are unreliable; fit with "
-                       "method='nuts'.")
-    if method == "pathfinder" and "sample_stats" in idata.groups():
-        stats = idata.sample_stats
-
-        def value(name):
-            found = [v for v in stats.data_vars if str(v).split("/")[-1] == name]
-            return float(np.asarray(stats[found[0]].values).ravel()[0]) if found else None
-
-        paths, good, khat = value("num_paths"), value("num_successful_paths"), value("pareto_k")
-        if paths is not None and good is not None and good < paths:
-            out.append(f"Only {good:.0f} of {paths:.0f} pathfinder paths succeeded: the "
-                       "approximation may miss part of the posterior; fit with method='nuts'.")
-        if khat is not None and khat > 0.7:
+    groups = idata.children
+    if method == "map" and "optimizer_result" in groups:
+        result = idata["optimizer_result"]
+        largest = _largest_gradient(result)
+        # L-BFGS-B's "success" can be a relative change below tolerance at a huge log density
+        # with a large gradient, and its "failure" a lost line search at a flat optimum: the
+        # gradient decides
+        if not largest <= _GRADIENT_TOLERANCE:
+            out.append(f"The MAP optimiser did not converge ({result['message'].values}; largest "
+                       f"gradient {largest:.3g}): the mode and its intervals are unreliable; fit "
+                       "with method='nuts'.")
+        regularised = int(result["hessian_regularised"].values)
+        if regularised:
+            out.append(f"The log density is not concave at the mode ({regularised} "
+                       "direction(s) of zero or positive curvature, replaced to draw the Laplace "
+                       "approximation): those intervals are unreliable; fit with method='nuts'.")
+    if method == "pathfinder" and "pathfinder" in groups:
+        stats = idata["pathfinder"]
+        paths = int(stats["num_paths"].values)
+        good = int(stats["num_successful_paths"].values)
+        khat = float(stats["pareto_k"].values)
+        if good < paths:
+            out.append(f"Only {good} of {paths} pathfinder paths succeeded: the approximation may "
+                       "miss part of the posterior; fit with method='nuts'.")
+        if khat > 0.7:
             out.append(f"Pathfinder's importance-sampling Pareto k is {khat:.2f} (above 0.7): the "
                        "approximation is poor; fit with method='nuts'.")
     return out

@@ -280,21 +280,25 @@ def test_corrupt_posterior_is_named(cli, report_failed_fit, tmp_path, damage):
 
 
 def test_map_fit_running_off_is_refused_not_reported(cli, tmp_path):
-    # concentrations in ng/L for a spec in mg/L: the optimiser runs off to non-finite values
+    # concentrations in ng/L for a spec in mg/L: the optimiser stops far out, with a large
+    # gradient, where the log density is not concave (pymc-extras' BFGS ran off to non-finite
+    # values)
     data = theophylline()
     data = data[data["ID"] <= 3].assign(DV=lambda d: d["DV"] * 1e9)
     data.to_csv(tmp_path / "ng.csv", index=False)
     outcome = cli("fit", "theophylline", tmp_path / "ng.csv", "--out", tmp_path / "fit",
                   "--method", "map", "--draws", "50", "--chains", "1", "--seed", "1", "--quiet")
-    assert_clean_error(outcome, "the map fit is refused", "non-finite estimates for",
+    assert_clean_error(outcome, "the map fit is refused", "the log density has no mode",
                        "check the data's units")
     assert not (tmp_path / "fit").exists()
 
 
-def test_map_on_a_categorical_model_that_runs_off_is_refused(cli, tmp_path):
+def test_map_on_a_categorical_model_stays_at_the_mode(cli, tmp_path):
     # the issue's case: a categorical covariate (here one F subject of four) and method map.
-    # BFGS ends on a line-search step where the log-density overflowed to NaN; the optimum
-    # it returned had V:SEX[F] = 5e10 and KA = 3e60 and used to be reported as a fit
+    # pymc-extras' BFGS ended on a line-search step where the log-density overflowed to NaN; the
+    # optimum it returned had V:SEX[F] = 5e10 and KA = 3e60 and used to be reported as a fit.
+    # popkin's optimiser never takes a step to a non-finite log density: this is a plain fit
+    # now (results that far out are refused: test_map_estimate_far_from_its_prior_is_flagged)
     from popkin.population import load_model
 
     spec = load_model("theophylline").text.split("[dosing]")[0].replace(
@@ -308,8 +312,11 @@ def test_map_on_a_categorical_model_that_runs_off_is_refused(cli, tmp_path):
     data.to_csv(tmp_path / "data.csv", index=False)
     outcome = cli("fit", tmp_path / "model.toml", tmp_path / "data.csv", "--out", tmp_path / "fit",
                   "--method", "map", "--draws", "50", "--chains", "1", "--seed", "1", "--quiet")
-    assert_clean_error(outcome, "the map fit is refused", "prior SDs away", "V:SEX[F]")
-    assert not (tmp_path / "fit").exists() and not debris(tmp_path)
+    assert outcome.code == 0, outcome.err
+    summary = pd.read_csv(tmp_path / "fit" / "summary.csv").set_index("parameter")["q50"]
+    assert 0.5 < summary["V:SEX[F]"] < 2.0
+    assert summary["V"] == pytest.approx(31.5, rel=0.25)
+    assert summary["KA"] < 10 and "implausible" not in outcome.out
 
 
 def test_map_estimate_far_from_its_prior_is_flagged():
@@ -325,10 +332,11 @@ def test_map_estimate_far_from_its_prior_is_flagged():
 
     def idata(v, cl, gradient):
         post = {"V": np.full((1, 20), v), "CL": np.full((1, 20), cl)}
-        data = az.from_dict(posterior=post)
-        data.add_groups({"optimizer_result": xr.Dataset({
+        data = az.from_dict({"posterior": post})
+        data["optimizer_result"] = xr.DataTree(xr.Dataset({
             "success": xr.DataArray(False), "message": xr.DataArray("precision loss"),
-            "jac": xr.DataArray(np.array([gradient, 0.0]), dims=["variables"])})})
+            "hessian_regularised": xr.DataArray(0),
+            "jac": xr.DataArray(np.array([gradient, 0.0]), dims=["unconstrained"])}))
         return data
 
     messages, flagged = _check_approximation(spec, built, idata(31.5 * np.exp(6), 2.72, 1e-4),
