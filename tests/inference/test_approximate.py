@@ -261,13 +261,6 @@ def test_convergence_warnings_read_what_the_methods_record():
 
 
 @pytest.fixture(scope="module")
-def theo_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "theo.csv"
-    theophylline().to_csv(path, index=False)
-    return path
-
-
-@pytest.fixture(scope="module")
 def nuts_posterior():
     """A short NUTS run (nutpie) on the same PyMC model: the reference for the approximations."""
     import nutpie

@@ -16,13 +16,6 @@ PUBLISHED = {"KA": 1.57, "CL": 2.72, "V": 31.5, "sigma_add": 0.7}
 
 
 @pytest.fixture(scope="module")
-def theo_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "theo.csv"
-    theophylline().to_csv(path, index=False)
-    return path
-
-
-@pytest.fixture(scope="module")
 def theo_fit(theo_csv):
     return popkin.fit("theophylline", theo_csv, chains=2, draws=300, tune=300, seed=11,
                       progress=False)
