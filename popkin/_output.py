@@ -163,7 +163,10 @@ def _register(path: Path) -> None:
         _pending.add(path)
         if threading.current_thread() is threading.main_thread() and not _previous:
             for sig in _SIGNALS:
-                _previous[sig] = signal.getsignal(sig)
+                previous = signal.getsignal(sig)
+                if previous == signal.SIG_IGN:
+                    continue            # ignored (nohup, a background job): the write goes on
+                _previous[sig] = previous
                 signal.signal(sig, _on_signal)
 
 

@@ -7,7 +7,7 @@ one every ``interval`` seconds, with no control characters.
 
 >>> import io
 >>> out = io.StringIO()
->>> progress = Progress(stream=out, clock=iter([0.0, 1.5, 12.0, 13.0]).__next__)
+>>> progress = Progress(stream=out, clock=iter([0.0, 0.0, 1.5]).__next__)
 >>> progress.stage("compiling the sampler")
 >>> progress.stage("sampling 2 chains x (100 tuning + 100 draws)")
 >>> print(out.getvalue(), end="")

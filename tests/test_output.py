@@ -83,11 +83,12 @@ def test_a_file_where_a_folder_goes_and_back_is_refused_before_writing(tmp_path)
 
 def test_signal_handlers_only_while_a_temporary_exists(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
+    before_int = signal.getsignal(signal.SIGINT)
     with staged_file(tmp_path / "a.txt") as tmp:
         assert signal.getsignal(signal.SIGTERM) is not before
         tmp.write_text("x")
     assert signal.getsignal(signal.SIGTERM) is before
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before_int
 
 
 def _run(code: str, cwd, umask=0o022):
@@ -116,8 +117,12 @@ with staged_folder("fit") as s:
 
 
 _INTERRUPTED_WRITE = """
-import os, sys, time
+import os, signal, sys, time
 from popkin._output import staged_file, staged_folder
+# as in a terminal, whatever the disposition the tests were started with (a background job
+# starts with SIGINT ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 with staged_folder("fit") as s:
     (s / "summary.csv").write_text("x")
     with staged_file("table.csv") as t:
@@ -140,6 +145,24 @@ def test_sigint_during_a_write_removes_the_temporaries_and_raises_keyboard_inter
     # Python ends an uncaught KeyboardInterrupt by the signal itself
     assert done.returncode == -signal.SIGINT and "KeyboardInterrupt" in done.stderr
     assert names(tmp_path) == []
+
+
+def test_an_ignored_signal_during_a_write_changes_nothing(tmp_path):
+    """A process that ignores SIGINT (nohup, a background job) finishes its write when one
+    comes: popkin's clean-up must not turn an ignored signal into lost output."""
+    done = subprocess.run([sys.executable, "-c", """
+import os, signal
+from popkin._output import staged_file
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+with staged_file("table.csv") as t:
+    t.write_text("half")
+    os.kill(os.getpid(), signal.SIGINT)
+    t.write_text("whole")
+assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+"""], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert names(tmp_path) == ["table.csv"]
+    assert (tmp_path / "table.csv").read_text() == "whole"
 
 
 def test_a_failed_write_removes_the_folders_it_created(tmp_path):
