@@ -29,6 +29,7 @@ When no search ends at a finite log density the chains start as PyMC would have 
 from __future__ import annotations
 
 import ctypes
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,6 +146,9 @@ def _conditional_sds(logp: _LogDensity, x: np.ndarray, coords: np.ndarray) -> np
     return sds
 
 
+_CENTRES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: set[str],
                     frozen_names: set[str] = frozenset(), max_iter: int = MAX_ITER):
     """A compiled nutpie model whose chains start around the best of ``searches`` + 1 local
@@ -165,7 +169,13 @@ def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: 
     free = ~_mask(compiled, frozen_names)
     jitter_coords = np.flatnonzero(_mask(compiled, jitter_names))
     value_names = [v.name for v in model.value_vars]
-    centre = make_initial_point_fn(model=model, jitter_rvs=set(), return_transformed=True)(0)
+    centre_of = _CENTRES.get(model)
+    if centre_of is None:
+        # compiled once per model (a tenth of a second); evaluated at every start, so that it
+        # reads the model's current data
+        centre_of = make_initial_point_fn(model=model, jitter_rvs=set(), return_transformed=True)
+        _CENTRES[model] = centre_of
+    centre = centre_of(0)
     flat = np.zeros(n)
     for name, where in zip(compiled.shape_info[0], compiled.shape_info[1]):
         if name in value_names:
