@@ -106,6 +106,28 @@ def fresh(tmp_path_factory):
     runs.stop()
 
 
+def _same_posterior(got: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """The draws of a sampler given the same data as a fresh process's: equal up to rounding.
+
+    A sampler compiled for one patient and given another's data evaluates the same log
+    density as one compiled for the second patient, but not always bit for bit (PyTensor 3
+    may order a sum differently): draws then agree to about 1e-10 at first, and NUTS, being
+    chaotic, amplifies the difference over later draws. So: the first draws of every chain to
+    1e-6 (another patient's data would move them at once), and the posterior's quantiles to
+    a fraction of its width.
+    """
+    got, expected = np.asarray(got, dtype=float), np.asarray(expected, dtype=float)
+    assert got.shape == expected.shape, what
+    chains = 4                                  # recommend's default (OPTIONS keeps it)
+    per_chain = len(got) // chains
+    firsts = np.concatenate([np.arange(c * per_chain, c * per_chain + 3) for c in range(chains)])
+    np.testing.assert_allclose(got[firsts], expected[firsts], rtol=1e-6, err_msg=what)
+    q = [0.05, 0.5, 0.95]
+    width = np.quantile(expected, 0.95) - np.quantile(expected, 0.05)
+    np.testing.assert_allclose(np.quantile(got, q), np.quantile(expected, q), rtol=0,
+                               atol=0.15 * width, err_msg=what)
+
+
 def _draws(rec) -> dict[str, np.ndarray]:
     return {**rec.posterior.parameters,
             **{"sigma:" + k: v for k, v in rec.posterior.sigmas.items()}}
@@ -122,7 +144,7 @@ def test_two_patients_in_one_process_get_the_posteriors_of_a_fresh_process(fresh
             got = _draws(rec)
             assert set(got) == set(expected)
             for key, values in got.items():
-                np.testing.assert_array_equal(values, expected[key], err_msg=f"{name} {key}")
+                _same_posterior(values, expected[key], f"{name} {key}")
     # and the two posteriors are far apart: B's levels are 2.5 times A's
     assert np.median(second.posterior.parameters["CL"]) < 0.6 * np.median(
         first.posterior.parameters["CL"])
@@ -143,7 +165,14 @@ def test_batch_in_one_process_gives_each_patient_its_own_posterior(fresh, cli, t
     assert sorted(by_patient) == ["1", "2"]
     for name, (pid, _) in PATIENTS.items():
         _, expected = fresh.result(name)
-        assert by_patient[str(pid)]["individual_parameters"] == expected, name
+        got = by_patient[str(pid)]["individual_parameters"]
+        assert set(got) == set(expected), name
+        for p, summary in got.items():
+            width = expected[p]["q95"] - expected[p]["q05"]        # about 3.3 posterior SDs
+            for key in ("median", "q05", "q95"):
+                assert abs(summary[key] - expected[p][key]) < 0.15 * width, (name, p, key)
+            for key in ("population_median", "population_q05", "population_q95"):
+                assert summary[key] == pytest.approx(expected[p][key], rel=1e-9), (name, p, key)
     assert set(tree(tmp_path)) >= {"out", "out/recommendations.csv"} and not debris(tmp_path)
 
 
