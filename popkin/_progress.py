@@ -43,8 +43,10 @@ class Progress:
 
     def __init__(self, enabled: bool = True, stream: TextIO | None = None,
                  interval: float = INTERVAL, clock: Callable[[], float] = time.perf_counter):
-        self.enabled = bool(enabled)
         self.stream = stream if stream is not None else sys.stderr
+        # no standard error (closed when Python started: sys.stderr is None) means nowhere to
+        # say it; print() would otherwise write it into standard output, among the results
+        self.enabled = bool(enabled) and self.stream is not None
         self.interval = float(interval)
         self._clock = clock
         self._began = clock()

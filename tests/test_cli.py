@@ -115,3 +115,15 @@ def test_fit_says_what_it_does_in_plain_lines_and_keeps_library_noise_out(tmp_pa
     quiet = subprocess.run(command + ["--out", str(tmp_path / "quiet"), "--quiet"],
                            capture_output=True, text=True, cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_fit_with_standard_error_closed_keeps_its_progress_out_of_standard_output(tmp_path):
+    from popkin.data.examples import theophylline
+
+    data = tmp_path / "theo.csv"
+    theophylline().to_csv(data, index=False)
+    done = subprocess.run(f'"{sys.executable}" -m popkin.cli fit theophylline "{data}" --chains 1 '
+                          f'--draws 50 --tune 50 --seed 1 --out "{tmp_path / "fit"}" 2>&-',
+                          shell=True, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0
+    assert "parameter" in done.stdout and "sampling" not in done.stdout, done.stdout
