@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["group_names", "has_group", "read_tree"]
-
-
-def group_names(tree) -> list[str]:
-    """The groups of ``tree`` (its children), e.g. ``["posterior", "sample_stats"]``."""
-    return list(tree.children)
+__all__ = ["has_group", "read_tree"]
 
 
 def has_group(tree, name: str) -> bool:
