@@ -199,6 +199,8 @@ def _fit(args) -> int:
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for message in result.warnings:
         print(f"warning: {message}")
+    for message in result.notes:
+        print(f"note: {message}")
     progress.stage(f"writing {args.out}/ and its report")
     try:
         # the fit's own files are saved first: a report that fails does not lose them
@@ -390,9 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
                    default=0.8, help="NUTS target acceptance rate, in (0, 1) (default 0.8)")
     p.add_argument("--mass-matrix", choices=("diag", "low_rank"), default="diag",
                    help="nutpie mass-matrix adaptation (low_rank for strongly correlated posteriors)")
-    p.add_argument("--start", choices=("optimize", "jitter"), default="optimize",
-                   help="where the chains start: around the best of several short optimisations "
-                        "(default), or at the prior's centre jittered")
+    p.add_argument("--start", choices=("modes", "optimize", "jitter"), default="modes",
+                   help="where the chains start: in the main mode found by local searches and a "
+                        "short chain from each separate optimum (modes, default), around the "
+                        "highest search end point (optimize), or at the prior's jittered centre "
+                        "(jitter)")
     p.add_argument("--seed", type=_seed, default=None)
     p.add_argument("--quiet", action="store_true", help="say nothing while fitting (no stage lines, no progress)")
     p.set_defaults(func=_fit)

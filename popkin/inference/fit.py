@@ -39,6 +39,7 @@ from .sampler_data import sampled_data_names, with_model_data
 __all__ = ["fit", "clear_compile_cache", "ApproximationError"]
 
 METHODS = ("nuts", "pathfinder", "map")
+STARTS = ("modes", "optimize", "jitter")
 #: An optimisation-based estimate this many prior SDs (log scale for positive parameters) from
 #: its prior's centre is flagged; beyond ``_REFUSE_SDS`` it is refused. 20 SDs of a log-normal
 #: prior is a factor of 5e8 for the default typical-value prior: no unit mix-up is that large.
@@ -77,7 +78,7 @@ def fit(
     progress: bool | Progress = True,
     cores: int | None = None,
     mass_matrix: Literal["diag", "low_rank"] = "diag",
-    start: Literal["optimize", "jitter"] = "optimize",
+    start: Literal["modes", "optimize", "jitter"] = "modes",
 ) -> Fit:
     """Fit ``model`` (a spec, TOML file or library name) to ``data`` (Dataset, frame or CSV).
 
@@ -105,15 +106,19 @@ def fit(
         when typical values and covariate effects are correlated, at a higher cost per step).
 
     start
-        Where nutpie's chains start. ``"optimize"`` (default): L-BFGS searches of the joint
-        posterior density from the prior's centre and from one jittered point per chain; every
-        chain starts at the best end point with the typical values, variability and residual
-        SDs moved by up to two conditional SDs (:mod:`popkin.inference.start`). A chain that
-        starts far out can otherwise stay in a remote local mode. ``"jitter"``: the prior's
-        central point with the typical values and the variability parameters jittered by
-        U(-1, 1) on the unconstrained scale. Either way covariate effects start at their spec
-        values (or the search's end point) and no chain starts with extreme individuals.
-        PyMC's sampler (``sampler="pymc"``) uses its own start.
+        Where nutpie's chains start (:mod:`popkin.inference.start`). ``"modes"`` (default):
+        L-BFGS searches of the joint posterior density from the prior's centre and from jittered
+        points; when they end in separate optima, a short chain from each compares the modes by
+        the log density the sampler sees, and the chains start from draws of the main mode's.
+        A minor mode found is named in ``Fit.notes``; modes of comparable density in
+        ``Fit.warnings``. ``"optimize"``: every chain starts at the highest search end point
+        with the typical values, variability and residual SDs moved by up to two conditional
+        SDs (faster, but the highest optimum of the joint density can be a minor mode).
+        ``"jitter"``: the prior's central point with the typical values and the variability
+        parameters jittered by U(-1, 1) on the unconstrained scale (a chain can stay in a remote
+        mode). Either way covariate effects start at their spec values (or the search's end
+        point) and no chain starts with extreme individuals. PyMC's sampler
+        (``sampler="pymc"``) uses its own start.
 
     Returns
     -------
@@ -125,8 +130,8 @@ def fit(
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if mass_matrix not in ("diag", "low_rank"):
         raise ValueError(f"mass_matrix must be 'diag' or 'low_rank', not {mass_matrix!r}")
-    if start not in ("optimize", "jitter"):
-        raise ValueError(f"start must be 'optimize' or 'jitter', not {start!r}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {', '.join(map(repr, STARTS))}, not {start!r}")
     if sampler not in ("nutpie", "pymc"):
         raise ValueError(f"sampler must be 'nutpie' or 'pymc', not {sampler!r}")
     for name, value in (("chains", chains), ("draws", draws)):
@@ -160,10 +165,7 @@ def fit(
                         "popkin_seed": int(seed), "popkin_seconds": round(seconds, 3),
                         "popkin_ode_failures": int(failures)})
     if report is not None and report.used:
-        idata.attrs.update({"popkin_start": "optimize",
-                            "popkin_start_modes": int(report.distinct_modes),
-                            "popkin_start_remote": int(report.remote),
-                            "popkin_start_optima": [float(v) for v in report.end_logps]})
+        idata.attrs.update(report.attrs())
     result = Fit(idata=idata, spec=spec, data=dataset, built=built, method=method, seconds=seconds,
                  ode_failures=int(failures))
     for message in result.warnings:
@@ -276,15 +278,24 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
     if cores is not None:
         kwargs["cores"] = cores
     report = None
-    if start == "optimize":
-        from .start import optimised_start
+    if start in ("modes", "optimize"):
+        from .start import mode_start, optimised_start
 
         model = entry.built.model
-        progress.stage(f"finding a start: {chains + 1} searches of the posterior's modes")
-        compiled, report = optimised_start(
-            compiled, model, seed=seed, searches=chains,
-            jitter_names=_value_names(model, _population_rvs(model)),
-            frozen_names=_frozen_in_search(model, spec))
+        searches = max(2 * chains, 8)
+        progress.stage(f"finding a start: {searches + 1} searches of the posterior's modes")
+        options = dict(seed=seed, searches=searches,
+                       jitter_names=_value_names(model, _population_rvs(model)),
+                       frozen_names=_frozen_in_search(model, spec))
+        if start == "modes":
+            # typical values and covariate effects name the modes (at a joint optimum the SDs
+            # of non-centred effects are inflated and mean little to a reader)
+            parameters = {e.name: (e.var, tuple(e.index)) for e in entry.built.entries
+                          if not e.name.startswith(("omega_", "sigma_", "corr_", "rho_"))}
+            compiled, report = mode_start(compiled, model, parameters=parameters,
+                                          progress=progress, **options)
+        else:
+            compiled, report = optimised_start(compiled, model, **options)
     before = _failures(entry.built)             # the Ops the compiled sampler calls
     progress.stage(f"sampling {chains} chain(s) x ({tune} tuning + {draws} draws)")
     idata = nutpie.sample(compiled, **kwargs)

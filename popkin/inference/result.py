@@ -156,14 +156,24 @@ class Fit:
             out.append(f"{self.divergences} divergent transition(s) of {n} draws: the posterior may "
                        "be biased; consider centred/non-centred changes, stronger priors or a "
                        "higher target_accept.")
+        # modes of comparable density found by the start (popkin.inference.start)
+        out.extend(_as_list(self.idata.attrs.get("popkin_start_warnings", [])))
         logp = chain_logp(self.idata)
         if logp is not None:
             draws = {entry.name: self.draws(entry.name) for entry in self.model.entries}
             for chain in stuck_chains(logp, draws):
                 out.append(f"{chain.describe()}. The chains sample different modes of the "
-                           "posterior, whatever R-hat says: these estimates mix them. Rerun with "
-                           "more tuning or another seed and compare, before trusting either.")
+                           "posterior, whatever R-hat says: these estimates mix them (a mode "
+                           "sampled at a lower log density is not always the one with less "
+                           "mass: a narrow mode samples higher). Rerun with more tuning or "
+                           "another seed and compare, before trusting either.")
         return out
+
+    @property
+    def notes(self) -> list[str]:
+        """What the fit found that is not a problem but should be known, in plain words: minor
+        modes of the posterior that the start found and left (empty when none)."""
+        return _as_list(self.idata.attrs.get("popkin_start_notes", []))
 
     def log_likelihood(self):
         """Add the pointwise log-likelihood (for LOO) to ``idata`` and return it."""
@@ -306,6 +316,13 @@ class Fit:
 # -- netCDF attributes --------------------------------------------------------------------------
 
 _JSON_ATTRS, _DROPPED_ATTRS = "popkin_json_attrs", "popkin_dropped_attrs"
+
+
+def _as_list(value) -> list[str]:
+    """An attribute holding a list of messages (a lone string if it had one element)."""
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in np.atleast_1d(value)] if value is not None else []
 _INT64 = (-2**63, 2**63)
 _ABSENT = object()
 

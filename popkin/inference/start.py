@@ -1,54 +1,85 @@
-"""Where NUTS chains start: the best of several short optimisations, then a local jitter.
+"""Where NUTS chains start: local searches of the posterior, their optima compared by mass.
 
 A chain that starts far out can stay in a remote local mode for the whole run: with PyMC's
 default start (the prior's centre jittered by U(-1, 1) on the unconstrained scale), 2 of 12
-warfarin fits had a chain that never reached the main mode (mean log density -837 and -426
-against -418). R-hat flags such a fit, but the fit is lost. This module starts the chains as an
-analyst does who first finds the estimates and then samples around them:
+warfarin fits had a chain that never reached the main mode. Starting every chain at the highest
+of a few local searches cures that, but it can put every chain in the *wrong* mode: the height of
+a joint optimum (population parameters and every subject's random effects) is not the posterior
+mass around it, and a search stopped early ends lower than it would have. On 200 subjects of a
+two-compartment oral model the highest search could end in the minor mode (absorption slower
+than distribution: KA 0.42, V1 14 against KA 1.2, V1 40) and all four chains sampled it; R-hat,
+which compares chains with each other, could not tell. Nor can the chains' mean log density:
+there the minor mode is the narrower one, and its chains sampled about 16 units *higher* than
+chains in the main mode, whose Laplace mass is exp(46) times larger.
+
+The default start (``"modes"``, :func:`mode_start`):
 
 1. Local searches. L-BFGS on the joint log density (the sampler's own compiled log density and
-   gradient, on the unconstrained scale), from the prior's centre and from one jittered point
-   per chain, each for at most ``max_iter`` iterations. With non-centred random effects the
-   joint density has a finite mode; the SD of a *centred* random effect is held at its start
-   (its joint density grows without bound as the SD shrinks to zero with every eta at zero).
-2. The best end point (highest log density) is the anchor. The other end points are counted
-   (:class:`StartReport`; ``popkin.fit`` stores the counts as ``popkin_start_remote`` and
-   ``popkin_start_modes`` in the posterior's attributes): end points more than
-   ``MODES_WITHIN`` below the anchor are remote modes left behind; separate optima within it are
-   modes of comparable height (the smoothed warfarin lag has a minor one about 6 below).
-3. Every chain starts at the anchor with the population parameters (typical values, variability
-   SDs, residual SDs) moved by U(-2, 2) conditional SDs, the conditional SD being
-   ``1 / sqrt(-d2 logp / dx2)`` at the anchor (capped at 1, the width of PyMC's jitter);
-   random effects and covariate effects start at the anchor. Chains differ, so R-hat keeps its
-   power within the mode; each chain's start depends only on the seed the sampler passes, so
-   the same seed gives the same draws.
+   gradient, on the unconstrained scale), from the prior's centre and from jittered points, each
+   run until the log density changes by less than ``FTOL`` (relative; at most ``MAX_ITER``
+   iterations).
+   With non-centred random effects the joint density has a finite mode; the SD of a *centred*
+   random effect is held at its start (its joint density grows without bound as the SD shrinks
+   to zero with every eta at zero).
+2. Separate optima. End points whose population coordinates (typical values, variability and
+   residual SDs) differ by more than ``SEPARATE`` on the unconstrained scale (a factor of 1.65)
+   are separate optima; subjects' random effects alone do not make one. Every search's end log
+   density is recorded; optima more than ``REMOTE`` below the highest are not explored.
+3. Their mass. With two or more, each optimum's posterior mass is approximated by Laplace's
+   method (the log density there plus half the log determinant of the inverse Hessian, the
+   Hessian by differences of the gradient; :func:`_laplace_mass`, which also moves a search
+   that stopped at a saddle on to an optimum): the main mode is the one with the largest mass.
+   Modes within ``COMPARABLE`` of it are of comparable mass; the others are minor.
+4. The chains start around the main mode, with the typical values, variability and residual SDs
+   moved by U(-2, 2) conditional SDs (``1 / sqrt(-d2 logp / dx2)`` at the optimum, capped at 1);
+   random effects and covariate effects start at the optimum. With modes of comparable mass each
+   chain starts around one of them, drawn at random, and the fit says so in plain words
+   (``Fit.warnings``); a minor mode is recorded with its parameter values and relative mass
+   (``Fit.notes``).
 
-When no search ends at a finite log density the chains start as PyMC would have started them.
+``"optimize"`` (:func:`optimised_start`) starts every chain around the highest optimum, without
+comparing masses. Each chain's start depends only on the seed the sampler passes, so the same
+seed gives the same draws. When no search ends at a finite log density the chains start as
+PyMC would have started them.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import time
 import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["StartReport", "optimised_start"]
+__all__ = ["StartReport", "mode_start", "optimised_start"]
 
-MAX_ITER = 500
-MODES_WITHIN = 10.0      # log-density units: end points closer than this to the best are modes
-JITTER_SDS = 2.0         # half-width of the final jitter, in conditional SDs
+MAX_ITER = 2000          # L-BFGS iterations per search (converged searches stop far earlier)
+FTOL = 1e-7              # relative change of the log density at which a search stops
+REMOTE = 50.0            # log-density units: optima further below the highest are not explored
+MODES_WITHIN = 10.0      # "optimize": end points closer than this to the best count as modes
+SEPARATE = 0.5           # unconstrained population coordinates: optima further apart are separate
+JITTER_SDS = 2.0         # half-width of the jitter around one optimum, in conditional SDs
+MAX_MODES = 4            # separate optima compared at most (the highest ones)
+COMPARABLE = 3.0         # log mass: modes closer than this to the largest get chains too
+MAX_LAPLACE_DIM = 6000   # larger models compare optima by their height, not their mass
 _FD_STEP = 1e-4
 
 
 @dataclass
 class StartReport:
-    """What the local searches found."""
+    """What the local searches found, and how their optima compared."""
 
+    strategy: str = "optimize"
     anchor_logp: float = float("nan")
     end_logps: list[float] = field(default_factory=list)   # one per search; nan: failed
-    distinct_modes: int = 1      # separate optima within MODES_WITHIN of the best
+    distinct_modes: int = 1      # separate optima (within MODES_WITHIN for "optimize")
+    optima_logps: list[float] = field(default_factory=list)   # highest end point of each optimum
+    compared: list[dict] = field(default_factory=list)   # one per optimum compared (mode_start)
+    comparable: int = 1          # modes the chains were spread over
+    notes: list[str] = field(default_factory=list)     # minor modes found, in plain words
+    warnings: list[str] = field(default_factory=list)  # comparable modes, in plain words
     evaluations: int = 0
     seconds: float = 0.0
     used: bool = False           # False: fell back to the sampler's own start
@@ -59,10 +90,25 @@ class StartReport:
         finite = [v for v in self.end_logps if np.isfinite(v)]
         return sum(v < self.anchor_logp - MODES_WITHIN for v in finite)
 
+    def attrs(self) -> dict:
+        """The report as the posterior's root attributes (``popkin_start_*``)."""
+        out = {"popkin_start": self.strategy,
+               "popkin_start_modes": int(self.distinct_modes),
+               "popkin_start_remote": int(self.remote),
+               "popkin_start_optima": [float(v) for v in self.end_logps],
+               "popkin_start_seconds": round(float(self.seconds), 3)}
+        if self.strategy == "modes":
+            out.update({"popkin_start_optima_logp": [float(v) for v in self.optima_logps],
+                        "popkin_start_compared": self.compared,
+                        "popkin_start_comparable": int(self.comparable),
+                        "popkin_start_notes": list(self.notes),
+                        "popkin_start_warnings": list(self.warnings)})
+        return out
+
 
 class _LogDensity:
-    """The compiled model's log density and gradient as a Python callable (ctypes, no GIL work
-    beyond the call)."""
+    """The compiled model's log density and gradient as a Python callable (ctypes, which
+    releases the GIL during the call; one instance per thread)."""
 
     def __init__(self, compiled):
         self.n = int(compiled.n_dim)
@@ -120,7 +166,7 @@ def _search(logp: _LogDensity, x0: np.ndarray, free: np.ndarray, max_iter: int):
 
     with np.errstate(all="ignore"):
         result = minimize(objective, x0[free], jac=True, method="L-BFGS-B",
-                          options={"maxiter": max_iter})
+                          options={"maxiter": max_iter, "ftol": FTOL})
     end = x0.copy()
     end[free] = result.x
     value, _ = logp(end)
@@ -149,25 +195,10 @@ def _conditional_sds(logp: _LogDensity, x: np.ndarray, coords: np.ndarray) -> np
 _CENTRES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: set[str],
-                    frozen_names: set[str] = frozenset(), max_iter: int = MAX_ITER):
-    """A compiled nutpie model whose chains start around the best of ``searches`` + 1 local
-    searches, and the :class:`StartReport`.
-
-    ``jitter_names`` and ``frozen_names`` are names of value variables (``CL_log__``): the
-    coordinates jittered at the end, and those held fixed during the searches.
-    """
-    import dataclasses
-    import time
-
+def _search_starts(compiled, model, seed: int, searches: int) -> list[np.ndarray]:
+    """The prior's centre and ``searches`` jittered points (the sampler's own jitter)."""
     from pymc.initial_point import make_initial_point_fn
 
-    began = time.perf_counter()
-    report = StartReport()
-    logp = _LogDensity(compiled)
-    n = logp.n
-    free = ~_mask(compiled, frozen_names)
-    jitter_coords = np.flatnonzero(_mask(compiled, jitter_names))
     value_names = [v.name for v in model.value_vars]
     centre_of = _CENTRES.get(model)
     if centre_of is None:
@@ -176,7 +207,7 @@ def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: 
         centre_of = make_initial_point_fn(model=model, jitter_rvs=set(), return_transformed=True)
         _CENTRES[model] = centre_of
     centre = centre_of(0)
-    flat = np.zeros(n)
+    flat = np.zeros(int(compiled.n_dim))
     for name, where in zip(compiled.shape_info[0], compiled.shape_info[1]):
         if name in value_names:
             flat[where] = np.asarray(centre[name], dtype=float).ravel()
@@ -184,38 +215,248 @@ def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: 
     for child in np.random.SeedSequence(seed).spawn(searches):
         starts.append(np.asarray(compiled.initial_point_func(int(child.generate_state(1)[0])),
                                  dtype=float))
-    ends = []
-    for x0 in starts:
-        ends.append(_search(logp, x0, free, max_iter))
-    report.end_logps = [float(v) for _, v in ends]
-    finite = [k for k, (_, v) in enumerate(ends) if np.isfinite(v)]
-    if not finite:
-        report.evaluations = logp.calls
-        report.seconds = time.perf_counter() - began
-        return compiled, report
-    best = max(finite, key=lambda k: ends[k][1])
-    anchor, report.anchor_logp = ends[best][0], float(ends[best][1])
-    close = [ends[k][0] for k in finite if ends[k][1] >= report.anchor_logp - MODES_WITHIN]
-    report.distinct_modes = _count_modes(close, jitter_coords)
-    sds = _conditional_sds(logp, anchor, jitter_coords)
-    report.evaluations = logp.calls
-    report.used = True
+    return starts
 
+
+def _run_searches(compiled, starts, free, max_iter) -> tuple[list, int]:
+    """Every search, one after the other (threads gain nothing: L-BFGS-B's Python objective
+    holds the GIL longer than the compiled log density runs); (end point, logp) per start and
+    the number of evaluations."""
+    logp = _LogDensity(compiled)
+    ends = [_search(logp, x0, free, max_iter) for x0 in starts]
+    return ends, logp.calls
+
+
+def _separate(points: list[np.ndarray], coords: np.ndarray) -> list[int]:
+    """Indices of the separate optima among ``points`` (sorted best first): each is more than
+    ``SEPARATE`` away from every earlier one in some population coordinate."""
+    kept: list[int] = []
+    for k, p in enumerate(points):
+        if all(np.max(np.abs(p[coords] - points[j][coords])) > SEPARATE for j in kept):
+            kept.append(k)
+    return kept
+
+
+def _jittered(anchor: np.ndarray, coords: np.ndarray, sds: np.ndarray):
     def initial_point(chain_seed) -> np.ndarray:
         rng = np.random.default_rng(chain_seed)
         x = anchor.copy()
-        x[jitter_coords] += rng.uniform(-JITTER_SDS, JITTER_SDS, len(jitter_coords)) * sds
+        x[coords] += rng.uniform(-JITTER_SDS, JITTER_SDS, len(coords)) * sds
+        return x
+    return initial_point
+
+
+def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: set[str],
+                    frozen_names: set[str] = frozenset(), max_iter: int = MAX_ITER):
+    """A compiled nutpie model whose chains start around the highest of ``searches`` + 1 local
+    searches, and the :class:`StartReport` (``start="optimize"``).
+
+    ``jitter_names`` and ``frozen_names`` are names of value variables (``CL_log__``): the
+    coordinates jittered at the end, and those held fixed during the searches.
+    """
+    began = time.perf_counter()
+    report = StartReport(strategy="optimize")
+    free = ~_mask(compiled, frozen_names)
+    coords = np.flatnonzero(_mask(compiled, jitter_names))
+    starts = _search_starts(compiled, model, seed, searches)
+    ends, report.evaluations = _run_searches(compiled, starts, free, max_iter)
+    report.end_logps = [float(v) for _, v in ends]
+    finite = sorted((k for k, (_, v) in enumerate(ends) if np.isfinite(v)),
+                    key=lambda k: -ends[k][1])
+    if not finite:
+        report.seconds = time.perf_counter() - began
+        return compiled, report
+    anchor, report.anchor_logp = ends[finite[0]][0], float(ends[finite[0]][1])
+    close = [ends[k][0] for k in finite if ends[k][1] >= report.anchor_logp - MODES_WITHIN]
+    report.distinct_modes = len(_separate(close, coords))
+    logp = _LogDensity(compiled)
+    sds = _conditional_sds(logp, anchor, coords)
+    report.evaluations += logp.calls
+    report.used = True
+    report.seconds = time.perf_counter() - began
+    return dataclasses.replace(compiled, initial_point_func=_jittered(anchor, coords, sds)), report
+
+
+def mode_start(compiled, model, *, seed: int, searches: int, jitter_names: set[str],
+               parameters: dict[str, tuple[str, tuple]], frozen_names: set[str] = frozenset(),
+               max_iter: int = MAX_ITER, progress=None):
+    """A compiled nutpie model whose chains start in the mode of the posterior with the most
+    mass, found by local searches and a Laplace approximation of each separate optimum's mass,
+    and the :class:`StartReport` (``start="modes"``, the default of :func:`popkin.fit`).
+
+    ``parameters`` maps the population parameters' display names to ``(value variable name,
+    index)``; their values at each optimum name the modes in the report. ``report.compared`` holds
+    one entry per separate optimum explored: its log density, its Laplace log mass, whether the
+    chains start there, and the parameters' values.
+    """
+    began = time.perf_counter()
+    report = StartReport(strategy="modes")
+    free = ~_mask(compiled, frozen_names)
+    coords = np.flatnonzero(_mask(compiled, jitter_names))
+    starts = _search_starts(compiled, model, seed, searches)
+    ends, report.evaluations = _run_searches(compiled, starts, free, max_iter)
+    report.end_logps = [float(v) for _, v in ends]
+    finite = sorted((k for k, (_, v) in enumerate(ends) if np.isfinite(v)),
+                    key=lambda k: -ends[k][1])
+    if not finite:
+        report.seconds = time.perf_counter() - began
+        return compiled, report
+    report.anchor_logp = float(ends[finite[0]][1])
+    points = [ends[k][0] for k in finite]
+    optima = _separate(points, coords)
+    report.distinct_modes = len(optima)
+    report.optima_logps = [float(ends[finite[j]][1]) for j in optima]
+    explored = [points[j] for j, v in zip(optima, report.optima_logps)
+                if v >= report.anchor_logp - REMOTE][:MAX_MODES]
+    report.used = True
+    logp = _LogDensity(compiled)
+    if len(explored) == 1:
+        chosen = explored
+    else:
+        if progress is not None:
+            progress.stage(f"comparing {len(explored)} separate optima by their Laplace mass")
+        masses = []
+        for k, x in enumerate(explored):
+            mass, explored[k] = _laplace_mass(logp, x, free)
+            masses.append(mass)
+        # a search moved on from a saddle can end in a mode already found: one entry per mode
+        order = sorted(range(len(explored)), key=lambda k: -masses[k])
+        kept = [order[j] for j in _separate([explored[k] for k in order], coords)]
+        explored, masses = [explored[k] for k in kept], [masses[k] for k in kept]
+        report.distinct_modes = len(optima) - (len(order) - len(kept))
+        ranked = sorted((m, k) for k, m in enumerate(masses) if np.isfinite(m))
+        if not ranked:              # no optimum with a negative definite Hessian: the highest
+            ranked = [(0.0, 0)]
+        best_mass, best = ranked[-1]
+        comparable = [k for m, k in reversed(ranked) if m >= best_mass - COMPARABLE]
+        report.comparable = len(comparable)
+        values = [_named_values(compiled, x, parameters) for x in explored]
+        for k, x in enumerate(explored):
+            role = ("main" if k == best else "comparable" if k in comparable else
+                    "minor" if np.isfinite(masses[k]) else "not an optimum")
+            report.compared.append({"optimum_logp": float(logp(x)[0]),
+                                  "laplace_log_mass": float(masses[k]), "mode": role,
+                                  "values": values[k]})
+            if role == "minor":
+                report.notes.append(_describe_minor(values[k], values[best],
+                                                    best_mass - masses[k]))
+        if len(comparable) > 1:
+            report.warnings.append(_describe_comparable(
+                [values[k] for k in comparable], [best_mass - masses[k] for k in comparable]))
+        chosen = [explored[k] for k in comparable]
+    jitters = [(x, _conditional_sds(logp, x, coords)) for x in chosen]
+    report.evaluations += logp.calls
+
+    def initial_point(chain_seed) -> np.ndarray:
+        rng = np.random.default_rng(chain_seed)
+        anchor, sds = jitters[int(rng.integers(len(jitters)))] if len(jitters) > 1 else jitters[0]
+        x = anchor.copy()
+        x[coords] += rng.uniform(-JITTER_SDS, JITTER_SDS, len(coords)) * sds
         return x
 
     report.seconds = time.perf_counter() - began
     return dataclasses.replace(compiled, initial_point_func=initial_point), report
 
 
-def _count_modes(points: list[np.ndarray], coords: np.ndarray) -> int:
-    """How many of ``points`` are separate optima: population coordinates more than 0.5 apart
-    on the unconstrained scale (a factor of 1.65 in a typical value or SD)."""
-    modes: list[np.ndarray] = []
-    for p in points:
-        if all(np.max(np.abs(p[coords] - m[coords])) > 0.5 for m in modes):
-            modes.append(p)
-    return max(1, len(modes))
+def _hessian(logp: _LogDensity, x: np.ndarray, coords: np.ndarray):
+    """(logp, gradient, Hessian) at ``x`` over ``coords``, the Hessian by central differences
+    of the exact gradient and symmetrised; None where the density is not finite around ``x``."""
+    value, grad = logp(x)
+    if not np.isfinite(value):
+        return None
+    hessian = np.empty((len(coords), len(coords)))
+    for row, i in enumerate(coords):
+        up, down = x.copy(), x.copy()
+        up[i] += _FD_STEP
+        down[i] -= _FD_STEP
+        (vu, gu), (vd, gd) = logp(up), logp(down)
+        if not (np.isfinite(vu) and np.isfinite(vd)):
+            return None
+        hessian[row] = (gu[coords] - gd[coords]) / (2 * _FD_STEP)
+    return value, grad[coords], 0.5 * (hessian + hessian.T)
+
+
+def _laplace_mass(logp: _LogDensity, x: np.ndarray, free: np.ndarray, max_iter: int = MAX_ITER,
+                  escapes: int = 3) -> tuple[float, np.ndarray]:
+    """log of the posterior mass of the mode at ``x`` by Laplace's method, over the coordinates
+    in ``free``, and the optimum it was taken at.
+
+    The log density is expanded to second order at the optimum (the Hessian by differences of
+    the gradient) and the expansion integrated exactly: ``logp + g' A^-1 g / 2 + (n/2) log 2 pi
+    - log det(A) / 2`` with ``A = -H``, where the gradient ``g`` left by a search stopped short
+    of the optimum is small. A search can also stop at a saddle: in a population model one
+    subject balanced between its own two modes (absorption faster or slower than distribution)
+    is a saddle of the joint density. There the direction of negative curvature is followed
+    (the better of a step either way) and the search resumed, at most ``escapes`` times; -inf
+    if no optimum is reached, or the model has more than ``MAX_LAPLACE_DIM`` free coordinates.
+    """
+    coords = np.flatnonzero(free)
+    n = len(coords)
+    if n > MAX_LAPLACE_DIM:
+        return -np.inf, x
+    for attempt in range(escapes + 1):
+        expansion = _hessian(logp, x, coords)
+        if expansion is None:
+            return -np.inf, x
+        value, grad, hessian = expansion
+        eigenvalues, vectors = np.linalg.eigh(-hessian)
+        if eigenvalues[0] > 0:
+            shift = vectors.T @ grad
+            return float(value + 0.5 * np.sum(shift**2 / eigenvalues)
+                         + 0.5 * n * np.log(2 * np.pi) - 0.5 * np.sum(np.log(eigenvalues))), x
+        if attempt == escapes:
+            break
+        direction = np.zeros_like(x)
+        direction[coords] = vectors[:, 0]
+        trials = [x + t * direction for t in (-1.0, -0.5, 0.5, 1.0)]
+        values = [logp(t)[0] for t in trials]
+        x, _ = _search(logp, trials[int(np.argmax(values))], free, max_iter)
+    return -np.inf, x
+
+
+def _named_values(compiled, x: np.ndarray, parameters: dict) -> dict[str, float]:
+    """The population parameters at the unconstrained point ``x``, on their natural scale
+    (value variables ``P_log__`` are exponentiated; others, such as covariate effects, are
+    read as they are)."""
+    out = {}
+    names = list(compiled.shape_info[0])
+    for name, (var, index) in parameters.items():
+        for value_name, transform in ((f"{var}_log__", np.exp), (var, lambda v: v)):
+            if value_name in names:
+                where = compiled.shape_info[1][names.index(value_name)]
+                shape = tuple(compiled.shape_info[2][names.index(value_name)])
+                block = np.asarray(x[where], dtype=float).reshape(shape or ())
+                out[name] = float(transform(block[tuple(index)] if index else block))
+                break
+    return out
+
+
+def _shown(mine: dict, main: dict) -> str:
+    """The parameters in which a mode differs most from the main mode (by log ratio)."""
+    rows = []
+    for name, value in mine.items():
+        other = main.get(name)
+        if other is None:
+            continue
+        if value > 0 and other > 0:
+            distance = abs(np.log(value / other))
+        else:
+            distance = abs(value - other) / max(abs(other), 1e-12)
+        rows.append((distance, name, value, other))
+    rows.sort(reverse=True)
+    return ", ".join(f"{n} {m:.3g} (main mode {t:.3g})" for d, n, m, t in rows[:5] if d > 0.05)
+
+
+def _describe_minor(mine: dict, main: dict, gap: float) -> str:
+    return (f"A minor mode of the posterior was found and left: {_shown(mine, main)}; its "
+            f"Laplace-approximated mass is exp(-{gap:.1f}) times the main mode's. Every chain "
+            "started in the main mode.")
+
+
+def _describe_comparable(values: list[dict], gaps: list[float]) -> str:
+    others = "; ".join(f"{_shown(v, values[0])}, mass exp(-{g:.1f}) times the main mode's"
+                       for v, g in zip(values[1:], gaps[1:]))
+    return (f"The posterior has {len(values)} modes of comparable mass: {others}. Each chain "
+            "started in one of them, drawn at random, so the estimates may mix them: the data "
+            "cannot tell these parameter values apart. Consider an informative prior or a richer "
+            "sampling design.")

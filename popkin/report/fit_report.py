@@ -238,6 +238,8 @@ def fit_report(fit) -> HtmlDocument:
     else:
         doc.notes(["No convergence problems: R-hat <= 1.01, bulk ESS >= 400, no divergences."],
                   css="ok")
+    if fit.notes:
+        doc.notes(fit.notes, css="meta")
     doc.heading("Parameters")
     summary = fit.summary()
     doc.table(summary, caption="Posterior mean, SD, 5/50/95th percentiles; typical values on the "

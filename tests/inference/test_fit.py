@@ -107,7 +107,7 @@ def test_cli_fit_writes_the_outputs(theo_fit, theo_csv, tmp_path, capsys):
                  "--draws", "300", "--tune", "300", "--seed", "11", "--quiet", "--start", "jitter"])
     assert code == 0
     # the prior's jittered centre, as asked: no record of the optimised start
-    assert theo_fit.idata.attrs["popkin_start"] == "optimize"
+    assert theo_fit.idata.attrs["popkin_start"] == "modes"
     assert "popkin_start" not in popkin.Fit.load(out).idata.attrs
     assert {"summary.csv", "posterior.nc", "report.html"} <= {p.name for p in out.iterdir()}
     html = (out / "report.html").read_text()
@@ -151,7 +151,7 @@ def test_bad_arguments():
         popkin.fit("theophylline", theophylline(), method="laplace")
     with pytest.raises(ValueError, match="draws"):
         popkin.fit("theophylline", theophylline(), draws=0)
-    with pytest.raises(ValueError, match="start must be 'optimize' or 'jitter'"):
+    with pytest.raises(ValueError, match="start must be one of 'modes', 'optimize', 'jitter'"):
         popkin.fit("theophylline", theophylline(), start="map")
 
 

@@ -10,7 +10,8 @@ import pytest
 
 import popkin
 from popkin.data.examples import theophylline
-from popkin.inference.start import MODES_WITHIN, _LogDensity, _search, optimised_start
+from popkin.inference.start import (MODES_WITHIN, _LogDensity, _search, mode_start,
+                                    optimised_start)
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
@@ -131,8 +132,7 @@ def test_default_start_fits_warfarin_without_a_stuck_chain():
                      **SETTINGS["warfarin_pk"])
     logp = fit.idata.sample_stats["logp"].mean("draw").to_numpy()
     assert fit.divergences == 0
-    assert fit.idata.attrs["popkin_start"] == "optimize"
-    assert fit.idata.attrs["popkin_start_remote"] == 0
+    assert fit.idata.attrs["popkin_start"] == "modes"
     stuck = [w for w in fit.warnings if "is stuck below the others" in w]
     if logp.max() - logp.min() >= 5.0:
         lowest = int(np.argmin(logp))
@@ -142,3 +142,144 @@ def test_default_start_fits_warfarin_without_a_stuck_chain():
     s = fit.summary().set_index("parameter")
     assert s["r_hat"].max() < 1.02
     assert 0.75 < s.loc["ALAG", "q50"] < 1.05
+
+
+def _mixture(weights, mus, sigmas):
+    import nutpie
+    import pymc as pm
+
+    with pm.Model() as model:
+        pm.NormalMixture("x", w=weights, mu=mus, sigma=sigmas)
+        pm.Normal("y", 0.0, 1.0)
+    return model, nutpie.compile_pymc_model(model, backend="numba")
+
+
+def _starting_at(compiled, places):
+    """The compiled model with its jittered start replaced: the k-th call starts near
+    places[k % n] (the searches call it in order)."""
+    import itertools
+
+    ix = _slice(compiled, "x")
+    calls = itertools.count()
+
+    def initial_point(seed):
+        x = np.full(compiled.n_dim, 0.1)
+        x[ix] = places[next(calls) % len(places)]
+        return x
+
+    return dataclasses.replace(compiled, initial_point_func=initial_point)
+
+
+def test_modes_start_prefers_the_mode_with_more_mass_over_the_higher_optimum():
+    """x ~ 0.995 N(0, 1) + 0.005 N(6, 0.0005): the narrow peak at 6 is 2.3 log-density units
+    higher than the broad one at 0 but holds 1/199 of the mass. The highest optimum is the wrong
+    place to start; the Laplace masses (log 0.995 and log 0.005, exactly for a normal
+    component) say so, and the minor mode is recorded in plain words."""
+    model, compiled = _mixture([0.995, 0.005], [0.0, 6.0], [1.0, 0.0005])
+    remote = _starting_at(compiled, [0.7, 6.0001, -0.4, 5.9999])
+    ix = _slice(compiled, "x")
+
+    highest, report = optimised_start(remote, model, seed=1, searches=4, jitter_names={"x", "y"})
+    assert report.used and abs(highest.initial_point_func(1)[ix][0] - 6.0) < 2.1e-3
+
+    started, report = mode_start(remote, model, seed=1, searches=4, jitter_names={"x", "y"},
+                                 parameters={"x": ("x", ())})
+    assert report.strategy == "modes" and report.distinct_modes == 2
+    main, minor = sorted(report.compared, key=lambda c: c["mode"])
+    assert main["mode"] == "main" and minor["mode"] == "minor"
+    assert abs(main["values"]["x"]) < 1e-3 and abs(minor["values"]["x"] - 6.0) < 1e-3
+    # the narrow optimum is higher, the broad one holds the mass: log(0.995 / 0.005) = 5.29
+    assert minor["optimum_logp"] - main["optimum_logp"] == pytest.approx(2.30, abs=0.05)
+    assert main["laplace_log_mass"] == pytest.approx(np.log(0.995), abs=0.02)
+    assert minor["laplace_log_mass"] == pytest.approx(np.log(0.005), abs=0.02)
+    assert report.comparable == 1 and report.warnings == []
+    assert len(report.notes) == 1 and "x 6 (main mode" in report.notes[0]
+    assert "exp(-5.3)" in report.notes[0]
+    starts = np.array([started.initial_point_func(s)[ix][0] for s in range(40)])
+    assert np.all(np.abs(starts) <= 2.0 + 1e-9)
+    attrs = report.attrs()
+    assert attrs["popkin_start"] == "modes" and len(attrs["popkin_start_compared"]) == 2
+    assert len(attrs["popkin_start_optima"]) == 5
+
+
+def test_modes_of_comparable_mass_each_get_chains_and_a_warning():
+    """x ~ 0.5 N(-4, 1) + 0.5 N(4, 1): two modes of equal mass. Chains start in both (drawn
+    per chain seed) and the report warns that the estimates may mix them."""
+    model, compiled = _mixture([0.5, 0.5], [-4.0, 4.0], [1.0, 1.0])
+    remote = _starting_at(compiled, [-3.5, 3.8])
+    ix = _slice(compiled, "x")
+    started, report = mode_start(remote, model, seed=2, searches=4, jitter_names={"x", "y"},
+                                 parameters={"x": ("x", ())})
+    assert report.comparable == 2 and report.notes == []     # x = 0, a saddle, is no mode
+    assert len(report.warnings) == 1 and "2 modes of comparable mass" in report.warnings[0]
+    modes = [c for c in report.compared if c["mode"] != "not an optimum"]
+    assert sorted(c["mode"] for c in modes) == ["comparable", "main"]
+    for c in modes:
+        assert c["laplace_log_mass"] == pytest.approx(np.log(0.5), abs=0.02)
+    starts = np.array([started.initial_point_func(s)[ix][0] for s in range(40)])
+    assert (starts < -1).sum() >= 8 and (starts > 1).sum() >= 8
+    assert np.array_equal(started.initial_point_func(7), started.initial_point_func(7))
+
+
+def test_laplace_mass_of_a_normal_density_is_its_normalising_constant():
+    """For a (normalised) multivariate normal posterior Laplace's method is exact: log mass 0;
+    a saddle point is refused."""
+    import nutpie
+    import pymc as pm
+
+    from popkin.inference.start import _laplace_mass
+
+    cov = np.array([[2.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    with pm.Model() as model:
+        pm.MvNormal("v", mu=np.array([1.0, -2.0, 0.5]), cov=cov)
+        pm.Normal("s", 0.0, 3.0)
+    compiled = nutpie.compile_pymc_model(model, backend="numba")
+    logp = _LogDensity(compiled)
+    mode = np.zeros(compiled.n_dim)
+    mode[_slice(compiled, "v")] = [1.0, -2.0, 0.5]
+    free = np.ones(compiled.n_dim, dtype=bool)
+    mass, at = _laplace_mass(logp, mode, free)
+    assert mass == pytest.approx(0.0, abs=1e-6) and np.array_equal(at, mode)
+    # off the optimum, the expansion's exact integral is still the mass
+    near = mode + 0.05
+    assert _laplace_mass(logp, near, free)[0] == pytest.approx(0.0, abs=1e-5)
+    # holding s fixed at 0: the mass of the conditional slice, log N(0 | 0, 3)
+    free[_slice(compiled, "s")] = False
+    assert _laplace_mass(logp, mode, free)[0] == pytest.approx(
+        -0.5 * np.log(2 * np.pi * 9.0), abs=1e-6)
+
+    # a saddle: x = 0 between two modes; the search moves on to one of them (x = +-1.28)
+    bimodal_model, bimodal = _mixture([0.5, 0.5], [-1.5, 1.5], [0.8, 0.8])
+    saddle = np.zeros(bimodal.n_dim)
+    mass, at = _laplace_mass(_LogDensity(bimodal), saddle, np.ones(bimodal.n_dim, dtype=bool))
+    assert abs(at[_slice(bimodal, "x")][0]) > 1.0
+    assert mass == pytest.approx(np.log(0.5), abs=0.05)
+    # no escape allowed: no mass at a saddle
+    assert _laplace_mass(_LogDensity(bimodal), saddle, np.ones(bimodal.n_dim, dtype=bool),
+                         escapes=0)[0] == -np.inf
+
+
+def test_default_start_finds_the_main_mode_where_the_highest_optimum_misleads(tmp_path):
+    """200 subjects of a two-compartment oral model (scripts/start_study.py, seed 2): the joint
+    optimum of the minor mode (KA 0.43, V1 14) is nearly as high as the main one, and with the
+    searches of the previous default all four chains sampled it. The default start compares
+    the optima's masses (main exp(46) times the minor's), starts every chain in the main mode
+    and records the minor one in the fit's notes, which a saved fit keeps."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from start_study import case_data
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    spec, data = case_data("two_compartment", 2)
+    fit = popkin.fit(spec, data, chains=4, draws=250, tune=250, seed=2, progress=False)
+    ka = np.median(fit.draws("KA"), axis=1)
+    assert np.all(ka > 0.8), ka
+    assert fit.idata.attrs["popkin_start"] == "modes"
+    assert fit.idata.attrs["popkin_start_modes"] >= 2
+    assert any(n.startswith("A minor mode of the posterior was found and left: ") and "KA 0.4"
+               in n for n in fit.notes), fit.notes
+    assert not any("comparable" in w for w in fit.warnings)
+    fit.save(tmp_path / "fit")
+    again = popkin.Fit.load(tmp_path / "fit")
+    assert again.notes == fit.notes
+    assert again.idata.attrs["popkin_start_compared"] == fit.idata.attrs["popkin_start_compared"]
