@@ -19,7 +19,7 @@ Cases:
 - ``two_compartment``: 200 subjects simulated from a two-compartment oral model (CL 5, V1 40,
   Q 8, V2 80, KA 1.2; proportional error 15%; samples at 0.5-24 h). Its minor mode has
   absorption slower than distribution (KA about 0.4, V1 about 14). Main mode: every chain's
-  median KA above 0.8.
+  median KA above 0.9 (the main mode's medians lie in 1.0-1.35 over the seeds).
 - ``warfarin``: O'Reilly's warfarin PK data (lag time), the library model ``warfarin_pk``.
   Main mode: median ALAG in 0.5-1.5 h and mean log density within 5 of the best chain of all
   fits of the case.
@@ -163,7 +163,7 @@ def run_one(case: str, seed: int, setting: str, start: str) -> dict:
 def chains_in_main_mode(row: dict, best_logp: float) -> list[bool]:
     m = row["chain_medians"]
     if row["case"] == "two_compartment":
-        return [ka > 0.8 for ka in m["KA"]]
+        return [ka > 0.9 for ka in m["KA"]]
     if row["case"] == "theophylline":
         return [ka > 0.5 for ka in m["KA"]]
     if row["case"] == "warfarin":
@@ -199,14 +199,15 @@ def report(rows: list[dict]) -> str:
         out.append(f"\n{case}, {setting} ({SETTINGS[setting][0]} tuning + "
                    f"{SETTINGS[setting][1]} draws, 4 chains), seeds "
                    f"{', '.join(map(str, sorted(group['seed'].unique())))}")
-        out.append(f"{'start':10} {'fits':>4} {'right':>5} {'flagged':>7} {'silent':>6} "
+        out.append(f"{'start':16} {'fits':>4} {'right':>5} {'flagged':>7} {'silent':>6} "
                    f"{'max R-hat':>9} {'ESS/s':>7} {'start s':>7} {'wall s':>7}")
-        for start in STARTS:
+        extra = sorted(set(group["start"]) - set(STARTS))     # e.g. a previous version's start
+        for start in [*STARTS, *extra]:
             g = group[group["start"] == start]
             if not len(g):
                 continue
             counts = g["verdict"].value_counts()
-            out.append(f"{start:10} {len(g):4d} {counts.get('right', 0):5d} "
+            out.append(f"{start:16} {len(g):4d} {counts.get('right', 0):5d} "
                        f"{counts.get('flagged', 0):7d} {counts.get('silent', 0):6d} "
                        f"{g['max_rhat'].median():9.3f} {g['min_ess_per_s'].median():7.2f} "
                        f"{g['start_s'].median():7.2f} {g['wall_s'].median():7.1f}")

@@ -27,8 +27,8 @@ The default start (``"modes"``, :func:`mode_start`):
    density is recorded; optima more than ``REMOTE`` below the highest are not explored.
 3. Their mass. With two or more, each optimum's posterior mass is approximated by Laplace's
    method (the log density there plus half the log determinant of the inverse Hessian, the
-   Hessian by differences of the gradient; :func:`_laplace_mass`, which also moves a search
-   that stopped at a saddle on to an optimum): the main mode is the one with the largest mass.
+   Hessian by differences of the gradient, after a few Newton steps that finish the search;
+   :func:`_laplace_mass`): the main mode is the one with the largest mass.
    Modes within ``COMPARABLE`` of it are of comparable mass; the others are minor.
 4. The chains start around the main mode, with the typical values, variability and residual SDs
    moved by U(-2, 2) conditional SDs (``1 / sqrt(-d2 logp / dx2)`` at the optimum, capped at 1);
@@ -59,11 +59,14 @@ MAX_ITER = 2000          # L-BFGS iterations per search (converged searches stop
 FTOL = 1e-7              # relative change of the log density at which a search stops
 REMOTE = 50.0            # log-density units: optima further below the highest are not explored
 MODES_WITHIN = 10.0      # "optimize": end points closer than this to the best count as modes
+SEARCH_SPREAD = 1.0      # searches start at the prior's centre moved by U(-1, 1)
 SEPARATE = 0.5           # unconstrained population coordinates: optima further apart are separate
 JITTER_SDS = 2.0         # half-width of the jitter around one optimum, in conditional SDs
 MAX_MODES = 4            # separate optima compared at most (the highest ones)
 COMPARABLE = 3.0         # log mass: modes closer than this to the largest get chains too
-MAX_LAPLACE_DIM = 6000   # larger models compare optima by their height, not their mass
+MAX_LAPLACE_DIM = 3000   # larger models: chains in every optimum found (no Hessians)
+NEWTON_STEPS = 3         # Newton steps at most to finish a search before Laplace's method
+NEWTON_GAIN = 0.1        # ... while the expansion promises more than this rise in log density
 _FD_STEP = 1e-4
 
 
@@ -195,8 +198,10 @@ def _conditional_sds(logp: _LogDensity, x: np.ndarray, coords: np.ndarray) -> np
 _CENTRES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _search_starts(compiled, model, seed: int, searches: int) -> list[np.ndarray]:
-    """The prior's centre and ``searches`` jittered points (the sampler's own jitter)."""
+def _search_starts(compiled, model, seed: int, searches: int, coords: np.ndarray | None = None,
+                   spread: float = 1.0) -> list[np.ndarray]:
+    """The prior's centre and ``searches`` jittered points: the sampler's own jitter, or, given
+    ``coords``, the centre with those coordinates moved by U(-spread, spread)."""
     from pymc.initial_point import make_initial_point_fn
 
     value_names = [v.name for v in model.value_vars]
@@ -213,8 +218,13 @@ def _search_starts(compiled, model, seed: int, searches: int) -> list[np.ndarray
             flat[where] = np.asarray(centre[name], dtype=float).ravel()
     starts = [flat]
     for child in np.random.SeedSequence(seed).spawn(searches):
-        starts.append(np.asarray(compiled.initial_point_func(int(child.generate_state(1)[0])),
-                                 dtype=float))
+        if coords is None:
+            point = np.asarray(compiled.initial_point_func(int(child.generate_state(1)[0])),
+                               dtype=float)
+        else:
+            point = flat.copy()
+            point[coords] += np.random.default_rng(child).uniform(-spread, spread, len(coords))
+        starts.append(point)
     return starts
 
 
@@ -293,7 +303,7 @@ def mode_start(compiled, model, *, seed: int, searches: int, jitter_names: set[s
     report = StartReport(strategy="modes")
     free = ~_mask(compiled, frozen_names)
     coords = np.flatnonzero(_mask(compiled, jitter_names))
-    starts = _search_starts(compiled, model, seed, searches)
+    starts = _search_starts(compiled, model, seed, searches, coords, SEARCH_SPREAD)
     ends, report.evaluations = _run_searches(compiled, starts, free, max_iter)
     report.end_logps = [float(v) for _, v in ends]
     finite = sorted((k for k, (_, v) in enumerate(ends) if np.isfinite(v)),
@@ -312,28 +322,48 @@ def mode_start(compiled, model, *, seed: int, searches: int, jitter_names: set[s
     logp = _LogDensity(compiled)
     if len(explored) == 1:
         chosen = explored
+    elif np.count_nonzero(free) > MAX_LAPLACE_DIM:
+        # too many coordinates for Hessians: every optimum gets chains, and the fit says so
+        chosen = explored
+        report.comparable = len(explored)
+        report.warnings.append(
+            f"The searches for a start ended in {len(explored)} separate optima, and the model "
+            f"is too large ({np.count_nonzero(free)} coordinates) to compare their masses: "
+            "each chain started in one of them, drawn at random. If the chains disagree, they "
+            "sample different modes; compare them before trusting the estimates.")
     else:
         if progress is not None:
             progress.stage(f"comparing {len(explored)} separate optima by their Laplace mass")
-        masses = []
+        masses, population = [], _mask(compiled, jitter_names)
         for k, x in enumerate(explored):
-            mass, explored[k] = _laplace_mass(logp, x, free)
-            masses.append(mass)
+            mass, explored[k], is_mode = _laplace_mass(logp, x, free, population)
+            masses.append(mass if is_mode else np.nan)     # nan: not a mode, left out
         # a search moved on from a saddle can end in a mode already found: one entry per mode
-        order = sorted(range(len(explored)), key=lambda k: -masses[k])
+        order = sorted((k for k in range(len(explored)) if not np.isnan(masses[k])),
+                       key=lambda k: -masses[k])
         kept = [order[j] for j in _separate([explored[k] for k in order], coords)]
+        for k in range(len(explored)):
+            if np.isnan(masses[k]):
+                report.compared.append({
+                    "optimum_logp": float(logp(explored[k])[0]), "laplace_log_mass": None,
+                    "mode": "not a mode", "values": _named_values(compiled, explored[k],
+                                                                  parameters)})
+        if not kept:                # no point is a mode: start as "optimize" would
+            kept, masses = [0], [0.0]
+            explored = [points[0]]
         explored, masses = [explored[k] for k in kept], [masses[k] for k in kept]
-        report.distinct_modes = len(optima) - (len(order) - len(kept))
+        report.distinct_modes = len(kept)
         ranked = sorted((m, k) for k, m in enumerate(masses) if np.isfinite(m))
-        if not ranked:              # no optimum with a negative definite Hessian: the highest
+        if not ranked:              # the density is not finite around any: the highest
             ranked = [(0.0, 0)]
         best_mass, best = ranked[-1]
-        comparable = [k for m, k in reversed(ranked) if m >= best_mass - COMPARABLE]
+        # an optimum whose mass could not be taken is not ruled out: it gets chains too
+        comparable = [k for m, k in reversed(ranked) if m >= best_mass - COMPARABLE] + \
+            [k for k, m in enumerate(masses) if not np.isfinite(m) and k != best]
         report.comparable = len(comparable)
         values = [_named_values(compiled, x, parameters) for x in explored]
         for k, x in enumerate(explored):
-            role = ("main" if k == best else "comparable" if k in comparable else
-                    "minor" if np.isfinite(masses[k]) else "not an optimum")
+            role = ("main" if k == best else "comparable" if k in comparable else "minor")
             report.compared.append({"optimum_logp": float(logp(x)[0]),
                                   "laplace_log_mass": float(masses[k]), "mode": role,
                                   "values": values[k]})
@@ -359,59 +389,70 @@ def mode_start(compiled, model, *, seed: int, searches: int, jitter_names: set[s
 
 
 def _hessian(logp: _LogDensity, x: np.ndarray, coords: np.ndarray):
-    """(logp, gradient, Hessian) at ``x`` over ``coords``, the Hessian by central differences
-    of the exact gradient and symmetrised; None where the density is not finite around ``x``."""
+    """(logp, gradient, Hessian) at ``x`` over ``coords``, the Hessian by forward differences
+    of the exact gradient (one evaluation per coordinate) and symmetrised; None where the
+    density is not finite around ``x``."""
     value, grad = logp(x)
     if not np.isfinite(value):
         return None
     hessian = np.empty((len(coords), len(coords)))
     for row, i in enumerate(coords):
-        up, down = x.copy(), x.copy()
+        up = x.copy()
         up[i] += _FD_STEP
-        down[i] -= _FD_STEP
-        (vu, gu), (vd, gd) = logp(up), logp(down)
-        if not (np.isfinite(vu) and np.isfinite(vd)):
+        moved, g = logp(up)
+        if not np.isfinite(moved):
             return None
-        hessian[row] = (gu[coords] - gd[coords]) / (2 * _FD_STEP)
+        hessian[row] = (g[coords] - grad[coords]) / _FD_STEP
     return value, grad[coords], 0.5 * (hessian + hessian.T)
 
 
-def _laplace_mass(logp: _LogDensity, x: np.ndarray, free: np.ndarray, max_iter: int = MAX_ITER,
-                  escapes: int = 3) -> tuple[float, np.ndarray]:
+def _laplace_mass(logp: _LogDensity, x: np.ndarray, free: np.ndarray,
+                  population: np.ndarray | None = None,
+                  steps: int = NEWTON_STEPS) -> tuple[float, np.ndarray, bool]:
     """log of the posterior mass of the mode at ``x`` by Laplace's method, over the coordinates
-    in ``free``, and the optimum it was taken at.
+    in ``free``, the point it was taken at, and whether that point is a mode.
 
-    The log density is expanded to second order at the optimum (the Hessian by differences of
-    the gradient) and the expansion integrated exactly: ``logp + g' A^-1 g / 2 + (n/2) log 2 pi
-    - log det(A) / 2`` with ``A = -H``, where the gradient ``g`` left by a search stopped short
-    of the optimum is small. A search can also stop at a saddle: in a population model one
-    subject balanced between its own two modes (absorption faster or slower than distribution)
-    is a saddle of the joint density. There the direction of negative curvature is followed
-    (the better of a step either way) and the search resumed, at most ``escapes`` times; -inf
-    if no optimum is reached, or the model has more than ``MAX_LAPLACE_DIM`` free coordinates.
+    A search stops short of the optimum where omega trades against the random effects along a
+    flat ridge, and the Hessian changes along it (on the flip-flop case of
+    ``scripts/start_study.py`` the log determinant varied by 20 units between searches of the
+    same mode). So first up to ``steps`` saddle-free Newton steps (the Newton step with the
+    Hessian's eigenvalues taken by absolute value, so that it climbs in every direction; halved
+    until the density rises), while the expansion promises a rise above ``NEWTON_GAIN``. Then
+    the second-order expansion there is integrated exactly: ``logp + g' A^-1 g / 2 + (n/2)
+    log 2 pi - log det(A) / 2`` with ``A = -H``. A direction of negative curvature left (a
+    subject balanced between its own two modes, absorption faster or slower than distribution)
+    counts by the absolute value of its curvature, about one unit of log mass per such subject;
+    but a direction of negative curvature mostly along the ``population`` coordinates (a mask
+    over all coordinates) means that the point is no mode of the population parameters at all.
+    -inf when the density is not finite around ``x``.
     """
     coords = np.flatnonzero(free)
     n = len(coords)
-    if n > MAX_LAPLACE_DIM:
-        return -np.inf, x
-    for attempt in range(escapes + 1):
+    for step in range(steps + 1):
         expansion = _hessian(logp, x, coords)
         if expansion is None:
-            return -np.inf, x
+            return -np.inf, x, False
         value, grad, hessian = expansion
         eigenvalues, vectors = np.linalg.eigh(-hessian)
-        if eigenvalues[0] > 0:
-            shift = vectors.T @ grad
-            return float(value + 0.5 * np.sum(shift**2 / eigenvalues)
-                         + 0.5 * n * np.log(2 * np.pi) - 0.5 * np.sum(np.log(eigenvalues))), x
-        if attempt == escapes:
+        curvature = np.maximum(np.abs(eigenvalues), 1e-8)
+        along = vectors.T @ grad
+        gain = 0.5 * float(np.sum(along**2 / curvature))
+        if gain <= NEWTON_GAIN or step == steps:
             break
-        direction = np.zeros_like(x)
-        direction[coords] = vectors[:, 0]
-        trials = [x + t * direction for t in (-1.0, -0.5, 0.5, 1.0)]
-        values = [logp(t)[0] for t in trials]
-        x, _ = _search(logp, trials[int(np.argmax(values))], free, max_iter)
-    return -np.inf, x
+        move = np.zeros_like(x)
+        move[coords] = vectors @ (along / curvature)
+        for scale in (1.0, 0.5, 0.25, 0.125):
+            if logp(x + scale * move)[0] > value:
+                x = x + scale * move
+                break
+        else:
+            break
+    mode = True
+    if population is not None and eigenvalues[0] < 0:
+        weight = np.sum(vectors[population[coords]][:, eigenvalues < 0] ** 2, axis=0)
+        mode = not np.any(weight > 0.5)
+    mass = value + gain + 0.5 * n * np.log(2 * np.pi) - 0.5 * np.sum(np.log(curvature))
+    return float(mass), x, mode
 
 
 def _named_values(compiled, x: np.ndarray, parameters: dict) -> dict[str, float]:
