@@ -157,7 +157,7 @@ def run_one(case: str, seed: int, setting: str, start: str) -> dict:
             "stuck_named": [w for w in fit.warnings if "is stuck below the others" in w],
             "comparable_reported": [w for w in fit.warnings if "modes of comparable" in w],
             "rhat_warning": any(w.startswith("R-hat above") for w in fit.warnings),
-            "notes": fit.notes, "divergences": fit.divergences}
+            "notes": getattr(fit, "notes", []), "divergences": fit.divergences}
 
 
 def chains_in_main_mode(row: dict, best_logp: float) -> list[bool]:

@@ -288,10 +288,9 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
                        jitter_names=_value_names(model, _population_rvs(model)),
                        frozen_names=_frozen_in_search(model, spec))
         if start == "modes":
-            # typical values and covariate effects name the modes (at a joint optimum the SDs
-            # of non-centred effects are inflated and mean little to a reader)
-            parameters = {e.name: (e.var, tuple(e.index)) for e in entry.built.entries
-                          if not e.name.startswith(("omega_", "sigma_", "corr_", "rho_"))}
+            # the population parameters name the modes (the SDs at joint optima, where the
+            # random effects shrink and their SDs grow, but alike in every mode compared)
+            parameters = {e.name: (e.var, tuple(e.index)) for e in entry.built.entries}
             compiled, report = mode_start(compiled, model, parameters=parameters,
                                           progress=progress, **options)
         else:

@@ -67,6 +67,10 @@ COMPARABLE = 3.0         # log mass: modes closer than this to the largest get c
 MAX_LAPLACE_DIM = 3000   # larger models: chains in every optimum found (no Hessians)
 NEWTON_STEPS = 3         # Newton steps at most to finish a search before Laplace's method
 NEWTON_GAIN = 0.1        # ... while the expansion promises more than this rise in log density
+CLOSE_CALL = 5.0         # masses within COMPARABLE + this of the largest are finished further:
+FINE_STEPS = 6           # ... up to this many more Newton steps
+FINE_GAIN = 1e-3         # ... while the expansion promises more than this (the masses of the
+                         # two mirror modes of the study's flip-flop case then agree to 0.3)
 _FD_STEP = 1e-4
 
 
@@ -338,6 +342,15 @@ def mode_start(compiled, model, *, seed: int, searches: int, jitter_names: set[s
         for k, x in enumerate(explored):
             mass, explored[k], is_mode = _laplace_mass(logp, x, free, population)
             masses.append(mass if is_mode else np.nan)     # nan: not a mode, left out
+        # a close call (comparable or not) is decided on optima finished more precisely
+        finite = [m for m in masses if np.isfinite(m)]
+        close = [k for k, m in enumerate(masses)
+                 if np.isfinite(m) and m >= max(finite) - COMPARABLE - CLOSE_CALL]
+        if len(close) > 1:
+            for k in close:
+                mass, explored[k], is_mode = _laplace_mass(logp, explored[k], free, population,
+                                                           steps=FINE_STEPS, gain=FINE_GAIN)
+                masses[k] = mass if is_mode else np.nan
         # a search moved on from a saddle can end in a mode already found: one entry per mode
         order = sorted((k for k in range(len(explored)) if not np.isnan(masses[k])),
                        key=lambda k: -masses[k])
@@ -407,8 +420,8 @@ def _hessian(logp: _LogDensity, x: np.ndarray, coords: np.ndarray):
 
 
 def _laplace_mass(logp: _LogDensity, x: np.ndarray, free: np.ndarray,
-                  population: np.ndarray | None = None,
-                  steps: int = NEWTON_STEPS) -> tuple[float, np.ndarray, bool]:
+                  population: np.ndarray | None = None, steps: int = NEWTON_STEPS,
+                  gain: float = NEWTON_GAIN) -> tuple[float, np.ndarray, bool]:
     """log of the posterior mass of the mode at ``x`` by Laplace's method, over the coordinates
     in ``free``, the point it was taken at, and whether that point is a mode.
 
@@ -417,7 +430,7 @@ def _laplace_mass(logp: _LogDensity, x: np.ndarray, free: np.ndarray,
     ``scripts/start_study.py`` the log determinant varied by 20 units between searches of the
     same mode). So first up to ``steps`` saddle-free Newton steps (the Newton step with the
     Hessian's eigenvalues taken by absolute value, so that it climbs in every direction; halved
-    until the density rises), while the expansion promises a rise above ``NEWTON_GAIN``. Then
+    until the density rises), while the expansion promises a rise above ``gain``. Then
     the second-order expansion there is integrated exactly: ``logp + g' A^-1 g / 2 + (n/2)
     log 2 pi - log det(A) / 2`` with ``A = -H``. A direction of negative curvature left (a
     subject balanced between its own two modes, absorption faster or slower than distribution)
@@ -436,8 +449,8 @@ def _laplace_mass(logp: _LogDensity, x: np.ndarray, free: np.ndarray,
         eigenvalues, vectors = np.linalg.eigh(-hessian)
         curvature = np.maximum(np.abs(eigenvalues), 1e-8)
         along = vectors.T @ grad
-        gain = 0.5 * float(np.sum(along**2 / curvature))
-        if gain <= NEWTON_GAIN or step == steps:
+        rise = 0.5 * float(np.sum(along**2 / curvature))
+        if rise <= gain or step == steps:
             break
         move = np.zeros_like(x)
         move[coords] = vectors @ (along / curvature)
@@ -451,7 +464,7 @@ def _laplace_mass(logp: _LogDensity, x: np.ndarray, free: np.ndarray,
     if population is not None and eigenvalues[0] < 0:
         weight = np.sum(vectors[population[coords]][:, eigenvalues < 0] ** 2, axis=0)
         mode = not np.any(weight > 0.5)
-    mass = value + gain + 0.5 * n * np.log(2 * np.pi) - 0.5 * np.sum(np.log(curvature))
+    mass = value + rise + 0.5 * n * np.log(2 * np.pi) - 0.5 * np.sum(np.log(curvature))
     return float(mass), x, mode
 
 
