@@ -282,7 +282,11 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
         from .start import mode_start, optimised_start
 
         model = entry.built.model
-        searches = max(2 * chains, 8)
+        from .start import MAX_LAPLACE_DIM
+
+        # more searches find more modes, but beyond MAX_LAPLACE_DIM coordinates no masses are
+        # compared and each search of thousands of coordinates takes seconds
+        searches = max(2 * chains, 8) if compiled.n_dim <= MAX_LAPLACE_DIM else chains
         progress.stage(f"finding a start: {searches + 1} searches of the posterior's modes")
         options = dict(seed=seed, searches=searches,
                        jitter_names=_value_names(model, _population_rvs(model)),
@@ -291,8 +295,10 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
             # the population parameters name the modes (the SDs at joint optima, where the
             # random effects shrink and their SDs grow, but alike in every mode compared)
             parameters = {e.name: (e.var, tuple(e.index)) for e in entry.built.entries}
+            rescale = [(f"omega_{p.name}_log__", f"z_{p.name}") for p in spec.parameters
+                       if not p.centered]
             compiled, report = mode_start(compiled, model, parameters=parameters,
-                                          progress=progress, **options)
+                                          rescale=rescale, progress=progress, **options)
         else:
             compiled, report = optimised_start(compiled, model, **options)
     before = _failures(entry.built)             # the Ops the compiled sampler calls

@@ -314,3 +314,32 @@ def test_default_start_finds_the_main_mode_where_the_highest_optimum_misleads(tm
     assert fit.notes == [notes[0][len("note: "):]]
     roles = [c["mode"] for c in fit.idata.attrs["popkin_start_compared"]]
     assert roles.count("main") == 1 and "minor" in roles
+
+
+def test_typical_scale_keeps_every_subject_and_gives_the_z_unit_spread():
+    """At a joint optimum the z shrink and omega grows; the start moves along that ridge to
+    z of unit root mean square, keeping every eta = omega z (so every subject's parameters)."""
+    import nutpie
+
+    from popkin.inference.fit import _population_rvs
+    from popkin.inference.start import _typical_scale
+    from popkin.population.pymc_model import build_pymc_model
+
+    spec = popkin.load_model("theophylline")
+    model = build_pymc_model(spec, popkin.read_dataset(theophylline())).model
+    compiled = nutpie.compile_pymc_model(model, backend="numba",
+                                         jitter_rvs=_population_rvs(model))
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.0, 0.1, compiled.n_dim)
+    pairs = [(f"omega_{p.name}_log__", f"z_{p.name}") for p in spec.parameters]
+    before = {z: np.exp(x[_slice(compiled, sd)]) * x[_slice(compiled, z)] for sd, z in pairs}
+    moved = _typical_scale(compiled, x, pairs + [("omega_nothing_log__", "z_nothing")])
+    for sd, z in pairs:
+        eta = np.exp(moved[_slice(compiled, sd)]) * moved[_slice(compiled, z)]
+        np.testing.assert_allclose(eta, before[z], rtol=1e-12)
+        assert np.sqrt(np.mean(moved[_slice(compiled, z)] ** 2)) == pytest.approx(1.0)
+    untouched = np.ones(compiled.n_dim, dtype=bool)
+    for sd, z in pairs:
+        untouched[_slice(compiled, sd)] = untouched[_slice(compiled, z)] = False
+    assert np.array_equal(moved[untouched], x[untouched])
+    assert compiled.n_dim > 0 and np.isfinite(_LogDensity(compiled)(moved)[0])
