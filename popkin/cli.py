@@ -393,10 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mass-matrix", choices=("diag", "low_rank"), default="diag",
                    help="nutpie mass-matrix adaptation (low_rank for strongly correlated posteriors)")
     p.add_argument("--start", choices=("modes", "optimize", "jitter"), default="modes",
-                   help="where the chains start: in the main mode found by local searches and a "
-                        "short chain from each separate optimum (modes, default), around the "
-                        "highest search end point (optimize), or at the prior's jittered centre "
-                        "(jitter)")
+                   help="where the chains start: in the mode with the most mass among the "
+                        "optima of local searches (modes, default), around the highest search "
+                        "end point (optimize), or at the prior's jittered centre (jitter)")
     p.add_argument("--seed", type=_seed, default=None)
     p.add_argument("--quiet", action="store_true", help="say nothing while fitting (no stage lines, no progress)")
     p.set_defaults(func=_fit)

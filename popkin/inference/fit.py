@@ -108,10 +108,9 @@ def fit(
     start
         Where nutpie's chains start (:mod:`popkin.inference.start`). ``"modes"`` (default):
         L-BFGS searches of the joint posterior density from the prior's centre and from jittered
-        points; when they end in separate optima, a short chain from each compares the modes by
-        the log density the sampler sees, and the chains start from draws of the main mode's.
-        A minor mode found is named in ``Fit.notes``; modes of comparable density in
-        ``Fit.warnings``. ``"optimize"``: every chain starts at the highest search end point
+        points; when they end in separate optima, their posterior masses are compared by
+        Laplace's method and the chains start around the mode with the most mass. A minor mode
+        found is named in ``Fit.notes``; modes of comparable mass in ``Fit.warnings``. ``"optimize"``: every chain starts at the highest search end point
         with the typical values, variability and residual SDs moved by up to two conditional
         SDs (faster, but the highest optimum of the joint density can be a minor mode).
         ``"jitter"``: the prior's central point with the typical values and the variability
@@ -279,11 +278,9 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
         kwargs["cores"] = cores
     report = None
     if start in ("modes", "optimize"):
-        from .start import mode_start, optimised_start
+        from .start import MAX_LAPLACE_DIM, mode_start, optimised_start
 
         model = entry.built.model
-        from .start import MAX_LAPLACE_DIM
-
         # more searches find more modes, but beyond MAX_LAPLACE_DIM coordinates no masses are
         # compared and each search of thousands of coordinates takes seconds
         searches = max(2 * chains, 8) if compiled.n_dim <= MAX_LAPLACE_DIM else chains

@@ -316,6 +316,8 @@ class Fit:
 # -- netCDF attributes --------------------------------------------------------------------------
 
 _JSON_ATTRS, _DROPPED_ATTRS = "popkin_json_attrs", "popkin_dropped_attrs"
+_INT64 = (-2**63, 2**63)
+_ABSENT = object()
 
 
 def _as_list(value) -> list[str]:
@@ -323,8 +325,6 @@ def _as_list(value) -> list[str]:
     if isinstance(value, str):
         return [value]
     return [str(v) for v in np.atleast_1d(value)] if value is not None else []
-_INT64 = (-2**63, 2**63)
-_ABSENT = object()
 
 
 def _number(value) -> bool:

@@ -251,13 +251,34 @@ def _separate(points: list[np.ndarray], coords: np.ndarray) -> list[int]:
     return kept
 
 
-def _jittered(anchor: np.ndarray, coords: np.ndarray, sds: np.ndarray):
+def _jittered(jitters: list[tuple[np.ndarray, np.ndarray]], coords: np.ndarray):
+    """A start function: around one of the (anchor, conditional SDs) pairs, drawn from the
+    chain's seed when there are several, ``coords`` moved by U(-JITTER_SDS, JITTER_SDS) SDs."""
     def initial_point(chain_seed) -> np.ndarray:
         rng = np.random.default_rng(chain_seed)
+        anchor, sds = jitters[int(rng.integers(len(jitters)))] if len(jitters) > 1 else jitters[0]
         x = anchor.copy()
         x[coords] += rng.uniform(-JITTER_SDS, JITTER_SDS, len(coords)) * sds
         return x
     return initial_point
+
+
+def _searched(compiled, model, report: StartReport, *, seed, searches, frozen_names,
+              jitter_names, max_iter, spread=None):
+    """Run the searches and record their end log densities in ``report``: the searched
+    (free) mask, the population coordinates, the end points and the indices of the finite ones,
+    highest first."""
+    free = ~_mask(compiled, frozen_names)
+    coords = np.flatnonzero(_mask(compiled, jitter_names))
+    starts = _search_starts(compiled, model, seed, searches,
+                            None if spread is None else coords, spread or 1.0)
+    ends, report.evaluations = _run_searches(compiled, starts, free, max_iter)
+    report.end_logps = [float(v) for _, v in ends]
+    finite = sorted((k for k, (_, v) in enumerate(ends) if np.isfinite(v)),
+                    key=lambda k: -ends[k][1])
+    if finite:
+        report.anchor_logp = float(ends[finite[0]][1])
+    return free, coords, ends, finite
 
 
 def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: set[str],
@@ -270,17 +291,13 @@ def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: 
     """
     began = time.perf_counter()
     report = StartReport(strategy="optimize")
-    free = ~_mask(compiled, frozen_names)
-    coords = np.flatnonzero(_mask(compiled, jitter_names))
-    starts = _search_starts(compiled, model, seed, searches)
-    ends, report.evaluations = _run_searches(compiled, starts, free, max_iter)
-    report.end_logps = [float(v) for _, v in ends]
-    finite = sorted((k for k, (_, v) in enumerate(ends) if np.isfinite(v)),
-                    key=lambda k: -ends[k][1])
+    free, coords, ends, finite = _searched(
+        compiled, model, report, seed=seed, searches=searches, frozen_names=frozen_names,
+        jitter_names=jitter_names, max_iter=max_iter)
     if not finite:
         report.seconds = time.perf_counter() - began
         return compiled, report
-    anchor, report.anchor_logp = ends[finite[0]][0], float(ends[finite[0]][1])
+    anchor = ends[finite[0]][0]
     close = [ends[k][0] for k in finite if ends[k][1] >= report.anchor_logp - MODES_WITHIN]
     report.distinct_modes = len(_separate(close, coords))
     logp = _LogDensity(compiled)
@@ -288,7 +305,8 @@ def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: 
     report.evaluations += logp.calls
     report.used = True
     report.seconds = time.perf_counter() - began
-    return dataclasses.replace(compiled, initial_point_func=_jittered(anchor, coords, sds)), report
+    return (dataclasses.replace(compiled, initial_point_func=_jittered([(anchor, sds)], coords)),
+            report)
 
 
 def mode_start(compiled, model, *, seed: int, searches: int, jitter_names: set[str],
@@ -306,17 +324,12 @@ def mode_start(compiled, model, *, seed: int, searches: int, jitter_names: set[s
     """
     began = time.perf_counter()
     report = StartReport(strategy="modes")
-    free = ~_mask(compiled, frozen_names)
-    coords = np.flatnonzero(_mask(compiled, jitter_names))
-    starts = _search_starts(compiled, model, seed, searches, coords, SEARCH_SPREAD)
-    ends, report.evaluations = _run_searches(compiled, starts, free, max_iter)
-    report.end_logps = [float(v) for _, v in ends]
-    finite = sorted((k for k, (_, v) in enumerate(ends) if np.isfinite(v)),
-                    key=lambda k: -ends[k][1])
+    free, coords, ends, finite = _searched(
+        compiled, model, report, seed=seed, searches=searches, frozen_names=frozen_names,
+        jitter_names=jitter_names, max_iter=max_iter, spread=SEARCH_SPREAD)
     if not finite:
         report.seconds = time.perf_counter() - began
         return compiled, report
-    report.anchor_logp = float(ends[finite[0]][1])
     points = [ends[k][0] for k in finite]
     optima = _separate(points, coords)
     report.distinct_modes = len(optima)
@@ -391,16 +404,8 @@ def mode_start(compiled, model, *, seed: int, searches: int, jitter_names: set[s
     chosen = [_typical_scale(compiled, x, rescale) for x in chosen]
     jitters = [(x, _conditional_sds(logp, x, coords)) for x in chosen]
     report.evaluations += logp.calls
-
-    def initial_point(chain_seed) -> np.ndarray:
-        rng = np.random.default_rng(chain_seed)
-        anchor, sds = jitters[int(rng.integers(len(jitters)))] if len(jitters) > 1 else jitters[0]
-        x = anchor.copy()
-        x[coords] += rng.uniform(-JITTER_SDS, JITTER_SDS, len(coords)) * sds
-        return x
-
     report.seconds = time.perf_counter() - began
-    return dataclasses.replace(compiled, initial_point_func=initial_point), report
+    return dataclasses.replace(compiled, initial_point_func=_jittered(jitters, coords)), report
 
 
 def _typical_scale(compiled, x: np.ndarray, pairs) -> np.ndarray:
