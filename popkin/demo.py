@@ -50,7 +50,7 @@ def _fitted_spec(spec, fit):
     s = fit.summary().set_index("parameter")["q50"]
     for p in spec.parameters:
         spec = spec.with_parameter(p.name, typical=float(s[p.name]),
-                                   iiv=float(s.get(f"omega_{p.name}", p.iiv)))
+                                   iiv=float(s.get(spec.names.omega(p.name), p.iiv)))
     err = spec.errors[0]
     return spec.with_error(err.model, **{k: float(s[k]) for k in err.sigmas})
 

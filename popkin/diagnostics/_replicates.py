@@ -10,13 +10,12 @@ draw and adds only residual error.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import numpy as np
 
-from ..data.events import build_event_table
-from ..inference.draws import covariate_typical, flat, omega, sigma_variable
+from ..inference.draws import SubjectDraws, flat, omega, sigma_variable
+from ..structural.backend import NumpyOps
 
 Level = Literal["population", "individual"]
 
@@ -40,36 +39,27 @@ class PosteriorDraws:
         self.fit = fit
         self.spec = spec = fit.spec
         self.post = post = fit.idata.posterior
-        model = fit.model
-        if model.occasions is None:
-            self.events = build_event_table(fit.data, spec.structure, points="observations")
-            self.subject_of = np.arange(fit.data.n_subjects)
-        else:
-            self.events = model.events
-            self.subject_of = model.copy_subject
-        self.random = list(model.random)
-        if n * self.events.n_points > MAX_REPLICATE_VALUES:
-            raise ReplicateLimitError(
-                f"{n} replicates of {self.events.n_points} records are "
-                f"{n * self.events.n_points:,} simulated values, more than the limit of "
-                f"{MAX_REPLICATE_VALUES:,} held in memory at once; use at most "
-                f"{MAX_REPLICATE_VALUES // self.events.n_points} replicates")
+        self.random = list(fit.model.random)
         total = post.sizes["chain"] * post.sizes["draw"]
+        events, _, _ = fit.model.prediction_units()
+        if n * events.n_points > MAX_REPLICATE_VALUES:
+            raise ReplicateLimitError(
+                f"{n} replicates of {events.n_points} records are "
+                f"{n * events.n_points:,} simulated values, more than the limit of "
+                f"{MAX_REPLICATE_VALUES:,} held in memory at once; use at most "
+                f"{MAX_REPLICATE_VALUES // events.n_points} replicates")
         self.pick = np.sort(rng.choice(total, size=n, replace=n > total))
         self.n = n
-        self.scale = np.asarray(spec.output_scale)[self.events.point_dvid - 1]
-        typical = covariate_typical(post, spec, self.random)
-        self._typical_all = typical
+        self.draws = SubjectDraws(fit, self.pick)
+        self.events, self.subject_of = self.draws.events, self.draws.subject_of
+        self.scale = self.draws.scale
         # typical value with the subject's covariates: the individual value without its eta
-        self.typical = {k: v[self.pick][:, self.subject_of] for k, v in typical.items()}
-        self._individual = {p.name: flat(post, f"{p.name}_i")[self.pick][:, self.subject_of]
-                            for p in spec.parameters}
-        self._kappa = {p.name: flat(post, f"kappa_{p.name}")[self.pick]
-                       for p in spec.parameters if p.iov > 0}
-        self._omega_occ = {p.name: flat(post, f"omega_occ_{p.name}")[self.pick]
-                           for p in spec.parameters if p.iov > 0}
+        self.typical = self.draws.typical_all()
+        names = spec.names
+        self._omega_occ = {name: flat(post, names.omega_occasion(name))[self.pick]
+                           for name in spec.occasion_parameters}
         if self.random:
-            sd, corr = omega(post, self.random)
+            sd, corr = omega(post, spec, self.random)
             self._omega_sd, self._omega_corr = sd[self.pick], corr[self.pick]
         self._sigmas = [{s: flat(post, sigma_variable(spec, k, s))[self.pick] for s in err.sigmas}
                         for k, err in enumerate(spec.errors)]
@@ -77,15 +67,14 @@ class PosteriorDraws:
     # -- parameters ---------------------------------------------------------------------------
 
     def median_typical(self) -> dict[str, np.ndarray]:
-        """Posterior-median typical values per event-table subject (over all draws)."""
-        return {k: np.median(v, axis=0)[self.subject_of] for k, v in self._typical_all.items()}
+        """Posterior-median typical values per event-table unit (over all draws)."""
+        total = self.post.sizes["chain"] * self.post.sizes["draw"]
+        every = SubjectDraws(self.fit, np.arange(total)).typical_all()
+        return {k: np.median(v, axis=0) for k, v in every.items()}
 
     def individual(self, d: int) -> dict[str, np.ndarray]:
         """Draw ``d``'s individual parameters (posterior etas and occasion deviations)."""
-        out = {k: v[d] for k, v in self._individual.items()}
-        for name, kappa in self._kappa.items():
-            out[name] = out[name] * np.exp(kappa[d])
-        return out
+        return self.draws.individual(d)
 
     def new_etas(self, d: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Fresh random effects from draw ``d``'s Omega, one per data subject."""
@@ -102,19 +91,19 @@ class PosteriorDraws:
         params = {}
         for p in self.spec.parameters:
             value = self.typical[p.name][d]
-            if p.name in etas:
-                value = value * np.exp(etas[p.name][self.subject_of])
+            effect = etas[p.name][self.subject_of] if p.name in etas else None
             if p.name in self._omega_occ:
-                sd = self._omega_occ[p.name][d]
-                value = value * np.exp(sd * rng.standard_normal(len(value)))
-            params[p.name] = value
+                kappa = self._omega_occ[p.name][d] * rng.standard_normal(len(value))
+                effect = kappa if effect is None else effect + kappa
+            params[p.name] = value if effect is None else p.rules.with_random(NumpyOps, value,
+                                                                              effect)
         return params
 
     # -- observations -------------------------------------------------------------------------
 
     def predict(self, params: dict) -> np.ndarray:
         """Predictions at every event-table point, in the spec's units."""
-        return np.asarray(self.spec.structure.predict(self.events, params)) * self.scale
+        return self.draws.predict(params)
 
     def sigmas(self, k: int, d: int) -> dict[str, float]:
         return {s: float(v[d]) for s, v in self._sigmas[k].items()}
@@ -125,8 +114,7 @@ class PosteriorDraws:
         dvid = self.events.point_dvid
         for k, err in enumerate(self.spec.errors):
             sel = dvid == k + 1
-            out[sel] = dataclasses.replace(err, sigmas=self.sigmas(k, d)).simulate(
-                prediction[sel], noise[sel])
+            out[sel] = err.simulate(prediction[sel], noise[sel], self.sigmas(k, d))
         return out
 
     def replicate(self, d: int, rng: np.random.Generator, level: Level = "population") -> np.ndarray:

@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..structural.backend import NumpyOps
 from ._replicates import PosteriorDraws
 
 __all__ = ["npde", "pit_residuals", "residual_figure"]
@@ -113,7 +112,7 @@ def pit_residuals(fit, n_draws: int = 500, seed: int = 0) -> pd.DataFrame:
         ipred[d] = f
         for k, err in enumerate(spec.errors):
             sel = dvid == k + 1
-            cdf[sel] += _cdf(err, f[sel], y[sel], draws.sigmas(k, d))
+            cdf[sel] += err.cdf(f[sel], y[sel], draws.sigmas(k, d))
     cdf /= draws.n
     censored = frame["CENSORED"].to_numpy()
     cdf[censored] = rng.uniform(0.0, cdf[censored])
@@ -172,17 +171,6 @@ def residual_figure(frame: pd.DataFrame, spec, *, column: str = "NPDE",
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-def _cdf(err, f: np.ndarray, y: np.ndarray, sigmas: dict) -> np.ndarray:
-    sd = np.asarray(err.sd(NumpyOps, f, sigmas))
-    if err.model == "exponential":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = (np.log(np.maximum(y, 1e-300)) - np.log(np.maximum(f, 1e-300))) / sd
-        return np.where(y > 0, stats.norm.cdf(z), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(sd > 0, stats.norm.cdf((y - f) / np.where(sd > 0, sd, 1.0)),
-                        (y >= f).astype(float))
-
 
 def _observations(fit, draws: PosteriorDraws) -> pd.DataFrame:
     """The observed rows, with PRED, indexed by their position in the event table."""

@@ -46,7 +46,7 @@ import numpy as np
 from ..data.events import EventTable
 from ..inference.sampler_data import sampled_data_names, with_model_data
 from ..population.spec import ModelSpec
-from ..structural.linear import LinearCompartmentModel, _kernel, _pair_plan, dose_terms
+from ..structural.linear import LinearCompartmentModel
 from .prior import PopulationPrior
 
 __all__ = ["IndividualPosterior", "sample_individual", "sample_mixture", "compilations"]
@@ -83,14 +83,6 @@ def _capacity(n: int, minimum: int) -> int:
     return max(minimum, 1 << int(np.ceil(np.log2(max(n, 1)))))
 
 
-def _groups(events: EventTable, structure) -> list[dict]:
-    """The pair plan of the patient as plain arrays, one dict per (kind, route)."""
-    plan = _pair_plan(events, structure)
-    return [dict(kind=g.kind, into=bool(g.into_dose_compartment), tau=g.tau, amt=g.amt,
-                 rate=g.rate, duration=g.duration, period=g.period, point=g.point)
-            for g in plan.groups]
-
-
 def _padded(group: dict, capacity: int) -> dict[str, np.ndarray]:
     n = len(group["tau"])
     pad = capacity - n
@@ -102,47 +94,12 @@ def _padded(group: dict, capacity: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _linear_prediction(structure: LinearCompartmentModel, ops, p, groups, n_points, given):
-    """Central concentration at the padded points: the closed form of
-    :meth:`LinearCompartmentModel.predict` on data arrays (one subject, scalar parameters)."""
-    from ..structural import divided
-
-    pt = ops.pt
-    lams, coefs = structure.disposition(ops, p)
-    iv_weights = [None] if structure.n_compartments == 1 else coefs
-    oral_weights = ([-p["KA"] if c is None else -p["KA"] * c for c in iv_weights]
-                    if structure.oral else None)
-    total = pt.zeros(n_points)
-    for g in groups:
-        scale, tau, duration, active = dose_terms(
-            structure, ops, g["kind"], g["into"], g["tau"], g["amt"], g["rate"], g["duration"],
-            g["period"], p, given, lambda value: value)
-        kernel = _kernel(g["kind"], tau, duration, g["period"])
-        oral_route = structure.oral and g["into"]
-        for mode, lam in enumerate(lams):
-            alg = (divided.DividedAlgebra(ops, lam, p["KA"]) if oral_route
-                   else divided.ValueAlgebra(ops, lam))
-            contribution = scale * alg.result(kernel(alg))
-            if active is not None:
-                contribution = pt.switch(active, contribution, 0.0)
-            weight = (oral_weights if oral_route else iv_weights)[mode]
-            if weight is not None:
-                contribution = weight * contribution
-            total = pt.inc_subtensor(total[g["point"]], contribution)
-    return total / p[structure.volume]
-
-
 def _loglik(pm, pt, ops, err, sigmas, mu, dv, observed, censored):
     """Per-point log-likelihood; padded and unobserved points are made harmless, then masked
     (a masked NaN would still poison the gradient)."""
     safe_mu = pt.switch(observed, mu, 1.0)
     safe_dv = pt.switch(observed, dv, 1.0)
-    sd = err.sd(ops, safe_mu, sigmas)
-    if err.model == "exponential":
-        dist = pm.LogNormal.dist(mu=pt.log(pt.maximum(safe_mu, 1e-300)), sigma=sd)
-    else:
-        dist = pm.Normal.dist(mu=safe_mu, sigma=sd)
-    logp = pt.switch(censored, pm.logcdf(dist, safe_dv), pm.logp(dist, safe_dv))
+    logp = err.pointwise_logp(pm, pt, ops, safe_mu, sigmas, safe_dv, censored)
     return pt.switch(observed, logp, 0.0)
 
 
@@ -155,7 +112,7 @@ class _Compiled:
     map_functions: tuple | None = None
     logp_function: object = None
     n_u: int = 0
-    n_z: int = 0
+    n_z: int = 0            # the patient's random effects: between subjects, then occasion
 
 
 def _spec_key(spec: ModelSpec) -> str:
@@ -172,7 +129,7 @@ def _build(spec: ModelSpec, prior: PopulationPrior, groups, capacities, n_points
     ops = PyTensorOps()
     structure = spec.structure
     linear = isinstance(structure, LinearCompartmentModel)
-    n_par, k = len(prior.parameters), len(prior.random)
+    n_par, k, m = len(prior.parameters), len(prior.random), len(prior.occasion)
     names = []
     with pm.Model() as model:
         def data(name, value):
@@ -184,17 +141,23 @@ def _build(spec: ModelSpec, prior: PopulationPrior, groups, capacities, n_points
         corr = data("corr_chol", prior.corr_chol)
         u = pm.Normal("u", 0.0, 1.0, shape=prior.size)
         theta = mu + pt.dot(chol, u)
-        log_tv = theta[:n_par]
+        scaled_tv = theta[:n_par]
+        if k + m:
+            # the patient's standardised effects: between subjects, then its occasion's
+            z = pm.Normal("z", 0.0, 1.0, shape=k + m)
         if k:
-            z = pm.Normal("z", 0.0, 1.0, shape=k)
-            eta = pt.exp(theta[n_par:n_par + k]) * pt.dot(corr, z)
+            eta = pt.exp(theta[n_par:n_par + k]) * pt.dot(corr, z[:k])
+        if m:
+            kappa = pt.exp(theta[n_par + k:n_par + k + m]) * z[k:]
         params = {}
         for i, name in enumerate(prior.parameters):
-            value = log_tv[i]
+            value = scaled_tv[i]
             if name in prior.random:
                 value = value + eta[prior.random.index(name)]
-            params[name] = pt.exp(value)
-        sigmas = {s: pt.exp(theta[n_par + k + j]) for j, s in enumerate(prior.sigmas)}
+            if name in prior.occasion:
+                value = value + kappa[prior.occasion.index(name)]
+            params[name] = prior._rules(i).from_scale(ops, value)
+        sigmas = {s: pt.exp(theta[n_par + k + m + j]) for j, s in enumerate(prior.sigmas)}
         dv = data("obs_dv", np.zeros(n_points_cap))
         observed = data("obs_mask", np.zeros(n_points_cap, dtype=bool))
         censored = data("obs_censored", np.zeros(n_points_cap, dtype=bool))
@@ -208,10 +171,7 @@ def _build(spec: ModelSpec, prior: PopulationPrior, groups, capacities, n_points
                     arrays[field_name] = data(f"{tag}_{field_name}", np.full(cap, fill))
                 arrays["point"] = data(f"{tag}_point", np.zeros(cap, dtype=np.int64))
                 tensors.append(arrays)
-            given = set(prior.parameters)
-            full = {n: params.get(n, structure.optional_parameters.get(n))
-                    for n in structure.parameters + tuple(structure.optional_parameters)}
-            prediction = _linear_prediction(structure, ops, full, tensors, n_points_cap, given)
+            prediction = structure.predict_pairs(ops, params, tensors, n_points_cap)
         else:
             from ..ode import guard_prediction
 
@@ -224,7 +184,7 @@ def _build(spec: ModelSpec, prior: PopulationPrior, groups, capacities, n_points
         prediction = prediction * spec.output_scale[0]
         logp = _loglik(pm, pt, ops, spec.errors[0], sigmas, prediction, dv, observed, censored)
         pm.Potential("likelihood", logp.sum())
-    return model, tuple(names), prior.size, k
+    return model, tuple(names), prior.size, k + m
 
 
 def _compile(spec, prior, groups, capacities, n_points_cap):
@@ -302,14 +262,15 @@ def _prepare(spec: ModelSpec, prior: PopulationPrior, events: EventTable):
     linear = isinstance(structure, LinearCompartmentModel)
     n_points_cap = _capacity(events.n_points, _MIN_POINTS)
     if linear:
-        groups = _groups(events, structure)
+        groups = structure.dose_pairs(events)
         kinds = tuple((g["kind"], g["into"]) for g in groups)
         capacities = tuple(_capacity(len(g["tau"]), _MIN_PAIRS) for g in groups)
-        key = (_spec_key(spec), prior.size, len(prior.random), kinds, capacities, n_points_cap)
+        key = (_spec_key(spec), prior.size, len(prior.random), len(prior.occasion), kinds,
+               capacities, n_points_cap)
     else:
         # the events are data of any size, and the prediction is padded to the levels' length
         groups, kinds, capacities = [], (), ()
-        key = (_spec_key(spec), prior.size, len(prior.random))
+        key = (_spec_key(spec), prior.size, len(prior.random), len(prior.occasion))
     compiled_now = key not in _CACHE
     if compiled_now:
         _CACHE[key] = _compile(spec, prior, kinds, capacities, n_points_cap)
@@ -375,14 +336,19 @@ def _draw(compiled: _Compiled, values: dict, method: str, draws: int, chains: in
 
 def sample_individual(spec: ModelSpec, prior: PopulationPrior, events: EventTable, *,
                       method: str = "nuts", draws: int = 1000, chains: int = 4, tune: int = 500,
-                      seed: int = 0) -> IndividualPosterior:
-    """Draws of the patient's parameters given the patient's event table (one subject)."""
+                      seed: int = 0, occasion: str = "current") -> IndividualPosterior:
+    """Draws of the patient's parameters given the patient's event table (one subject).
+
+    With between-occasion variability the levels inform the current occasion's effect;
+    ``occasion="new"`` gives the parameters at a new occasion instead (that effect drawn from
+    the population)."""
     start = time.perf_counter()
     compiled, values, compiled_now = _prepare(spec, prior, events)
     values = _set_data(compiled, values)
     x, diagnostics = _draw(compiled, values, method, draws, chains, tune, seed)
     u, z = x[:, :compiled.n_u], x[:, compiled.n_u:]
-    return IndividualPosterior(prior.individual(u, z), prior.sigma_values(u), method,
+    parameters = prior.patient(u, z, occasion, np.random.default_rng([seed, 1]))
+    return IndividualPosterior(parameters, prior.sigma_values(u), method,
                                time.perf_counter() - start, compiled_now, diagnostics)
 
 
@@ -433,7 +399,7 @@ def _log_evidence(compiled: _Compiled, x: np.ndarray, rng, n: int = 2000) -> tup
 
 def sample_mixture(spec: ModelSpec, components, events: EventTable, *, method: str = "nuts",
                    draws: int = 1000, chains: int = 4, tune: int = 500,
-                   seed: int = 0) -> IndividualPosterior:
+                   seed: int = 0, occasion: str = "current") -> IndividualPosterior:
     """The individual posterior averaged over the patient's possible genotypes.
 
     ``components`` is a list of ``(component, prior)``: each component's prior weight
@@ -448,7 +414,7 @@ def sample_mixture(spec: ModelSpec, components, events: EventTable, *, method: s
     """
     if len(components) == 1:
         return sample_individual(spec, components[0][1], events, method=method, draws=draws,
-                                 chains=chains, tune=tune, seed=seed)
+                                 chains=chains, tune=tune, seed=seed, occasion=occasion)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     compiled_any = False
@@ -472,7 +438,7 @@ def sample_mixture(spec: ModelSpec, components, events: EventTable, *, method: s
             continue
         pick = rng.choice(len(x), size=count, replace=count > len(x))
         u, z = x[pick, :n_u], x[pick, n_u:]
-        for name, v in prior.individual(u, z).items():
+        for name, v in prior.patient(u, z, occasion, rng).items():
             parameters.setdefault(name, []).append(v)
         for name, v in prior.sigma_values(u).items():
             sigmas.setdefault(name, []).append(v)

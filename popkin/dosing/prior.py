@@ -3,15 +3,18 @@ the individual posterior.
 
 The patient's parameters are
 
-.. math:: P = \exp(\log TV_P + \eta_P), \qquad \eta = \operatorname{diag}(\omega)\, L_R\, z,
-          \quad z \sim N(0, I)
+.. math:: P = h^{-1}(h(TV_P) + \eta_P + \kappa_P), \qquad
+          \eta = \operatorname{diag}(\omega)\, L_R\, z, \quad z \sim N(0, I), \quad
+          \kappa_P = \omega_{occ,P}\, z_{occ,P}
 
-where :math:`TV_P` is the typical value *with this patient's covariates* (genotype included)
-and :math:`L_R` the Cholesky factor of the random effects' correlation. The population
-quantities form one vector
+where :math:`h` is the scale of the parameter's distribution (log for the default log-normal:
+:mod:`popkin.population.individual`), :math:`TV_P` the typical value *with this patient's
+covariates* (genotype included), :math:`L_R` the Cholesky factor of the random effects'
+correlation and :math:`\kappa` the effect of the patient's current occasion (models with
+between-occasion variability). The population quantities form one vector
 
-.. math:: \theta = (\log TV_P \ldots,\ \log \omega_P \ldots,\ \log \sigma \ldots)
-          = \mu + L u, \qquad u \sim N(0, I)
+.. math:: \theta = (h(TV_P) \ldots,\ \log \omega_P \ldots,\ \log \omega_{occ,P} \ldots,\
+          \log \sigma \ldots) = \mu + L u, \qquad u \sim N(0, I)
 
 so that the same compiled model serves every source:
 
@@ -55,15 +58,15 @@ import numpy as np
 from ..data.reader import Dataset
 from ..data.schema import DatasetError, Problem
 from ..inference import draws as fit_draws
-from ..population.covariates import CONTINUOUS_KINDS, SpecError
-from ..population.pymc_model import _missing_mask
+from ..population.covariates import SpecError
+from ..population.individual import distribution
+from ..population.levels import missing_level_columns
 from ..population.spec import ModelSpec
 from ..structural.backend import NumpyOps
 
 __all__ = ["PopulationPrior", "Component", "library_prior", "fit_prior", "patient_covariates",
-           "covariate_components", "spec_frequencies", "fit_frequencies", "LEVEL_KINDS"]
+           "covariate_components", "spec_frequencies", "fit_frequencies"]
 
-LEVEL_KINDS = ("genotype", "categorical", "alleles")
 # at most this many genotype combinations are averaged over
 _MAX_COMPONENTS = 64
 
@@ -75,7 +78,7 @@ _MAX_FIT_DRAWS = 2000
 class PopulationPrior:
     """``theta = mu + chol @ u``: names of the entries, and the random effects' correlation."""
 
-    names: tuple[str, ...]              # parameter names, then omega_P, then sigma names
+    names: tuple[str, ...]              # parameter names, omega_P, omega_occ_P, sigma names
     parameters: tuple[str, ...]
     random: tuple[str, ...]
     sigmas: tuple[str, ...]             # residual SD names of output 1 (sigma_add, sigma_prop, ...)
@@ -83,36 +86,68 @@ class PopulationPrior:
     chol: np.ndarray
     corr_chol: np.ndarray
     source: str                         # "library model" or "population fit"
+    distributions: tuple[str, ...] = ()  # per parameter (default: all log-normal)
+    occasion: tuple[str, ...] = ()      # parameters with between-occasion variability
 
     @property
     def size(self) -> int:
         return len(self.names)
 
+    def _rules(self, i):
+        return distribution(self.distributions[i] if self.distributions else "lognormal")
+
     def typical(self) -> dict[str, float]:
         """The patient's typical values at the centre of the population uncertainty."""
-        return {p: float(np.exp(self.mu[i])) for i, p in enumerate(self.parameters)}
+        return {p: float(self._rules(i).from_scale(NumpyOps, self.mu[i]))
+                for i, p in enumerate(self.parameters)}
 
     def split(self, theta: np.ndarray):
-        """``(log TV (..., n_par), log omega (..., k), log sigma (..., n_sigma))``."""
-        n, k = len(self.parameters), len(self.random)
-        return theta[..., :n], theta[..., n:n + k], theta[..., n + k:]
+        """``(h(TV) (..., n_par), log omega (..., k), log omega_occ (..., m), log sigma)``."""
+        n, k, m = len(self.parameters), len(self.random), len(self.occasion)
+        return (theta[..., :n], theta[..., n:n + k], theta[..., n + k:n + k + m],
+                theta[..., n + k + m:])
 
-    def individual(self, u: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
-        """Parameter draws from standard-normal draws ``u`` (S, size) and ``z`` (S, k)."""
+    def individual(self, u: np.ndarray, z: np.ndarray,
+                   z_occasion: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Parameter draws from standard-normal draws ``u`` (S, size), ``z`` (S, k) and, with
+        between-occasion variability, ``z_occasion`` (S, m) (the occasion's effect; None:
+        between occasions)."""
         theta = self.mu + u @ self.chol.T
-        log_tv, log_omega, _ = self.split(theta)
+        scaled_tv, log_omega, log_omega_occ, _ = self.split(theta)
         eta = np.exp(log_omega) * (z @ self.corr_chol.T)
         out = {}
         for i, p in enumerate(self.parameters):
-            value = log_tv[:, i]
+            value = scaled_tv[:, i]
             if p in self.random:
                 value = value + eta[:, self.random.index(p)]
-            out[p] = np.exp(value)
+            if z_occasion is not None and p in self.occasion:
+                j = self.occasion.index(p)
+                value = value + np.exp(log_omega_occ[:, j]) * z_occasion[:, j]
+            out[p] = self._rules(i).from_scale(NumpyOps, value)
         return out
+
+    def patient(self, u: np.ndarray, z: np.ndarray, occasion: str = "current",
+                rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """Parameter draws from a patient model's draws ``u`` and ``z`` (between-subject
+        effects, then the current occasion's): for the ``"current"`` occasion, or for a
+        ``"new"`` one, whose effect is drawn from the population (integrated out)."""
+        k, m = len(self.random), len(self.occasion)
+        z_occasion = None
+        if m:
+            z_occasion = z[:, k:k + m] if occasion == "current" else \
+                rng.standard_normal((len(u), m))
+        return self.individual(u, z[:, :k], z_occasion)
+
+    def population(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` draws of a new patient's parameters at a new occasion (no levels)."""
+        return self.individual(rng.standard_normal((n, self.size)),
+                               rng.standard_normal((n, len(self.random))),
+                               rng.standard_normal((n, len(self.occasion))) if self.occasion
+                               else None)
 
     def sigma_values(self, u: np.ndarray) -> dict[str, np.ndarray]:
         theta = self.mu + u @ self.chol.T
-        _, _, log_sigma = self.split(theta)
+        log_sigma = self.split(theta)[3]
         return {s: np.exp(log_sigma[:, j]) for j, s in enumerate(self.sigmas)}
 
 
@@ -123,14 +158,8 @@ def patient_covariates(spec: ModelSpec, patient: Dataset) -> dict:
     :func:`covariate_components`; a missing continuous covariate is an error.
     """
     design = spec.covariate_design(patient)
-    for p in spec.parameters:
-        for e in p.covariates:
-            if e.kind in CONTINUOUS_KINDS and _missing_mask(e, design[(p.name, e.covariate)]).any():
-                raise DatasetError([Problem(
-                    f"the patient's {e.covariate} is missing, but the model's effect of "
-                    f"{e.covariate} on {p.name} needs it; give the value (a dose recommendation "
-                    "does not guess a continuous covariate)", subject=patient.subjects[0],
-                    column=e.covariate)], patient.source)
+    missing_level_columns(spec, design, patient, continuous_why=(
+        "a dose recommendation does not guess a continuous covariate: give the value"))
     return design
 
 
@@ -151,51 +180,39 @@ def covariate_components(spec: ModelSpec, design, frequencies_of, *, where: str 
     mapping level -> frequency) or None when there is no source of frequencies, which makes a
     missing value of that covariate an error.
     """
-    by_covariate: dict[str, list] = {}
-    for p in spec.parameters:
-        for e in p.covariates:
-            if e.kind in LEVEL_KINDS and _missing_mask(e, design[(p.name, e.covariate)]).any():
-                by_covariate.setdefault(e.covariate, []).append(e)
-    if not by_covariate:
+    columns = missing_level_columns(spec, design)
+    if not columns:
         return [Component("", 0.0, design)]
     options = []            # per covariate: [(code, log prior, label), ...]
-    for covariate, effects in by_covariate.items():
-        e = effects[0]
-        if any(x.kind != e.kind or x.levels != e.levels for x in effects[1:]):
-            raise SpecError(f"{spec.source}: the effects of {covariate} on several parameters "
-                            "must use the same kind and levels to average over a missing value")
-        freqs = frequencies_of(covariate, e.levels)
+    for covariate, col in columns.items():
+        freqs = frequencies_of(covariate, col.levels)
         if freqs is None:
-            what = "genotype" if e.kind in ("genotype", "alleles") else "value"
+            what = "genotype" if col.kind in ("genotype", "alleles") else "value"
             raise DatasetError([Problem(
                 f"the patient's {covariate} is missing and the model gives no population "
-                f"frequencies to average over its levels ({', '.join(e.levels)}); give the "
-                f"{what}, or add frequencies = {{...}} to the {e.kind} effect of {covariate}",
+                f"frequencies to average over its levels ({', '.join(col.levels)}); give the "
+                f"{what}, or add frequencies = {{...}} to the {col.kind} effect of {covariate}",
                 column=covariate)], where or spec.source)
-        f = np.array([float(freqs.get(lv, 0.0)) for lv in e.levels])
-        choices = []
-        if e.kind == "alleles":         # Hardy-Weinberg: p_a p_b, twice for a heterozygote
-            choices = [((a, b), np.log(f[a] * f[b] * (1 if a == b else 2)),
-                        f"{e.levels[a]}/{e.levels[b]}")
-                       for a in range(len(f)) for b in range(a, len(f)) if f[a] * f[b] > 0]
-        else:
-            choices = [(k, np.log(f[k]), e.levels[k]) for k in range(len(f)) if f[k] > 0]
-        options.append((covariate, effects, choices))
-    n = int(np.prod([len(c) for _, _, c in options]))
+        with np.errstate(divide="ignore"):
+            log_f = np.log(col.frequency_vector(freqs))
+        codes, labels = col.combinations()
+        choices = [(code, float(col.log_prior(log_f, code)), label)
+                   for code, label in zip(codes, labels)]
+        options.append((col, [c for c in choices if np.isfinite(c[1])]))
+    n = int(np.prod([len(c) for _, c in options]))
     if n > _MAX_COMPONENTS:
         raise DatasetError([Problem(
-            f"the patient's {' and '.join(by_covariate)} are missing: {n} genotype combinations "
+            f"the patient's {' and '.join(columns)} are missing: {n} genotype combinations "
             f"to average over, more than {_MAX_COMPONENTS}; give at least one of them",
-            column=next(iter(by_covariate)))], where or spec.source)
+            column=next(iter(columns)))], where or spec.source)
     out = []
-    for combo in itertools.product(*(c for _, _, c in options)):
+    for combo in itertools.product(*(c for _, c in options)):
         filled = dict(design)
         labels, log_w = [], 0.0
-        for (covariate, effects, _), (code, logp, label) in zip(options, combo):
-            for e in effects:
-                key = (e.parameter, covariate)
-                filled[key] = np.array([code], dtype=np.int64)
-            labels.append((covariate, label))
+        for (col, _), (code, logp, label) in zip(options, combo):
+            for e in col.effects:
+                filled[(e.parameter, col.covariate)] = np.array([code], dtype=np.int64)
+            labels.append((col.covariate, label))
             log_w += logp
         out.append(Component(", ".join(f"{c} {lab}" for c, lab in labels), float(log_w), filled,
                              tuple(labels)))
@@ -206,10 +223,9 @@ def covariate_components(spec: ModelSpec, design, frequencies_of, *, where: str 
 def spec_frequencies(spec: ModelSpec):
     """``frequencies_of`` for a library model: the spec's ``frequencies`` of the covariate."""
     def frequencies_of(covariate, levels):
-        for p in spec.parameters:
-            for e in p.covariates:
-                if e.covariate == covariate and e.frequencies is not None:
-                    return dict(e.frequencies)
+        for e in spec.effects():
+            if e.covariate == covariate and e.frequencies is not None:
+                return dict(e.frequencies)
         return None
     return frequencies_of
 
@@ -225,34 +241,28 @@ def fit_frequencies(fit):
         if given is not None:
             return given
         post = fit.idata.posterior
-        name = f"freq:{covariate}"
+        name = fit.spec.names.frequency(covariate)
         if name in post:
             mean = post[name].mean(("chain", "draw")).values
             return {lv: float(x) for lv, x in zip(levels, mean)}
         design = fit.spec.covariate_design(fit.data)
-        for (_, cov), values in design.items():
-            if cov == covariate:
-                codes = np.asarray(values).ravel()
-                counts = np.bincount(codes[codes >= 0], minlength=len(levels)).astype(float)
-                share = (counts + 1.0) / (counts.sum() + len(levels))
-                return {lv: float(x) for lv, x in zip(levels, share)}
-        return None
+        effect = next((e for e in fit.spec.effects() if e.covariate == covariate), None)
+        if effect is None:
+            return None
+        values = design[(effect.parameter, covariate)]
+        counts = effect.rules.counts(values[~effect.missing(values)], len(levels))
+        share = (counts + 1.0) / (counts.sum() + len(levels))
+        return {lv: float(x) for lv, x in zip(levels, share)}
     return frequencies_of
 
 
-def _log_multipliers(spec: ModelSpec, design, values_of) -> dict[str, float]:
-    out = {}
-    for p in spec.parameters:
-        total = 0.0
-        for e in p.covariates:
-            m = e.multiplier(NumpyOps, design[(p.name, e.covariate)], values_of(e))
-            total += float(np.log(np.asarray(m, dtype=float).ravel()[0]))
-        out[p.name] = total
-    return out
+def _scaled_typical(p, typical, factors):
+    """``h(TV)`` of parameter ``p`` with the covariate factors (per draw, or scalars)."""
+    return p.rules.scaled_typical(NumpyOps, typical, factors)
 
 
 def _sigma_names(spec: ModelSpec) -> tuple[str, ...]:
-    return tuple(spec.errors[0].sigmas)
+    return tuple(spec.errors[0].names)
 
 
 def _corr_chol(spec: ModelSpec, random, corr: np.ndarray | None) -> np.ndarray:
@@ -262,86 +272,98 @@ def _corr_chol(spec: ModelSpec, random, corr: np.ndarray | None) -> np.ndarray:
     return np.linalg.cholesky(corr + 1e-12 * np.eye(k))
 
 
+def _layout(spec: ModelSpec, random, occasion, sigmas) -> tuple[str, ...]:
+    names = spec.names
+    return (tuple(p.name for p in spec.parameters) + tuple(names.omega(r) for r in random)
+            + tuple(names.omega_occasion(r) for r in occasion) + sigmas)
+
+
 def library_prior(spec: ModelSpec, design) -> PopulationPrior:
     """The prior of a library model: the spec's values, ``rse`` on the typical values."""
-    random = tuple(p.name for p in spec.parameters if p.iiv > 0)
-    sigmas = _sigma_names(spec)
-    log_m = _log_multipliers(spec, design, lambda e: e.values)
-    mu = [np.log(p.typical) + log_m[p.name] for p in spec.parameters]
-    sd = [p.rse or 0.0 for p in spec.parameters]
+    spec.errors[0].require_values(spec.source, "a dose recommendation from a model spec")
+    random, occasion, sigmas = spec.random, spec.occasion_parameters, _sigma_names(spec)
+    mu, sd = [], []
+    for p in spec.parameters:
+        factors = [_first(e.multiplier(NumpyOps, design[(p.name, e.covariate)]))
+                   for e in p.covariates]
+        _check_factors(spec, p, factors)
+        mu.append(_scaled_typical(p, p.typical, factors))
+        sd.append(p.rules.relative_se_on_scale(p.typical, p.rse) if p.rse else 0.0)
     mu += [np.log(spec.parameter(r).iiv) for r in random]
-    sd += [0.0] * len(random)
+    mu += [np.log(spec.parameter(r).iov) for r in occasion]
     mu += [np.log(spec.errors[0].sigmas[s]) for s in sigmas]
-    sd += [0.0] * len(sigmas)
-    names = tuple(p.name for p in spec.parameters) + tuple(f"omega_{r}" for r in random) + sigmas
-    return PopulationPrior(names, tuple(p.name for p in spec.parameters), random, sigmas,
+    sd += [0.0] * (len(random) + len(occasion) + len(sigmas))
+    return PopulationPrior(_layout(spec, random, occasion, sigmas),
+                           tuple(p.name for p in spec.parameters), random, sigmas,
                            np.asarray(mu, float), np.diag(sd).astype(float), np.eye(len(random)),
-                           "library model")
+                           "library model", tuple(p.distribution for p in spec.parameters),
+                           occasion)
+
+
+def _first(value) -> float:
+    return float(np.asarray(value, dtype=float).ravel()[0])
+
+
+def _check_factors(spec, p, factors) -> None:
+    if p.rules.factor_is_shift and any(np.any(np.asarray(f) <= 0) for f in factors):
+        raise SpecError(f"{spec.source}: a covariate effect on {p.name} gives a non-positive "
+                        "multiplier at this patient's value (in some posterior draws); the "
+                        "patient is far outside the covariate range the model was built on")
 
 
 def _effect_draws(posterior, effect) -> list[dict] | None:
     """Per draw, the effect's values (None when the effect is fixed)."""
     if not effect.estimate:
         return None
-    if effect.kind in CONTINUOUS_KINDS:
-        key = {"power": "exponent", "linear": "coefficient", "exponential": "coefficient",
-               "threshold": "factor", "activity_score": "residual"}[effect.kind]
-        x = fit_draws.flat(posterior, effect.names[0])
-        return [{key: float(v)} for v in x]
+    if not effect.has_levels:
+        x = fit_draws.flat(posterior, effect.variable)
+        return [{effect.rules.value_key: float(v)} for v in x]
     levels = list(effect.levels[1:])
     if not levels:
         return None
-    x = fit_draws.flat(posterior, f"{effect.parameter}:{effect.covariate}")
+    x = fit_draws.flat(posterior, effect.variable)
     return [{lv: float(row[j]) for j, lv in enumerate(levels)} for row in x]
 
 
 def fit_prior(fit, design, *, seed: int = 0) -> PopulationPrior:
     """The prior from a population fit: moments of theta over its posterior draws."""
     spec = fit.spec
-    if any(p.iov > 0 for p in spec.parameters):
-        raise SpecError(f"{spec.source}: dose recommendations from a fit with between-occasion "
-                        "variability (iov) are not supported; refit without iov")
+    names = spec.names
     post = fit.idata.posterior
-    random = tuple(p.name for p in spec.parameters if p.iiv > 0)
-    sigmas = _sigma_names(spec)
+    random, occasion, sigmas = spec.random, spec.occasion_parameters, _sigma_names(spec)
     n_total = post.sizes["chain"] * post.sizes["draw"]
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(n_total, size=min(n_total, _MAX_FIT_DRAWS), replace=False))
     columns = []
-    per_effect = {}
     for p in spec.parameters:
-        for e in p.covariates:
-            draws = _effect_draws(post, e)
-            per_effect[(p.name, e.covariate)] = None if draws is None else [draws[i] for i in pick]
-    for p in spec.parameters:
-        log_tv = np.log(fit_draws.flat(post, p.name)[pick])
+        factors = []
         for e in p.covariates:
             column = design[(p.name, e.covariate)]
-            draws = per_effect[(p.name, e.covariate)]
+            draws = _effect_draws(post, e)
             if draws is None:
-                m = np.full(len(pick), float(np.asarray(e.multiplier(NumpyOps, column)).ravel()[0]))
+                factors.append(np.full(len(pick), _first(e.multiplier(NumpyOps, column))))
             else:
-                m = np.array([float(np.asarray(e.multiplier(NumpyOps, column, v)).ravel()[0])
-                              for v in draws])
-            if np.any(m <= 0):
-                raise SpecError(f"{spec.source}: the effect of {e.covariate} on {p.name} gives a "
-                                "non-positive multiplier at this patient's value in some posterior "
-                                "draws; the patient is far outside the fitted covariate range")
-            log_tv = log_tv + np.log(m)
-        columns.append(log_tv)
+                factors.append(np.array([_first(e.multiplier(NumpyOps, column, draws[i]))
+                                         for i in pick]))
+        _check_factors(spec, p, factors)
+        typical = fit_draws.flat(post, names.typical(p.name))[pick]
+        columns.append(_scaled_typical(p, typical, factors))
     corr = None
     if random:
-        sd, corr_draws = fit_draws.omega(post, random)
+        sd, corr_draws = fit_draws.omega(post, spec, random)
         columns.extend(np.log(sd[pick, j]) for j in range(len(random)))
         corr = corr_draws[pick].mean(axis=0)
+    for r in occasion:
+        columns.append(np.log(fit_draws.flat(post, names.omega_occasion(r))[pick]))
     for s in sigmas:
-        columns.append(np.log(fit_draws.flat(post, fit_draws.sigma_variable(spec, 0, s))[pick]))
+        columns.append(np.log(fit_draws.flat(post, names.sigma(0, s))[pick]))
     theta = np.column_stack(columns)
     mu = theta.mean(axis=0)
     cov = np.atleast_2d(np.cov(theta, rowvar=False)) if len(pick) > 1 else np.zeros((len(mu),) * 2)
     # a symmetric square root: entries that do not vary (fixed in the fit) get zero rows
     values, vectors = np.linalg.eigh((cov + cov.T) / 2)
     chol = vectors * np.sqrt(np.clip(values, 0.0, None))
-    names = tuple(p.name for p in spec.parameters) + tuple(f"omega_{r}" for r in random) + sigmas
-    return PopulationPrior(names, tuple(p.name for p in spec.parameters), random, sigmas, mu, chol,
-                           _corr_chol(spec, random, corr), "population fit")
+    return PopulationPrior(_layout(spec, random, occasion, sigmas),
+                           tuple(p.name for p in spec.parameters), random, sigmas, mu, chol,
+                           _corr_chol(spec, random, corr), "population fit",
+                           tuple(p.distribution for p in spec.parameters), occasion)

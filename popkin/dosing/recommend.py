@@ -48,6 +48,7 @@ from .targets import Target, parse_target
 
 __all__ = ["recommend", "recommend_batch", "Recommendation", "load_source"]
 
+OCCASIONS = ("current", "new")
 METHODS = ("nuts", "map")
 
 
@@ -473,6 +474,7 @@ def recommend(
     chains: int = 4,
     tune: int = 500,
     seed: int | None = 0,
+    occasion: Literal["current", "new"] = "current",
 ) -> Recommendation:
     """Recommend a regimen for one patient.
 
@@ -501,6 +503,10 @@ def recommend(
         The choice rule (module docstring).
     draws, chains, tune, seed
         Posterior draws in all, NUTS chains and tuning steps, random seed.
+    occasion
+        For a model with between-occasion variability: the new regimen continues the
+        patient's ``"current"`` occasion (its effect estimated from the levels, the default)
+        or starts a ``"new"`` one (its effect drawn from the population, integrated out).
 
     Returns
     -------
@@ -513,9 +519,14 @@ def recommend(
         raise ValueError(f"method must be 'nuts' or 'map', not {method!r}")
     if not 0.0 <= max_limit_probability <= 1.0:
         raise ValueError(f"max_limit_probability must lie in [0, 1], not {max_limit_probability}")
+    if occasion not in OCCASIONS:
+        raise ValueError(f"occasion must be 'current' or 'new', not {occasion!r}")
     spec, fit = load_source(model)
     data, patient_id = _patient_dataset(patient, patient_id)
     spec.check_time_constant(data)
+    if fit is None:
+        spec = spec.resolved(data, scales=False)
+    _check_occasions(spec, data)
     design = patient_covariates(spec, data)
     data, flags = _flag_early_levels(data)
     flags = _range_flags(spec, fit, data) + flags
@@ -560,12 +571,12 @@ def recommend(
     events = build_event_table(data, spec.structure, points="observations")
     flags.extend(_implausible_levels(spec, data, events, priors, seed))
     if fit is not None and _same_patient(fit, data, patient_id):
-        posterior = _fit_draws(fit, patient_id, draws, seed)
+        posterior = _fit_draws(fit, patient_id, draws, seed, occasion)
         source = "fit draws"
     else:
         source = priors[0][1].source
         posterior = sample_mixture(spec, priors, events, method=method, draws=draws,
-                                   chains=chains, tune=tune, seed=seed or 0)
+                                   chains=chains, tune=tune, seed=seed or 0, occasion=occasion)
         timings["compiled"] = posterior.compiled
     timings["posterior_s"] = round(time.perf_counter() - tick, 3)
     if posterior.diagnostics.get("divergences"):
@@ -687,9 +698,7 @@ def _population_draws(priors, n: int, rng) -> dict[str, np.ndarray]:
     components by their prior weights."""
     weights = np.exp([c.log_weight for c, _ in priors])
     counts = rng.multinomial(n, weights / weights.sum())
-    parts = [prior.individual(rng.standard_normal((k, prior.size)),
-                              rng.standard_normal((k, len(prior.random))))
-             for (_, prior), k in zip(priors, counts) if k]
+    parts = [prior.population(k, rng) for (_, prior), k in zip(priors, counts) if k]
     order = rng.permutation(n)
     return {p: np.concatenate([part[p] for part in parts])[order] for p in parts[0]}
 
@@ -714,19 +723,48 @@ def _genotype_flag(components, posterior: IndividualPosterior) -> str:
     return out
 
 
-def _fit_draws(fit, patient_id, draws: int, seed) -> IndividualPosterior:
+def _fit_draws(fit, patient_id, draws: int, seed, occasion: str) -> IndividualPosterior:
+    """The patient's own draws from the population fit; with between-occasion variability,
+    at its last occasion in the fitted data (``"current"``) or a new one."""
     from ..inference import draws as fit_draws
+    from ..structural.backend import NumpyOps
 
+    spec = fit.spec
+    names = spec.names
     post = fit.idata.posterior
     index = fit.data.subjects.index(patient_id)
     n_total = post.sizes["chain"] * post.sizes["draw"]
-    pick = np.sort(np.random.default_rng(seed).choice(n_total, size=min(draws, n_total),
-                                                      replace=False))
-    params = {p.name: fit_draws.flat(post, f"{p.name}_i")[pick, index] for p in fit.spec.parameters}
-    sigmas = {s: fit_draws.flat(post, fit_draws.sigma_variable(fit.spec, 0, s))[pick]
-              for s in fit.spec.errors[0].sigmas}
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(n_total, size=min(draws, n_total), replace=False))
+    params = {p.name: fit_draws.flat(post, names.individual(p.name))[pick, index]
+              for p in spec.parameters}
+    if spec.occasion_parameters:
+        last = int(np.flatnonzero(fit.model.occasions["ID"].to_numpy() == patient_id)[-1])
+        for name in spec.occasion_parameters:
+            p = spec.parameter(name)
+            if occasion == "current":
+                kappa = fit_draws.flat(post, names.kappa(name))[pick, last]
+            else:
+                kappa = (fit_draws.flat(post, names.omega_occasion(name))[pick]
+                         * rng.standard_normal(len(pick)))
+            params[name] = p.rules.with_random(NumpyOps, params[name], kappa)
+    sigmas = {s: fit_draws.flat(post, names.sigma(0, s))[pick] for s in spec.errors[0].sigmas}
     return IndividualPosterior(params, sigmas, "fit draws", 0.0, False,
                                {"note": "the patient's own draws from the population fit"})
+
+
+def _check_occasions(spec: ModelSpec, data: Dataset) -> None:
+    """A patient model has one occasion: the current one, that the levels inform."""
+    if not spec.occasion_parameters or "OCC" not in data.given_columns:
+        return
+    values = data.records["OCC"].dropna().unique()
+    if len(values) > 1:
+        raise DatasetError([Problem(
+            f"the patient's records span {len(values)} occasions (OCC "
+            f"{', '.join(map(str, values[:5]))}); a recommendation from a model with "
+            "between-occasion variability estimates the current occasion's effect from its "
+            "levels: give the records of the current occasion (its doses and levels)",
+            column="OCC")], data.source)
 
 
 def recommend_batch(model, patients, directory=None, *, scheduler=None, workers=None,

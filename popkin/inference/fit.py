@@ -30,6 +30,7 @@ import numpy as np
 
 from ..data.reader import Dataset, read_dataset
 from ..population.pymc_model import PopulationModel, build_pymc_model
+from ..population.names import Names
 from ..population.spec import ModelSpec, load_model
 from .._progress import Progress, as_progress
 from .approximate import ApproximationError, laplace, pathfinder
@@ -165,7 +166,7 @@ def fit(
                         "popkin_ode_failures": int(failures)})
     if report is not None and report.used:
         idata.attrs.update(report.attrs())
-    result = Fit(idata=idata, spec=spec, data=dataset, built=built, method=method, seconds=seconds,
+    result = Fit(idata=idata, spec=built.spec, data=dataset, built=built, method=method, seconds=seconds,
                  ode_failures=int(failures))
     for message in result.warnings:
         warnings.warn(message, stacklevel=2)
@@ -226,7 +227,7 @@ def _population_rvs(model) -> set:
     clearance or age (prior SD 0.5 / reference): some subjects' clearance would start negative
     or enormous, and such a chain can adapt its step size to 0 and never move."""
     return {rv for rv in model.free_RVs
-            if not rv.name.startswith(("z_", "eta_")) and ":" not in rv.name}
+            if not Names.is_random_effect(rv.name) and ":" not in rv.name}
 
 
 def _value_names(model, rvs) -> set[str]:
@@ -235,8 +236,8 @@ def _value_names(model, rvs) -> set[str]:
 
 def _frozen_in_search(model, spec: ModelSpec) -> set[str]:
     """SDs of centred random effects: held at their start during the start's searches."""
-    rvs = [model[f"omega_{p.name}"] for p in spec.parameters
-           if p.centered and f"omega_{p.name}" in model.named_vars]
+    omegas = [spec.names.omega(p.name) for p in spec.parameters if p.centered]
+    rvs = [model[name] for name in omegas if name in model.named_vars]
     return _value_names(model, [rv for rv in rvs if rv in model.free_RVs])
 
 
@@ -292,7 +293,8 @@ def _nutpie(spec, dataset, chains, draws, tune, seed, target_accept, progress, c
             # the population parameters name the modes (the SDs at joint optima, where the
             # random effects shrink and their SDs grow, but alike in every mode compared)
             parameters = {e.name: (e.var, tuple(e.index)) for e in entry.built.entries}
-            rescale = [(f"omega_{p.name}_log__", f"z_{p.name}") for p in spec.parameters
+            names = spec.names
+            rescale = [(f"{names.omega(p.name)}_log__", names.z(p.name)) for p in spec.parameters
                        if not p.centered]
             compiled, report = mode_start(compiled, model, parameters=parameters,
                                           rescale=rescale, progress=progress, **options)
@@ -322,41 +324,6 @@ def _other(built: PopulationModel, method, chains, draws, tune, seed, target_acc
     return approximate(model, draws=chains * draws, seed=seed, jitter=jitter, progress=progress)
 
 
-def _prior_centres(spec: ModelSpec) -> dict[str, tuple[str, float, float]]:
-    """Summary name -> (scale, centre, SD) of its prior; scale "log" (a log-normal prior,
-    centre and SD of the log), "linear" (normal) or "half" (half-normal: SD is its scale)."""
-    from ..population.covariates import CONTINUOUS_KINDS
-    from ..population.pymc_model import DEFAULT_PRIOR_SD, SIGMA_MEDIAN_TO_SCALE
-
-    out = {}
-    for p in spec.parameters:
-        out[p.name] = ("log", math.log(p.typical), p.typical_sd)
-        if p.iiv > 0:
-            out[f"omega_{p.name}"] = ("half", 0.0, p.iiv)
-        for e in p.covariates:
-            if not e.estimate:
-                continue
-            sd = e.prior_sd or DEFAULT_PRIOR_SD[e.kind]
-            if e.kind == "power":
-                out[e.names[0]] = ("linear", e.values["exponent"], sd)
-            elif e.kind in ("linear", "exponential"):
-                if e.prior_sd is None and e.reference:
-                    sd = sd / abs(e.reference)
-                out[e.names[0]] = ("linear", e.values["coefficient"], sd)
-            elif e.kind == "threshold":
-                out[f"{p.name}:{e.covariate}"] = ("log", math.log(e.values["factor"]), sd)
-            elif e.kind not in CONTINUOUS_KINDS and e.kind != "activity_score":
-                for level in e.levels[1:]:
-                    out[f"{p.name}:{e.covariate}[{level}]"] = (
-                        "log", math.log(e.values.get(level, 1.0)), sd)
-    multi = len(spec.errors) > 1
-    for k, err in enumerate(spec.errors):
-        for sname, median in err.sigmas.items():
-            name = f"{sname}_{spec.structure.outputs[k]}" if multi else sname
-            out[name] = ("half", 0.0, median * SIGMA_MEDIAN_TO_SCALE)
-    return out
-
-
 def _check_approximation(spec: ModelSpec, built: PopulationModel, idata, method: str):
     """Check a MAP or pathfinder result: the optimiser converged, every estimate is finite and
     inside a plausible range of its prior.
@@ -367,7 +334,6 @@ def _check_approximation(spec: ModelSpec, built: PopulationModel, idata, method:
     a typical value many orders of magnitude from anything physiological.)
     """
     post = idata.posterior
-    priors = _prior_centres(spec)
     messages, flagged, refused, infinite = [], [], [], []
     for entry in built.entries:
         if entry.var not in post:
@@ -377,12 +343,15 @@ def _check_approximation(spec: ModelSpec, built: PopulationModel, idata, method:
         if not np.isfinite(x).all():
             infinite.append(entry.name)
             continue
-        if entry.name not in priors:
+        if entry.prior is None:
             continue
-        scale, centre, sd = priors[entry.name]
+        scale, centre, sd = entry.prior
         estimate = float(np.median(x))
         if scale == "log":
             distance = abs(math.log(estimate) - centre) / sd if estimate > 0 else math.inf
+        elif scale == "logit":
+            distance = (abs(math.log(estimate / (1 - estimate)) - centre) / sd
+                        if 0 < estimate < 1 else math.inf)
         elif scale == "linear":
             distance = abs(estimate - centre) / sd
         else:
@@ -396,7 +365,7 @@ def _check_approximation(spec: ModelSpec, built: PopulationModel, idata, method:
                             "prior's centre: implausible; check the data's units and the "
                             "spec's typical values, and confirm with method='nuts'.")
     for p in spec.parameters:
-        var = f"{p.name}_i"
+        var = spec.names.individual(p.name)
         if var in post and not np.isfinite(np.asarray(post[var].values, dtype=float)).all():
             infinite.append(var)
     lost = _not_a_mode(idata) if method == "map" else None

@@ -27,7 +27,7 @@ from .._output import staged_file, staged_folder
 from ..data.reader import Dataset, read_dataset
 from ..population.pymc_model import PopulationModel, build_pymc_model
 from .chains import chain_logp, stuck_chains
-from .draws import flat
+from .draws import SubjectDraws, flat
 from .tree import has_group, read_tree
 from ..population.spec import ModelSpec, load_model
 
@@ -69,6 +69,11 @@ class Fit:
     seconds: float = float("nan")
     ode_failures: int = 0      # log-density evaluations whose ODE solve failed, during the fit
     _summary: pd.DataFrame | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        # what the spec takes from the data (levels listed in no effect, data-scaled SDs): the
+        # same for a fit just made and one loaded from its folder
+        self.spec = self.spec.resolved(self.data)
 
     # -- the PyMC model -----------------------------------------------------------------------
 
@@ -114,9 +119,10 @@ class Fit:
         """Eta shrinkage per random effect: ``1 - SD(posterior mean eta_i) / mean(omega)``."""
         post = self.idata.posterior
         out = {}
+        names = self.spec.names
         for name in self.model.random:
-            eta_mean = post[f"eta_{name}"].mean(("chain", "draw")).values
-            omega = float(post[f"omega_{name}"].mean())
+            eta_mean = post[names.eta(name)].mean(("chain", "draw")).values
+            omega = float(post[names.omega(name)].mean())
             out[name] = 1.0 - float(np.std(eta_mean, ddof=1)) / omega if len(eta_mean) > 1 else np.nan
         return pd.Series(out, name="shrinkage", dtype=float)
 
@@ -200,33 +206,17 @@ class Fit:
             return cache[key].copy()
         post = self.idata.posterior
         spec = self.spec
-        occasions = self.model.occasions
-        if occasions is None:
-            events = build_event_table(self.data, spec.structure, points="observations")
-            subject_of = np.arange(self.data.n_subjects)
-        else:                  # one event-table subject per occasion
-            events = self.model.events
-            subject_of = self.model.copy_subject
         n_total = post.sizes["chain"] * post.sizes["draw"]
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(n_total, size=min(n_draws, n_total), replace=False))
-        def stacked(var):
-            return flat(post, var)[pick]
-        indiv = {p.name: stacked(f"{p.name}_i")[:, subject_of] for p in spec.parameters}
-        etas = {name: stacked(f"eta_{name}")[:, subject_of] for name in self.model.random}
-        # PRED: no random effects at all, between-subject or between-occasion
-        typical = {k: v / np.exp(etas[k]) if k in etas else v for k, v in indiv.items()}
-        for p in spec.parameters:
-            if p.iov > 0:
-                indiv[p.name] = indiv[p.name] * np.exp(stacked(f"kappa_{p.name}"))
-        scale = np.asarray(spec.output_scale)[events.point_dvid - 1]
+        draws = SubjectDraws(self, pick)
+        events, subject_of = draws.events, draws.subject_of
         pred = np.empty((len(pick), events.n_points))
         ipred = np.empty_like(pred)
         for d in range(len(pick)):
-            ind = {k: v[d] for k, v in indiv.items()}
-            typ = {k: v[d] for k, v in typical.items()}
-            ipred[d] = np.asarray(spec.structure.predict(events, ind)) * scale
-            pred[d] = np.asarray(spec.structure.predict(events, typ)) * scale
+            # PRED: no random effects at all, between-subject or between-occasion
+            ipred[d] = draws.predict(draws.individual(d))
+            pred[d] = draws.predict(draws.typical(d))
         lloq = events.point_lloq
         frame = pd.DataFrame({
             "ID": [self.data.subjects[subject_of[i]] for i in events.point_subject],

@@ -503,12 +503,14 @@ def _laplace_mass(logp: _LogDensity, x: np.ndarray, free: np.ndarray,
 
 def _named_values(compiled, x: np.ndarray, parameters: dict) -> dict[str, float]:
     """The population parameters at the unconstrained point ``x``, on their natural scale
-    (value variables ``P_log__`` are exponentiated; others, such as covariate effects, are
-    read as they are)."""
+    (value variables ``P_log__`` are exponentiated, ``P_logodds__`` mapped back to (0, 1);
+    others, such as covariate effects, are read as they are)."""
     out = {}
     names = list(compiled.shape_info[0])
     for name, (var, index) in parameters.items():
-        for value_name, transform in ((f"{var}_log__", np.exp), (var, lambda v: v)):
+        for value_name, transform in ((f"{var}_log__", np.exp),
+                                      (f"{var}_logodds__", lambda v: 1.0 / (1.0 + np.exp(-v))),
+                                      (var, lambda v: v)):
             if value_name in names:
                 where = compiled.shape_info[1][names.index(value_name)]
                 shape = tuple(compiled.shape_info[2][names.index(value_name)])

@@ -25,6 +25,17 @@ estimated effect: on the value for ``power``/``linear``/``exponential``, on the 
 levels, on the logit of ``residual``) and, for continuous kinds, ``impute`` (``"median"``,
 ``"reference"`` or a number) to fill a missing value instead of rejecting it.
 
+Default prior SDs of estimated effects: 0.5 (on the exponent; on a linear or exponential
+coefficient 0.5 / ``|reference|``, or 0.5 when the reference is 0; on the log factor of a level
+or threshold), 1 on the logit of an activity-score ``residual``.
+
+A level effect (``categorical``, ``genotype``, ``alleles``) may list no ``effects``, as in
+``{ kind = "genotype", covariate = "CYP3A5", reference = "*3/*3" }``: its levels are then the
+ones found in the data (and in ``frequencies``, if given), each with the neutral prior
+``LogNormal(log 1, 0.5)`` on its factor, so that a 95% prior interval spans factors
+0.38 to 2.7 -- the reanalysis of a study whose effect sizes are not known in advance. A
+simulation of such a spec uses factor 1 (its prior median) for every level.
+
 Genotype labels are normalised (``"*3/*1"`` is ``"*1/*3"``), so data may list the alleles in
 either order. A label the spec does not know is an error that lists the known labels.
 """
@@ -33,15 +44,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from .._names import identifier_problem, label_problem
 
-__all__ = ["CovariateEffect", "covariate_kinds", "make_effect", "normalise_genotype"]
+__all__ = ["CovariateEffect", "covariate_kinds", "level_kinds", "make_effect", "normalise_genotype"]
 
 
 class SpecError(ValueError):
@@ -78,7 +89,8 @@ class CovariateEffect:
 
     ``values`` holds the named effect values (e.g. ``{"exponent": 0.75}`` or one factor per
     level); ``estimate`` says whether a fit estimates them (``False`` fixes them, as for
-    allometric exponents).
+    allometric exponents). A level effect that lists no levels (``open_levels``) takes them
+    from the data (:meth:`with_levels`), each with the neutral prior median 1.
     """
 
     kind: str
@@ -89,36 +101,113 @@ class CovariateEffect:
     estimate: bool = True
     levels: tuple[str, ...] = ()              # known levels for categorical kinds
     frequencies: Mapping[str, float] | None = None
-    prior_sd: float | None = None             # None: the default of the kind (popkin.population.priors)
+    prior_sd: float | None = None             # None: the default of the kind
     impute: str | float | None = None         # continuous kinds: how to fill a missing value
     activities: Mapping[str, float] | None = None   # activity_score: allele -> activity value
+    open_levels: bool = False                 # level kinds: levels not listed, read from the data
+
+    @property
+    def rules(self) -> "_Kind":
+        """The kind's behaviour (encoding, missing values, prior, multiplier)."""
+        return _KINDS[self.kind]
+
+    @property
+    def has_levels(self) -> bool:
+        """One factor per level, and a missing level is averaged over (genotypes, categories)."""
+        return self.rules.has_levels
+
+    @property
+    def label(self) -> str:
+        """Its name in summaries without the level: ``CL:WT``, ``CL:CYP3A5``."""
+        return f"{self.parameter}:{self.covariate}"
 
     @property
     def names(self) -> list[str]:
         """Names of the effect's values in fit summaries (``CL:WT``, ``CL:CYP3A5[*1/*1]``)."""
-        if self.kind in ("power", "linear", "exponential", "activity_score"):
-            return [f"{self.parameter}:{self.covariate}"]
-        if self.kind == "threshold":
-            side, cut = self.reference
-            return [f"{self.parameter}:{self.covariate}[{'<' if side == 'below' else '>='}{cut:g}]"]
-        return [f"{self.parameter}:{self.covariate}[{k}]" for k in self.values]
+        return self.rules.names(self)
+
+    @property
+    def variable(self) -> str:
+        """The PyMC variable of its estimated values (a vector over the levels for level kinds)."""
+        return self.label if self.has_levels else self.names[0]
+
+    @property
+    def sd(self) -> float:
+        """The prior SD of an estimated effect (the spec's ``prior_sd`` or the kind's default)."""
+        return self.prior_sd or self.rules.default_prior_sd
 
     def multiplier(self, ops, column, values: Mapping[str, Any] | None = None):
         """Multiplier of the typical value for covariate ``column`` (one value per subject)."""
-        return _KINDS[self.kind].multiplier(self, ops, column, dict(values or self.values))
+        return self.rules.multiplier(self, ops, column, dict(values or self.values))
 
     def encode(self, column, *, where: str):
         """Check and encode a data column; returns floats (continuous) or level indices."""
-        return _KINDS[self.kind].encode(self, column, where)
+        return self.rules.encode(self, column, where)
+
+    def missing(self, encoded) -> np.ndarray:
+        """Per subject: is the covariate missing in the encoded column."""
+        return self.rules.missing(encoded)
+
+    def with_levels(self, labels) -> "CovariateEffect":
+        """An open level effect with the levels found in ``labels`` (a data column), closed:
+        later data cannot add levels (a fit's posterior has draws of these levels only). Any
+        other effect as it is."""
+        if not self.open_levels:
+            return self
+        found = self.rules.labels_in(labels)
+        extra = sorted(set(found) - set(self.levels), key=_level_order)
+        return replace(self, levels=(*self.levels, *extra), open_levels=False,
+                       values=MappingProxyType({**self.values, **{lv: 1.0 for lv in extra}}))
 
 
 # -- kinds --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
 class _Kind:
-    parse: Callable
-    multiplier: Callable
-    encode: Callable
+    """The behaviour of one kind of covariate effect. Subclasses register under the name used
+    in specs; the defaults are those of a continuous covariate."""
+
+    #: the data column holds labels (levels, diplotypes), not only numbers
+    labelled = False
+    #: one factor per level, a missing value averaged over the levels
+    has_levels = False
+    #: spec keys beyond kind, covariate, reference, estimate and prior_sd
+    keys: frozenset = frozenset({"impute"})
+    #: prior SD of an estimated effect (on the value, the log factor or the logit)
+    default_prior_sd = 0.5
+    #: continuous kinds: the name of the effect's one value
+    value_key = "coefficient"
+
+    @staticmethod
+    def parse(table, parameter, where) -> dict:
+        raise NotImplementedError
+
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        raise NotImplementedError
+
+    @staticmethod
+    def encode(effect, column, where):
+        return _continuous_encode(effect, column, where)
+
+    @staticmethod
+    def missing(encoded) -> np.ndarray:
+        return np.isnan(encoded)
+
+    @classmethod
+    def names(cls, effect) -> list[str]:
+        return [effect.label]
+
+    @classmethod
+    def prior(cls, pm, effect, name):
+        """The effect's estimated values as PyMC variables, and each summary row's prior:
+        ``({value: variable}, [(row, variable, index, (scale, centre, sd))])``."""
+        centre = effect.values[cls.value_key]
+        variable = pm.Normal(name, mu=centre, sigma=cls.prior_sd(effect))
+        return {cls.value_key: variable}, [(name, name, (), ("linear", centre, cls.prior_sd(effect)))]
+
+    @classmethod
+    def prior_sd(cls, effect) -> float:
+        return effect.sd
 
 
 _KINDS: dict[str, _Kind] = {}
@@ -126,13 +215,18 @@ _KINDS: dict[str, _Kind] = {}
 
 def _register(name):
     def deco(cls):
-        _KINDS[name] = _Kind(cls.parse, cls.multiplier, cls.encode)
+        _KINDS[name] = cls
         return cls
     return deco
 
 
 def covariate_kinds() -> list[str]:
     return sorted(_KINDS)
+
+
+def level_kinds() -> tuple[str, ...]:
+    """Kinds with one factor per level, whose missing values are averaged over."""
+    return tuple(k for k, rules in _KINDS.items() if rules.has_levels)
 
 
 def _number(table, key, where, default=None):
@@ -155,23 +249,21 @@ def _continuous_encode(effect, column, where):
     return x
 
 
-class _Continuous:
-    key = "coefficient"
-
+class _Continuous(_Kind):
     @classmethod
     def parse(cls, table, parameter, where):
         ref = _number(table, "reference", where)
-        if cls.key == "exponent" and ref <= 0:
+        if cls.value_key == "exponent" and ref <= 0:
             raise SpecError(f"{where}: reference must be positive for a power effect")
-        value = _number(table, cls.key, where, default=0.75 if cls.key == "exponent" else 0.0)
-        return dict(reference=ref, values={cls.key: value})
-
-    encode = staticmethod(_continuous_encode)
+        value = _number(table, cls.value_key, where,
+                        default=0.75 if cls.value_key == "exponent" else 0.0)
+        return dict(reference=ref, values={cls.value_key: value})
 
 
 @_register("power")
 class _Power(_Continuous):
-    key = "exponent"
+    keys = frozenset({"exponent", "impute"})
+    value_key = "exponent"
 
     @staticmethod
     def multiplier(effect, ops, column, values):
@@ -185,15 +277,26 @@ class _Power(_Continuous):
         return x
 
 
+class _PerUnit(_Continuous):
+    keys = frozenset({"coefficient", "impute"})
+
+    @classmethod
+    def prior_sd(cls, effect):
+        # a coefficient per unit of the covariate: the default SD is per reference value
+        if effect.prior_sd is None and effect.reference:
+            return cls.default_prior_sd / abs(effect.reference)
+        return effect.sd
+
+
 @_register("linear")
-class _Linear(_Continuous):
+class _Linear(_PerUnit):
     @staticmethod
     def multiplier(effect, ops, column, values):
         return 1.0 + values["coefficient"] * (column - effect.reference)
 
 
 @_register("exponential")
-class _Exponential(_Continuous):
+class _Exponential(_PerUnit):
     @staticmethod
     def multiplier(effect, ops, column, values):
         return ops.exp(values["coefficient"] * (column - effect.reference))
@@ -213,7 +316,16 @@ def _allele_key(allele: str):
     return (int(digits[0]) if digits else math.inf, allele)
 
 
-def _levels_of(effect_kind, table, where, normalise):
+def _level_order(label: str):
+    """Levels read from data, in a stable, readable order (``*1/*2`` before ``*1/*10``)."""
+    return tuple(_allele_key(part) for part in re.split(r"[/|]", label))
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def _levels_of(table, where, normalise):
     effects = table.get("effects", {})
     if not isinstance(effects, dict):
         raise SpecError(f"{where}: effects must be a table of level = factor")
@@ -243,25 +355,12 @@ def _levels_of(effect_kind, table, where, normalise):
         if any(v < 0 for v in freqs.values()) or not math.isclose(total, 1.0, abs_tol=1e-3):
             raise SpecError(f"{where}: frequencies must be >= 0 and sum to 1 (they sum to {total:g})")
         freqs = MappingProxyType({k: v / total for k, v in freqs.items()})
-    return ref, values, freqs
-
-
-def _level_encode(effect, column, where, levels, normalise, label):
-    out = np.full(len(column), -1, dtype=np.int64)
-    index = {lv: i for i, lv in enumerate(levels)}
-    unknown = set()
-    for i, v in enumerate(column):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            continue
-        key = normalise(v)
-        if key not in index:
-            unknown.add(str(v))
-        else:
-            out[i] = index[key]
-    if unknown:
-        raise SpecError(f"{where}: unknown {label} {', '.join(sorted(unknown))} in column "
-                        f"{effect.covariate!r}; the model knows: {', '.join(levels)}")
-    return out
+    # without effects the levels come from the data (and from the frequencies, if given)
+    open_levels = not effects
+    if open_levels and freqs is not None:
+        for level in sorted(set(freqs) - {ref}, key=_level_order):
+            values[level] = 1.0
+    return dict(reference=ref, values=values, frequencies=freqs, open_levels=open_levels)
 
 
 def _factors(effect, values):
@@ -288,26 +387,6 @@ def _str_level(v):
     return str(v).strip()
 
 
-@_register("categorical")
-class _Categorical:
-    normalise = staticmethod(_str_level)
-    label = "level(s)"
-
-    @classmethod
-    def parse(cls, table, parameter, where):
-        ref, values, freqs = _levels_of("categorical", table, where, cls.normalise)
-        return dict(reference=ref, values=values, levels=(ref, *values), frequencies=freqs)
-
-    @staticmethod
-    def multiplier(effect, ops, column, values):
-        # column: level index per subject (0 = reference)
-        return _missing_as_nan(column >= 0, _per_subject(_factors(effect, values), column))
-
-    @classmethod
-    def encode(cls, effect, column, where):
-        return _level_encode(effect, column, where, effect.levels, cls.normalise, cls.label)
-
-
 def _missing_as_nan(known, multiplier):
     """NaN where a level is missing (code -1), never the last level by negative indexing.
 
@@ -318,20 +397,109 @@ def _missing_as_nan(known, multiplier):
     return multiplier if known.all() else np.where(known, multiplier, np.nan)
 
 
+class _Levels(_Kind):
+    """One factor per level; the reference level's factor is 1."""
+
+    labelled = True
+    has_levels = True
+    keys = frozenset({"effects", "frequencies"})
+    normalise = staticmethod(_str_level)
+    what = "level(s)"
+
+    @classmethod
+    def parse(cls, table, parameter, where):
+        fields = _levels_of(table, where, cls.normalise)
+        fields["levels"] = (fields["reference"], *fields["values"])
+        return fields
+
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        # column: level index per subject (0 = reference)
+        return _missing_as_nan(column >= 0, _per_subject(_factors(effect, values), column))
+
+    @classmethod
+    def encode(cls, effect, column, where):
+        out = np.full(len(column), -1, dtype=np.int64)
+        index = {lv: i for i, lv in enumerate(effect.levels)}
+        unknown = set()
+        for i, v in enumerate(column):
+            if _is_missing(v):
+                continue
+            key = cls.normalise(v)
+            if key not in index:
+                unknown.add(str(v))
+            else:
+                out[i] = index[key]
+        if unknown:
+            raise SpecError(f"{where}: unknown {cls.what} {', '.join(sorted(unknown))} in column "
+                            f"{effect.covariate!r}; the model knows: {', '.join(effect.levels)}")
+        return out
+
+    @staticmethod
+    def missing(encoded):
+        return encoded < 0
+
+    @classmethod
+    def labels_in(cls, column) -> list[str]:
+        """The levels a data column holds."""
+        return sorted({cls.normalise(v) for v in column if not _is_missing(v)}, key=_level_order)
+
+    @classmethod
+    def names(cls, effect):
+        return [f"{effect.label}[{k}]" for k in effect.levels[1:]]
+
+    @classmethod
+    def prior(cls, pm, effect, name):
+        levels = list(effect.levels[1:])
+        if not levels:
+            return {}, []
+        dim = f"{name}_level"
+        pm.modelcontext(None).add_coord(dim, levels)
+        median = np.log([effect.values.get(lv, 1.0) for lv in levels])
+        factors = pm.LogNormal(name, mu=median, sigma=effect.sd, dims=dim)
+        rows = [(f"{name}[{lv}]", name, (j,), ("log", float(median[j]), effect.sd))
+                for j, lv in enumerate(levels)]
+        return {lv: factors[j] for j, lv in enumerate(levels)}, rows
+
+    @staticmethod
+    def combinations(levels) -> tuple[list, list[str]]:
+        """Codes of every value a missing covariate may take, and their labels."""
+        return list(range(len(levels))), list(levels)
+
+    @staticmethod
+    def log_prior(log_frequencies, code):
+        """Log population probability of ``code`` given the levels' log frequencies."""
+        return log_frequencies[code]
+
+    @staticmethod
+    def counts(encoded, n_levels) -> np.ndarray:
+        """How often each level occurs among the known values (informs the frequencies)."""
+        known = encoded[encoded >= 0]
+        return np.bincount(known.ravel(), minlength=n_levels).astype(float)
+
+    @staticmethod
+    def draw(rng, frequencies: np.ndarray):
+        """A missing value drawn from the population frequencies."""
+        return rng.choice(len(frequencies), p=frequencies)
+
+
+@_register("categorical")
+class _Categorical(_Levels):
+    pass
+
+
 @_register("genotype")
-class _Genotype(_Categorical):
+class _Genotype(_Levels):
     normalise = staticmethod(normalise_genotype)
-    label = "genotype(s)"
+    what = "genotype(s)"
 
 
 @_register("alleles")
-class _Alleles:
-    """Clearance as the sum of two allele contributions, relative to two reference alleles."""
+class _Alleles(_Levels):
+    """Clearance as the sum of two allele contributions, relative to two reference alleles;
+    a missing genotype is a pair of alleles in Hardy-Weinberg equilibrium."""
 
-    @staticmethod
-    def parse(table, parameter, where):
-        ref, values, freqs = _levels_of("alleles", table, where, lambda v: str(v).strip())
-        return dict(reference=ref, values=values, levels=(ref, *values), frequencies=freqs)
+    normalise = staticmethod(lambda v: str(v).strip())
 
     @staticmethod
     def multiplier(effect, ops, column, values):
@@ -346,7 +514,7 @@ class _Alleles:
         out = np.full((len(column), 2), -1, dtype=np.int64)
         unknown = set()
         for i, v in enumerate(column):
-            if v is None or (isinstance(v, float) and np.isnan(v)):
+            if _is_missing(v):
                 continue
             parts = normalise_genotype(v).split("/")
             if len(parts) != 2 or any(p not in index for p in parts):
@@ -359,10 +527,46 @@ class _Alleles:
                             "(write diplotypes as *1/*3)")
         return out
 
+    @staticmethod
+    def missing(encoded):
+        return (encoded < 0).any(axis=1)
+
+    @classmethod
+    def labels_in(cls, column):
+        alleles = set()
+        for v in column:
+            if not _is_missing(v):
+                parts = normalise_genotype(v).split("/")
+                if len(parts) == 2:
+                    alleles.update(p.strip() for p in parts)
+        return sorted(alleles, key=_allele_key)
+
+    @staticmethod
+    def combinations(levels):
+        n = len(levels)
+        pairs = [(a, b) for a in range(n) for b in range(a, n)]
+        return [np.array(pr) for pr in pairs], [f"{levels[a]}/{levels[b]}" for a, b in pairs]
+
+    @staticmethod
+    def log_prior(log_frequencies, code):
+        # Hardy-Weinberg: p_a p_b, twice for a heterozygote
+        code = np.asarray(code)
+        return (log_frequencies[code[..., 0]] + log_frequencies[code[..., 1]]
+                + np.log(2.0) * (code[..., 0] != code[..., 1]))
+
+    @staticmethod
+    def draw(rng, frequencies):
+        return rng.choice(len(frequencies), size=2, p=frequencies)
+
 
 @_register("activity_score")
-class _ActivityScore:
+class _ActivityScore(_Kind):
     """Clearance through a pathway whose activity scales with an activity score (CYP2D6)."""
+
+    labelled = True
+    keys = frozenset({"residual", "activities", "impute"})
+    default_prior_sd = 1.0
+    value_key = "residual"
 
     @staticmethod
     def parse(table, parameter, where):
@@ -395,7 +599,7 @@ class _ActivityScore:
         out = np.full(len(column), np.nan)
         bad = set()
         for i, v in enumerate(column):
-            if v is None or (isinstance(v, float) and np.isnan(v)):
+            if _is_missing(v):
                 continue
             try:
                 out[i] = float(v)
@@ -417,10 +621,21 @@ class _ActivityScore:
             raise SpecError(f"{where}: activity scores must be >= 0")
         return out
 
+    @classmethod
+    def prior(cls, pm, effect, name):
+        r0 = effect.values["residual"]
+        centre = math.log(r0 / (1 - r0))
+        logit = pm.Normal(f"{name}_logit", mu=centre, sigma=effect.sd)
+        residual = pm.Deterministic(name, pm.math.sigmoid(logit))
+        return {"residual": residual}, [(name, name, (), ("logit", centre, effect.sd))]
+
 
 @_register("threshold")
-class _Threshold:
+class _Threshold(_Kind):
     """A factor for values below ``below`` (or at or above ``above``), 1 for the others."""
+
+    keys = frozenset({"below", "above", "factor", "impute"})
+    value_key = "factor"
 
     @staticmethod
     def parse(table, parameter, where):
@@ -439,19 +654,19 @@ class _Threshold:
         hit = (column < cut) if side == "below" else (column >= cut)
         return 1.0 + (values["factor"] - 1.0) * hit.astype(float)
 
-    encode = staticmethod(_continuous_encode)
+    @classmethod
+    def names(cls, effect):
+        side, cut = effect.reference
+        return [f"{effect.label}[{'<' if side == 'below' else '>='}{cut:g}]"]
+
+    @classmethod
+    def prior(cls, pm, effect, name):
+        centre = math.log(effect.values["factor"])
+        factor = pm.LogNormal(name, mu=centre, sigma=effect.sd)
+        return {"factor": factor}, [(name, name, (), ("log", centre, effect.sd))]
 
 
 _COMMON_KEYS = {"kind", "covariate", "reference", "estimate", "prior_sd"}
-_KIND_KEYS = {
-    "power": {"exponent", "impute"}, "linear": {"coefficient", "impute"},
-    "exponential": {"coefficient", "impute"},
-    "categorical": {"effects", "frequencies"}, "genotype": {"effects", "frequencies"},
-    "alleles": {"effects", "frequencies"}, "activity_score": {"residual", "activities", "impute"},
-    "threshold": {"below", "above", "factor", "impute"},
-}
-CONTINUOUS_KINDS = ("power", "linear", "exponential", "activity_score", "threshold")
-LEVEL_KINDS = ("categorical", "genotype", "alleles")
 
 
 def make_effect(table: Mapping, parameter: str, where: str) -> CovariateEffect:
@@ -467,14 +682,19 @@ def make_effect(table: Mapping, parameter: str, where: str) -> CovariateEffect:
     if not isinstance(cov, str) or not cov:
         raise SpecError(f"{where}: missing key 'covariate' (the data column)")
     check_identifier(cov, where, "covariate")
-    extra = set(table) - _COMMON_KEYS - _KIND_KEYS[kind]
+    rules = _KINDS[kind]
+    extra = set(table) - _COMMON_KEYS - rules.keys
     if extra:
         raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(extra))} for a {kind} effect "
-                        f"(allowed: {', '.join(sorted(_COMMON_KEYS | _KIND_KEYS[kind]))})")
+                        f"(allowed: {', '.join(sorted(_COMMON_KEYS | rules.keys))})")
     estimate = table.get("estimate", True)
     if not isinstance(estimate, bool):
         raise SpecError(f"{where}: estimate must be true or false")
-    fields = _KINDS[kind].parse(table, parameter, where)
+    fields = rules.parse(table, parameter, where)
+    if fields.get("open_levels") and not estimate:
+        raise SpecError(f"{where}: a {kind} effect without effects = {{...}} takes its levels "
+                        "from the data with factor 1; estimate = false would fix them all at 1 "
+                        "(no effect): list the factors, or drop estimate = false")
     if "prior_sd" in table:
         fields["prior_sd"] = _number(table, "prior_sd", where)
         if fields["prior_sd"] <= 0:

@@ -1,48 +1,55 @@
 r"""The PyMC model a spec builds for a dataset (levels 1 to 3).
 
-Individual parameters are log-normal around covariate-adjusted typical values:
+Individual parameters follow each parameter's distribution around covariate-adjusted typical
+values (:mod:`popkin.population.individual`); for the default, log-normal one
 
-.. math:: P_i = \theta_P \prod_c m_c(x_{ic}) \, e^{\eta_{iP}}, \qquad
-          \eta_{i} \sim N(0, \Omega)
+.. math:: P_i = \theta_P \prod_c m_c(x_{ic}) \, e^{\eta_{iP} + \kappa_{ioP}}, \qquad
+          \eta_{i} \sim N(0, \Omega), \quad \kappa_{io} \sim N(0, \omega_{occ}^2)
 
-and each observation follows the spec's error model around the structural prediction.
+and each observation follows the spec's error model (:mod:`popkin.population.error`) around
+the structural prediction.
 
 Default priors (weakly informative, built from the spec; each is overridable there)
 -----------------------------------------------------------------------------------
 ============================ ================================================= ==================
 quantity                     prior                                              override
 ============================ ================================================= ==================
-typical value ``P``          ``LogNormal(log(typical), typical_sd = 1)``        ``typical_sd``
+typical value ``P``          ``LogNormal(log(typical), typical_sd = 1)``        ``typical_sd``,
+                             (``LogitNormal``, ``Normal`` for those            ``distribution``
+                             distributions)
 between-subject SD           ``HalfNormal(iiv)`` (``iiv`` is its scale)          ``iiv``
 ``omega_P``
+between-occasion SD          ``HalfNormal(iov)``                                ``iov``
 correlation (block Omega)    ``LKJ(eta = 2)``                                   ``[model] omega``
-power exponent               ``Normal(exponent, 0.5)``                          ``prior_sd``
-linear / exponential coef.   ``Normal(coefficient, 0.5 / |reference|)``         ``prior_sd``
-                             (``0.5`` when the reference is 0)
-level or threshold factor,   ``LogNormal(log(factor), 0.5)`` (factor 1 when     ``prior_sd``
-activity                     the spec gives none)
-activity-score residual      ``logit(r) ~ Normal(logit(residual), 1)``          ``prior_sd``
+covariate effects            the kind's prior (:mod:`popkin.population.covariates`) ``prior_sd``
 residual error ``sigma_*``   ``HalfNormal(s / 0.6745)``: prior median = spec    the spec's value
+                             value (scaled to the data for an additive SD
+                             without one: :mod:`popkin.population.error`)
 genotype frequencies         spec values (fixed); ``Dirichlet(1, ...)`` when    ``frequencies``
 (only if some are missing)   the spec gives none
 ============================ ================================================= ==================
 
 Random effects are non-centred (``eta = omega * z``, ``z ~ N(0, 1)``) unless a parameter
-says ``centered = true``. Effects with ``estimate = false`` are constants.
-
-Variable names follow the fit summary: ``CL``, ``omega_CL``, ``CL:WT``, ``CL:CYP3A5`` (a vector
-over the non-reference levels), ``sigma_prop``; per subject ``eta_CL`` and the individual value
-``CL_i``.
+says ``centered = true``. Effects with ``estimate = false`` are constants. Variable names are
+those of :mod:`popkin.population.names`.
 
 Missing genotypes
 -----------------
 A subject whose genotype (or another level covariate) is missing is predicted under every
-level, and its likelihood is the mixture over levels weighted by the population frequencies
-(marginalisation; HWE for ``alleles``). ``missing_level_probability`` holds each such subject's
-probability of each level in each draw. Where the level's parameter has a non-centred random
-effect, the level's factor moves into the prior of the subject's ``z`` (same marginal model,
-one posterior mode instead of one per level; see :func:`_aligned_parameters`), and ``eta_P``
-of such a subject is read against the level most probable in the draw.
+level (:mod:`popkin.population.levels`), and its likelihood is the mixture over levels
+weighted by the population frequencies (marginalisation; HWE for ``alleles``).
+``missing_level_probability`` holds each such subject's probability of each level in each
+draw. Where the level's parameter has a non-centred random effect and a log-normal or
+logit-normal distribution, the level's factor moves into the prior of the subject's ``z``
+(same marginal model, one posterior mode instead of one per level; see
+:func:`_aligned_parameters`), and ``eta_P`` of such a subject is read against the level most
+probable in the draw.
+
+Occasions
+---------
+With between-occasion variability each (subject, occasion) is one unit of the event table,
+predicted from its own doses; a subject with missing levels has one copy of each of its
+occasions per level, and the mixture sums a copy's occasions before it weighs the copies.
 
 Below the quantification limit
 ------------------------------
@@ -60,44 +67,58 @@ import pandas as pd
 from ..data.events import EventTable, build_event_table
 from ..data.reader import Dataset
 from ..data.schema import DatasetError, Problem
-from .covariates import CONTINUOUS_KINDS, CovariateEffect, SpecError
+from .error import SIGMA_MEDIAN_TO_SCALE
+from .individual import distribution
+from .levels import LevelColumn, missing_level_columns
 from .spec import ModelSpec
 
 __all__ = ["PopulationModel", "build_pymc_model", "split_occasions", "SIGMA_MEDIAN_TO_SCALE"]
 
-SIGMA_MEDIAN_TO_SCALE = 1.0 / 0.6744897501960817     # HalfNormal(s) has median 0.6745 s
-DEFAULT_PRIOR_SD = {"power": 0.5, "linear": 0.5, "exponential": 0.5, "categorical": 0.5,
-                    "genotype": 0.5, "alleles": 0.5, "activity_score": 1.0, "threshold": 0.5}
-
 
 @dataclass(frozen=True)
 class SummaryEntry:
-    """One row of a fit summary: a display name and where its draws live."""
+    """One row of a fit summary: a display name, where its draws live, and its prior as
+    ``(scale, centre, sd)`` with scale ``log``, ``logit``, ``linear`` or ``half``."""
 
     name: str
     var: str
     index: tuple = ()
+    prior: tuple | None = None
 
 
 @dataclass
 class PopulationModel:
-    """A built PyMC model with what fits and diagnostics need to read it back."""
+    """A built PyMC model with what fits and diagnostics need to read it back.
+
+    The event table has one *unit* per subject, per (subject, occasion) with between-occasion
+    variability, and one copy of those per value of a missing level covariate.
+    """
 
     model: object                       # pm.Model
-    spec: ModelSpec
+    spec: ModelSpec                     # resolved for the data (levels, data-scaled SDs)
     data: Dataset
-    events: EventTable                  # over the expanded subjects (copies for missing levels)
+    events: EventTable                  # over the units
     subjects: list                      # original subject IDs, in order
-    copy_subject: np.ndarray            # original subject index of each event-table subject
+    copy_subject: np.ndarray            # original subject index of each unit
     entries: list[SummaryEntry]
     random: tuple[str, ...]
     observed: dict[str, np.ndarray]     # observed variable -> event-table point indices
-    occasions: pd.DataFrame | None = None   # per event-table subject: ID, OCC (with iov)
+    occasions: pd.DataFrame | None = None   # per occasion: ID, OCC (with iov)
     mixture_subjects: list = field(default_factory=list)
     ode_ops: list = field(default_factory=list)
+    unit_occasion: np.ndarray | None = None  # per unit: its occasion (row of ``occasions``)
+    occasion_events: EventTable | None = None  # one unit per occasion, no copies
 
+    def prediction_units(self) -> tuple[EventTable, np.ndarray, np.ndarray | None]:
+        """The event table predictions and diagnostics use (one unit per subject, or per
+        occasion; no copies for missing levels), each unit's subject and its occasion."""
+        if self.occasions is None:
+            events = build_event_table(self.data, self.spec.structure, points="observations")
+            return events, np.arange(self.data.n_subjects), None
+        subject_index = {sid: i for i, sid in enumerate(self.subjects)}
+        subject_of = np.array([subject_index[s] for s in self.occasions["ID"]])
+        return self.occasion_events, subject_of, np.arange(len(self.occasions))
 
-# -- helpers ----------------------------------------------------------------------------------
 
 def _pm():
     import pymc as pm
@@ -105,101 +126,49 @@ def _pm():
     return pm, pt
 
 
-def _missing_mask(effect: CovariateEffect, values: np.ndarray) -> np.ndarray:
-    if effect.kind == "alleles":
-        return (values < 0).any(axis=1)
-    if effect.kind in ("categorical", "genotype"):
-        return values < 0
-    return np.isnan(values)
+def _expand(data: Dataset, unit_subject: np.ndarray, design, columns: dict[str, LevelColumn]):
+    """One copy of every unit per combination of its subject's missing levels.
 
-
-def _reject_missing(data: Dataset, effect: CovariateEffect, missing: np.ndarray, why: str):
-    ids = [data.subjects[i] for i in np.flatnonzero(missing)]
-    shown = ", ".join(map(str, ids[:5])) + ("..." if len(ids) > 5 else "")
-    raise DatasetError([Problem(
-        f"covariate {effect.covariate} (effect on {effect.parameter}) is missing for {len(ids)} "
-        f"subject(s) (IDs {shown}); {why}", subject=ids[0], column=effect.covariate)], data.source)
-
-
-@dataclass
-class _LevelColumn:
-    """A level covariate with missing values: its effects, levels and the combinations to sum."""
-
-    covariate: str
-    kind: str
-    levels: tuple[str, ...]
-    frequencies: object                 # Mapping or None (estimated)
-    effects: list
-
-
-def _level_columns(spec: ModelSpec, data: Dataset, design) -> dict[str, _LevelColumn]:
-    """Covariates with missing values that the likelihood marginalises over."""
-    columns: dict[str, _LevelColumn] = {}
-    for p in spec.parameters:
-        for e in p.covariates:
-            missing = _missing_mask(e, design[(p.name, e.covariate)])
-            if not missing.any():
-                continue
-            if e.kind in CONTINUOUS_KINDS:
-                _reject_missing(data, e, missing, "the model gives no way to impute it (add "
-                                "impute = \"median\", \"reference\" or a value to the effect)")
-            col = columns.get(e.covariate)
-            if col is None:
-                columns[e.covariate] = _LevelColumn(e.covariate, e.kind, e.levels, e.frequencies, [e])
-                continue
-            if col.kind != e.kind or col.levels != e.levels:
-                raise SpecError(f"{spec.source}: effects of {e.covariate} on several parameters "
-                                "must use the same kind and levels when some values are missing")
-            col.effects.append(e)
-            col.frequencies = col.frequencies or e.frequencies
-    return columns
-
-
-def _combinations(col: _LevelColumn):
-    """Level codes (a scalar, or an allele pair) and their labels."""
-    n = len(col.levels)
-    if col.kind == "alleles":
-        pairs = [(a, b) for a in range(n) for b in range(a, n)]
-        return [np.array(pr) for pr in pairs], [f"{col.levels[a]}/{col.levels[b]}" for a, b in pairs]
-    return list(range(n)), list(col.levels)
-
-
-def _expand(data: Dataset, design, columns: dict[str, _LevelColumn]):
-    """Replicate each subject with missing levels once per combination of its missing levels."""
-    n = data.n_subjects
-    subjects = data.subjects
-    plans = []          # per original subject: list of (assignment dict covariate -> code index)
+    Returns the expanded data, each new unit's source unit and copy, each copy's subject, and
+    each copy's assignment ``{covariate: combination index}``."""
+    n = int(unit_subject.max()) + 1 if len(unit_subject) else 0
+    plans = []          # per subject: the assignments of its copies
     for i in range(n):
         options = []
         for cov, col in columns.items():
-            e = col.effects[0]
-            if _missing_mask(e, design[(e.parameter, cov)])[i]:
-                options.append([(cov, k) for k in range(len(_combinations(col)[0]))])
+            if col.missing(design)[i]:
+                options.append([(cov, k) for k in range(len(col.combinations()[0]))])
         plans.append([dict(c) for c in itertools.product(*options)] if options else [{}])
+    first_copy = np.concatenate([[0], np.cumsum([len(p) for p in plans])])
     copy_subject = np.repeat(np.arange(n), [len(p) for p in plans])
     assignments = [a for p in plans for a in p]
     if len(copy_subject) == n:
-        return data, copy_subject, assignments
+        return data, np.arange(len(unit_subject)), unit_subject.copy(), copy_subject, assignments
     records = data.records
+    unit_ids = list(dict.fromkeys(records["ID"]))
     next_id = _numeric_max(records["ID"]) + 1
-    frames = []
-    for i, plan in enumerate(plans):
-        rows = records[records["ID"] == subjects[i]]
-        if len(plan) == 1:
-            frames.append(rows)
-            continue
-        for _ in plan:
-            frames.append(rows.assign(ID=next_id))
-            next_id += 1
+    frames, source, unit_copy = [], [], []
+    by_id = dict(tuple(records.groupby("ID", sort=False)))
+    for i in range(n):
+        units = np.flatnonzero(unit_subject == i)
+        for c in range(len(plans[i])):
+            for u in units:
+                rows = by_id[unit_ids[u]]
+                if len(plans[i]) > 1:
+                    rows = rows.assign(ID=next_id)
+                    next_id += 1
+                frames.append(rows)
+                source.append(u)
+                unit_copy.append(first_copy[i] + c)
     expanded = replace(data, records=pd.concat(frames, ignore_index=True))
-    return expanded, copy_subject, assignments
+    return expanded, np.asarray(source), np.asarray(unit_copy), copy_subject, assignments
 
 
 CARRY_OVER_LIMIT = 0.01
 
 
 def split_occasions(spec: ModelSpec, data: Dataset):
-    """One event-table subject per (subject, occasion), after checking that occasions do not
+    """One event-table unit per (subject, occasion), after checking that occasions do not
     carry drug over from earlier ones (typical parameters, closed-form superposition)."""
     if "OCC" not in data.given_columns:
         raise DatasetError([Problem("the model has between-occasion variability (iov) but the "
@@ -220,20 +189,23 @@ def split_occasions(spec: ModelSpec, data: Dataset):
     split = r.assign(ID=blocks.to_numpy())
     occasions = pd.DataFrame({"ID": first["ID"].to_numpy(), "OCC": first["OCC"].to_numpy()})
     subject_index = {sid: i for i, sid in enumerate(data.subjects)}
-    copy_subject = np.array([subject_index[s] for s in occasions["ID"]])
+    occasion_subject = np.array([subject_index[s] for s in occasions["ID"]])
     split_data = replace(data, records=split)
-    _check_carry_over(spec, data, split_data, copy_subject)
-    return split_data, copy_subject, occasions
+    _check_carry_over(spec, data, split_data, occasion_subject)
+    return split_data, occasion_subject, occasions
 
 
-def _check_carry_over(spec: ModelSpec, data: Dataset, split: Dataset, copy_subject) -> None:
+def _check_carry_over(spec: ModelSpec, data: Dataset, split: Dataset, occasion_subject) -> None:
     whole = build_event_table(data, spec.structure, points="observations")
     apart = build_event_table(split, spec.structure, points="observations")
-    typical = spec.individual_parameters(spec.covariate_design(data))
-    per_occ = copy_subject
+    # whether drug carries over depends on the dosing history: typical values, and the
+    # reference level where a level covariate is missing
+    design = {key: np.where(values < 0, 0, values) if values.dtype.kind == "i" else values
+              for key, values in spec.covariate_design(data).items()}
+    typical = spec.individual_parameters(design)
     f_whole = np.asarray(spec.structure.predict(whole, typical))
-    f_apart = np.asarray(spec.structure.predict(apart, {k: np.asarray(v)[per_occ] if np.ndim(v) else v
-                                                       for k, v in typical.items()}))
+    f_apart = np.asarray(spec.structure.predict(apart, {
+        k: np.asarray(v)[occasion_subject] if np.ndim(v) else v for k, v in typical.items()}))
     scale = np.maximum(np.abs(f_whole), 1e-9 * np.max(np.abs(f_whole)))
     gap = np.abs(f_whole - f_apart) / scale
     bad = np.flatnonzero(whole.observed & (gap > CARRY_OVER_LIMIT))
@@ -245,18 +217,6 @@ def _check_carry_over(spec: ModelSpec, data: Dataset, split: Dataset, copy_subje
             "prediction here; start the occasion with a reset (EVID 3 or 4) or a steady-state "
             "dose (SS = 1), or drop iov", row=int(whole.point_row[i]),
             subject=whole.subjects[whole.point_subject[i]], column="OCC")], data.source)
-
-
-def _occasion_effect(pm, p, occasions, entries):
-    """kappa per (subject, occasion): non-centred, SD ``omega_occ_P`` ~ HalfNormal(iov)."""
-    model = pm.modelcontext(None)
-    if "subject_occasion" not in model.coords:
-        model.add_coord("subject_occasion", [f"{i}/{o:g}" if isinstance(o, float) else f"{i}/{o}"
-                                             for i, o in zip(occasions["ID"], occasions["OCC"])])
-    sd = pm.HalfNormal(f"omega_occ_{p.name}", sigma=p.iov)
-    entries.append(SummaryEntry(f"omega_occ_{p.name}", f"omega_occ_{p.name}"))
-    z = pm.Normal(f"z_occ_{p.name}", 0.0, 1.0, dims="subject_occasion")
-    return pm.Deterministic(f"kappa_{p.name}", sd * z, dims="subject_occasion")
 
 
 def _numeric_max(ids: pd.Series) -> int:
@@ -280,71 +240,90 @@ def build_pymc_model(spec: ModelSpec, data: Dataset, *,
 
     ops = PyTensorOps()
     spec.check_time_constant(data)
+    spec = spec.resolved(data)
+    names = spec.names
     design = spec.covariate_design(data)
     _check_observations(spec, data)
-    columns = _level_columns(spec, data, design)
-    expanded, copy_subject, assignments = _expand(data, design, columns)
-    occasion_params = tuple(p.name for p in spec.parameters if p.iov > 0)
-    occasions = None
-    if occasion_params:
-        if columns:
-            raise SpecError(f"{spec.source}: between-occasion variability (iov) cannot yet be "
-                            "combined with missing covariate levels; complete the covariates or "
-                            "drop iov")
-        expanded, copy_subject, occasions = split_occasions(spec, data)
-        assignments = [{}] * len(copy_subject)
+    columns = missing_level_columns(
+        spec, design, data, continuous_why="the model gives no way to impute it (add impute = "
+        "\"median\", \"reference\" or a value to the effect)")
+    subjects = data.subjects
+    occasions = occasion_events = None
+    units, unit_subject = data, np.arange(len(subjects))
+    if spec.occasion_parameters:
+        units, unit_subject, occasions = split_occasions(spec, data)
+        occasion_events = build_event_table(units, spec.structure, points="observations")
+    expanded, unit_source, unit_copy, copy_subject, assignments = _expand(
+        units, unit_subject, design, columns)
+    unit_subject = unit_subject[unit_source]
+    unit_occasion = unit_source if occasions is not None else None
     events = build_event_table(expanded, spec.structure, points="observations")
     _check_zero_predictions(spec, events, data.source)
-    subjects = data.subjects
-    random = tuple(p.name for p in spec.parameters if p.iiv > 0)
-    coords = {"subject": subjects}
+    random = spec.random
     entries: list[SummaryEntry] = []
 
-    with pm.Model(coords=coords) as model:
+    with pm.Model(coords={"subject": subjects}) as model:
         # level 3: typical values, covariate effects, random-effect scales
         typical = {}
         for p in spec.parameters:
-            typical[p.name] = pm.LogNormal(p.name, mu=np.log(p.typical), sigma=p.typical_sd)
-            entries.append(SummaryEntry(p.name, p.name))
+            name = names.typical(p.name)
+            typical[p.name] = p.rules.typical_prior(pm, name, p.typical, p.typical_sd)
+            entries.append(SummaryEntry(name, name, prior=(
+                p.rules.prior_scale, p.rules.prior_centre(p.typical), p.typical_sd)))
         effect_values = {}
-        for p in spec.parameters:
-            for e in p.covariates:
-                effect_values[(p.name, e.covariate)] = _effect_values(pm, pt, model, e, entries)
+        for e in spec.effects():
+            if not e.estimate:
+                effect_values[(e.parameter, e.covariate)] = dict(e.values)
+                continue
+            values, rows = e.rules.prior(pm, e, e.variable)
+            effect_values[(e.parameter, e.covariate)] = values
+            entries.extend(SummaryEntry(row, var, index, prior) for row, var, index, prior in rows)
         aligned = _aligned_parameters(spec, columns, random)
-        etas = _random_effects(pm, pt, spec, random, len(subjects), entries, deferred=aligned)
-        frequencies = {cov: _frequencies(pm, col, design, entries) for cov, col in columns.items()}
+        etas = _random_effects(pm, spec, len(subjects), entries, deferred=aligned)
+        frequencies = {cov: _frequencies(pm, names, col, design, entries)
+                       for cov, col in columns.items()}
+        kappas = {}
+        if occasions is not None:
+            model.add_coord("subject_occasion", [f"{i}/{o:g}" if isinstance(o, float) else f"{i}/{o}"
+                                                 for i, o in zip(occasions["ID"], occasions["OCC"])])
+            for name in spec.occasion_parameters:
+                kappas[name] = _occasion_effect(pm, names, spec.parameter(name), entries)
 
-        # level 2: individual parameters, one per event-table subject (copies included)
-        identity = len(copy_subject) == len(subjects)
-        params = {}
-        shift = 0.0              # per copy: the aligned random effects' prior shift (see _mixture)
-        level_log = {}           # per aligned parameter and copy: log of its missing levels' factor
+        # level 2: individual parameters, one per unit (occasions and copies included)
+        identity = len(unit_subject) == len(subjects)
+        assigned_unit = {cov: np.array([cov in assignments[c] for c in unit_copy])
+                         for cov in columns}
+        params, level_log = {}, {}
         for p in spec.parameters:
-            value = typical[p.name]
+            factors = []
             for e in p.covariates:
-                column = _copy_column(design[(p.name, e.covariate)], copy_subject, assignments, e,
-                                      columns.get(e.covariate))
+                column = _unit_column(design[(p.name, e.covariate)], unit_subject, unit_copy,
+                                      assignments, columns.get(e.covariate))
                 factor = e.multiplier(ops, column, effect_values[(p.name, e.covariate)])
                 if p.name in aligned and e.covariate in columns:
-                    assigned = np.array([e.covariate in a for a in assignments])
+                    # the copies share the individual value; the level's factor moves into
+                    # the prior of z: N(z; log f / omega, 1) instead of N(z; 0, 1)
+                    assigned = assigned_unit[e.covariate]
                     level_log[p.name] = level_log.get(p.name, 0.0) + pt.switch(
                         assigned, pt.log(factor), 0.0)
                     factor = pt.switch(assigned, 1.0, factor)
-                value = value * factor
-            if p.name in level_log:
-                # the copies of a subject share z and the individual value; the level's factor
-                # moves into the prior of z: N(z; log f / omega, 1) instead of N(z; 0, 1)
-                z = model[f"z_{p.name}"][copy_subject]
-                a = level_log[p.name] / model[f"omega_{p.name}"]
-                shift = shift + a * z - 0.5 * a ** 2
+                factors.append(factor)
+            effect = None
             if p.name in etas:
-                eta = etas[p.name] if identity else etas[p.name][copy_subject]
-                value = value * pt.exp(eta)
-            if p.name in occasion_params:
-                value = value * pt.exp(_occasion_effect(pm, p, occasions, entries))
+                effect = etas[p.name] if identity else etas[p.name][unit_subject]
+            if p.name in kappas:
+                effect = kappas[p.name][unit_occasion] if effect is None else \
+                    effect + kappas[p.name][unit_occasion]
+            value = p.rules.individual(ops, typical[p.name], factors, effect)
             if value.ndim == 0:
-                value = pt.alloc(value, len(copy_subject))
+                value = pt.alloc(value, len(unit_subject))
             params[p.name] = value
+        # per copy: the aligned random effects' prior shift (see _mixture)
+        copy_unit = np.searchsorted(unit_copy, np.arange(len(copy_subject)))
+        shift = 0.0
+        for name, log_f in level_log.items():
+            a = log_f[copy_unit] / model[names.omega(name)]
+            shift = shift + a * model[names.z(name)][copy_subject] - 0.5 * a ** 2
 
         # level 1: predictions and the likelihood
         ode_ops = []
@@ -359,53 +338,60 @@ def build_pymc_model(spec: ModelSpec, data: Dataset, *,
             # a failed solve makes the log-density -inf (the draw is rejected), never an error
             pm.Potential("ode_solve_failed", penalty)
         sigmas = _sigmas(pm, spec, entries)
-        # subjects with missing levels are summed over their copies; with iov, a subject's
-        # several event-table subjects are occasions, all observed
+        # subjects with missing levels are summed over their copies
         mixture = bool(columns)
-        single = (np.bincount(copy_subject, minlength=len(subjects)) == 1) if mixture else \
-            np.ones(len(subjects), dtype=bool)
-        known_point = single[copy_subject[events.point_subject]]
-        observed = {}
-        pointwise = []
+        single = np.bincount(copy_subject, minlength=len(subjects)) == 1
+        known_point = single[unit_subject[events.point_subject]]
+        observed, pointwise = {}, []
         for k, err in enumerate(spec.errors):
-            out = spec.structure.outputs[k]
             sel = events.observed & (events.point_dvid == k + 1)
-            name = "obs" if len(spec.errors) == 1 else f"obs_{out}"
+            name = names.observed(k)
             known = np.flatnonzero(sel & known_point)
             if len(known):
                 _observe(pm, pt, ops, model, name, err, sigmas[k], prediction, events, known,
                          observations_as_data)
                 observed[name] = known
-            if mixture:
-                mix = np.flatnonzero(sel & ~known_point)
-                if len(mix):
-                    pointwise.append((mix, _pointwise_logp(pm, pt, ops, err, sigmas[k], prediction,
-                                                           events, mix)))
-        # the event-table subject that stands for each subject: its only copy, or for a subject
-        # with missing levels the copy with the highest posterior probability in this draw
+            mix = np.flatnonzero(sel & ~known_point)
+            if len(mix):
+                pointwise.append((mix, _pointwise_logp(pm, pt, ops, err, sigmas[k], prediction,
+                                                       events, mix)))
+        # the copy that stands for each subject: its only one, or for a subject with missing
+        # levels the one with the highest posterior probability in this draw
         chosen = np.searchsorted(copy_subject, np.arange(len(subjects)))
-        mixture_subjects = []
+        mixture_subjects, mixed, best = [], np.array([], dtype=int), None
         if mixture:
-            mixture_subjects, mixed, best = _mixture(pm, pt, model, events, copy_subject,
-                                                     assignments, columns, frequencies, pointwise,
-                                                     subjects, single, shift)
+            mixture_subjects, mixed, best = _mixture(pm, pt, model, events, unit_copy,
+                                                     copy_subject, assignments, columns,
+                                                     frequencies, pointwise, subjects, single,
+                                                     shift)
             chosen = pt.set_subtensor(pt.as_tensor_variable(chosen)[mixed], best)
         for name in aligned:
             # eta of a subject with a missing level: against the typical value of the level
             # most probable in this draw (as its individual value ``{P}_i`` is read)
             eta = etas[name]
             if name in level_log:
-                eta = pt.inc_subtensor(eta[mixed], -level_log[name][best])
-            pm.Deterministic(f"eta_{name}", eta, dims="subject")
+                eta = pt.inc_subtensor(eta[mixed], -level_log[name][copy_unit][best])
+            pm.Deterministic(names.eta(name), eta, dims="subject")
+        unit_of_copy = pt.as_tensor_variable(copy_unit)[chosen] if mixture else copy_unit[chosen]
         for p in spec.parameters:
             value = params[p.name]
-            if p.name in occasion_params:      # the subject's value between occasions
-                value = value / pt.exp(model[f"kappa_{p.name}"])
-            pm.Deterministic(f"{p.name}_i", value[chosen], dims="subject")
+            if p.name in kappas:      # the subject's value between occasions
+                value = p.rules.without_random(ops, value, kappas[p.name][unit_occasion])
+            pm.Deterministic(names.individual(p.name), value[unit_of_copy], dims="subject")
     return PopulationModel(model=model, spec=spec, data=data, events=events, subjects=subjects,
-                           copy_subject=copy_subject, entries=entries, random=random,
+                           copy_subject=unit_subject, entries=entries, random=random,
                            observed=observed, mixture_subjects=mixture_subjects, ode_ops=ode_ops,
-                           occasions=occasions)
+                           occasions=occasions, unit_occasion=unit_occasion,
+                           occasion_events=occasion_events)
+
+
+def _occasion_effect(pm, names, p, entries):
+    """kappa per (subject, occasion): non-centred, SD ``omega_occ_P`` ~ HalfNormal(iov)."""
+    sd_name = names.omega_occasion(p.name)
+    sd = pm.HalfNormal(sd_name, sigma=p.iov)
+    entries.append(SummaryEntry(sd_name, sd_name, prior=("half", 0.0, p.iov)))
+    z = pm.Normal(names.z_occasion(p.name), 0.0, 1.0, dims="subject_occasion")
+    return pm.Deterministic(names.kappa(p.name), sd * z, dims="subject_occasion")
 
 
 def _is_ode(spec: ModelSpec) -> bool:
@@ -428,16 +414,16 @@ def _check_observations(spec: ModelSpec, data: Dataset) -> None:
             "drop them or set MDV = 1 to fit this model to the other outputs",
             row=int(r["row"]), subject=r["ID"], column="DVID"))
     for k, err in enumerate(spec.errors):
-        if err.model != "exponential":
+        if not err.rules.positive:
             continue
         rows = obs[(obs["DVID"] == k + 1) & (obs["DV"] <= 0) & ~(obs["BLQ"] == 1)]
         if "LLOQ" in obs:
             rows = rows[~(rows["DV"] < rows["LLOQ"])]
         for _, r in rows.head(5).iterrows():
             problems.append(Problem(
-                f"DV {r['DV']} <= 0 cannot be scored by the exponential (log-normal) error model; "
-                "mark it BLQ/censored, set MDV = 1, or use an additive or combined error model",
-                row=int(r["row"]), subject=r["ID"], column="DV"))
+                f"DV {r['DV']} <= 0 cannot be scored by the {err.model} (log-normal) error "
+                "model; mark it BLQ/censored, set MDV = 1, or use an additive or combined error "
+                "model", row=int(r["row"]), subject=r["ID"], column="DV"))
     if problems:
         raise DatasetError(problems, data.source)
 
@@ -445,7 +431,7 @@ def _check_observations(spec: ModelSpec, data: Dataset) -> None:
 def _check_zero_predictions(spec: ModelSpec, events, source: str) -> None:
     """Observations predicted to be exactly 0 cannot be scored by an error model whose SD is
     proportional to the prediction: reject them with their rows (NUTS would fail to start)."""
-    scaled = [k for k, err in enumerate(spec.errors) if err.model in ("proportional", "exponential")]
+    scaled = [k for k, err in enumerate(spec.errors) if err.rules.scaled]
     if not scaled:
         return
     # whether drug has arrived depends on the dosing history, not on the parameter values
@@ -466,41 +452,6 @@ def _check_zero_predictions(spec: ModelSpec, events, source: str) -> None:
     raise DatasetError(problems, source)
 
 
-def _effect_values(pm, pt, model, e: CovariateEffect, entries):
-    """The effect's values: constants, or random variables named as in the summary."""
-    if not e.estimate:
-        return dict(e.values)
-    sd = e.prior_sd or DEFAULT_PRIOR_SD[e.kind]
-    name = e.names[0] if e.kind in CONTINUOUS_KINDS else f"{e.parameter}:{e.covariate}"
-    if e.kind == "power":
-        entries.append(SummaryEntry(name, name))
-        return {"exponent": pm.Normal(name, mu=e.values["exponent"], sigma=sd)}
-    if e.kind in ("linear", "exponential"):
-        if e.prior_sd is None and e.reference:
-            sd = sd / abs(e.reference)
-        entries.append(SummaryEntry(name, name))
-        return {"coefficient": pm.Normal(name, mu=e.values["coefficient"], sigma=sd)}
-    if e.kind == "threshold":
-        entries.append(SummaryEntry(name, name))
-        return {"factor": pm.LogNormal(name, mu=np.log(e.values["factor"]), sigma=sd)}
-    if e.kind == "activity_score":
-        r0 = e.values["residual"]
-        logit = pm.Normal(f"{name}_logit", mu=np.log(r0 / (1 - r0)), sigma=sd)
-        entries.append(SummaryEntry(name, name))
-        return {"residual": pm.Deterministic(name, pm.math.sigmoid(logit))}
-    # one factor per non-reference level (the levels the spec lists)
-    levels = list(e.levels[1:])
-    if not levels:
-        return {}
-    dim = f"{name}_level"
-    model.add_coord(dim, levels)
-    median = np.array([e.values.get(lv, 1.0) for lv in levels])
-    factors = pm.LogNormal(name, mu=np.log(median), sigma=sd, dims=dim)
-    for j, lv in enumerate(levels):
-        entries.append(SummaryEntry(f"{name}[{lv}]", name, (j,)))
-    return {lv: factors[j] for j, lv in enumerate(levels)}
-
-
 def _aligned_parameters(spec: ModelSpec, columns, random) -> set[str]:
     """Parameters whose missing levels are marginalised through their random effect's prior.
 
@@ -508,109 +459,99 @@ def _aligned_parameters(spec: ModelSpec, columns, random) -> set[str]:
     its likelihood is the mixture over the copies. With the level's factor in the prediction,
     the copies share the standardised effect z but not the individual value, so the posterior
     of z is a mixture of modes (one per level, log(f) / omega apart) that NUTS crosses slowly.
-    For a parameter with a plain non-centred random effect the change of variables
-    ``log P_i = log P + omega z`` (the level's factor included in ``omega z``) puts the factor
-    into the prior of z instead: every copy predicts the same individual value, z's prior
-    under level g is ``N(log f_g / omega, 1)``, and its posterior has one mode where the data
-    inform the individual value. The marginal model is the same.
+    For a parameter with a plain non-centred random effect whose distribution turns a factor
+    into a shift (log-normal, logit-normal) the change of variables ``h(P_i) = h(P) + omega z``
+    (the level's factor included in ``omega z``) puts the factor into the prior of z instead:
+    every copy predicts the same individual value, z's prior under level g is
+    ``N(log f_g / omega, 1)``, and its posterior has one mode where the data inform the
+    individual value. The marginal model is the same.
     """
     if not columns:
         return set()
     in_block = {name for block in spec.omega_blocks for name in block}
-    out = set()
-    for p in spec.parameters:
-        if (p.name in random and p.name not in in_block and not p.centered and p.iov == 0
-                and any(e.covariate in columns for e in p.covariates)):
-            out.add(p.name)
-    return out
+    return {p.name for p in spec.parameters
+            if p.name in random and p.name not in in_block and not p.centered
+            and p.rules.factor_is_shift
+            and any(e.covariate in columns for e in p.covariates)}
 
 
-def _random_effects(pm, pt, spec: ModelSpec, random, n: int, entries, deferred=frozenset()):
+def _random_effects(pm, spec: ModelSpec, n: int, entries, deferred=frozenset()):
     """eta per subject for every parameter with a random effect: diagonal or LKJ blocks.
 
     The ``eta_P`` of the parameters in ``deferred`` is registered by the caller."""
+    names = spec.names
     etas = {}
     in_block = {name for block in spec.omega_blocks for name in block}
-    for name in random:
+    for name in spec.random:
         if name in in_block:
             continue
         p = spec.parameter(name)
-        omega = pm.HalfNormal(f"omega_{name}", sigma=p.iiv)
-        entries.append(SummaryEntry(f"omega_{name}", f"omega_{name}"))
+        omega = pm.HalfNormal(names.omega(name), sigma=p.iiv)
+        entries.append(SummaryEntry(names.omega(name), names.omega(name),
+                                    prior=("half", 0.0, p.iiv)))
         if p.centered:
-            etas[name] = pm.Normal(f"eta_{name}", 0.0, omega, dims="subject")
+            etas[name] = pm.Normal(names.eta(name), 0.0, omega, dims="subject")
         else:
-            z = pm.Normal(f"z_{name}", 0.0, 1.0, dims="subject")
+            z = pm.Normal(names.z(name), 0.0, 1.0, dims="subject")
             etas[name] = omega * z if name in deferred else \
-                pm.Deterministic(f"eta_{name}", omega * z, dims="subject")
-    for b, block in enumerate(spec.omega_blocks):
-        label = "_".join(block)
+                pm.Deterministic(names.eta(name), omega * z, dims="subject")
+    for block in spec.omega_blocks:
         scales = np.array([spec.parameter(nm).iiv for nm in block])
-        chol, corr, sds = pm.LKJCholeskyCov(f"omega_block_{label}", n=len(block), eta=2.0,
+        chol, corr, sds = pm.LKJCholeskyCov(names.omega_block(block), n=len(block), eta=2.0,
                                             sd_dist=pm.HalfNormal.dist(sigma=scales, shape=len(block)),
                                             compute_corr=True)
-        z = pm.Normal(f"z_block_{label}", 0.0, 1.0, shape=(n, len(block)))
+        z = pm.Normal(names.z_block(block), 0.0, 1.0, shape=(n, len(block)))
         eta = z @ chol.T
         for j, nm in enumerate(block):
-            pm.Deterministic(f"omega_{nm}", sds[j])
-            entries.append(SummaryEntry(f"omega_{nm}", f"omega_{nm}"))
-            etas[nm] = pm.Deterministic(f"eta_{nm}", eta[:, j], dims="subject")
+            pm.Deterministic(names.omega(nm), sds[j])
+            entries.append(SummaryEntry(names.omega(nm), names.omega(nm),
+                                        prior=("half", 0.0, scales[j])))
+            etas[nm] = pm.Deterministic(names.eta(nm), eta[:, j], dims="subject")
         for j, k in itertools.combinations(range(len(block)), 2):
-            cname = f"corr_{block[j]}_{block[k]}"
+            cname = names.corr(block[j], block[k])
             pm.Deterministic(cname, corr[j, k])
-            entries.append(SummaryEntry(f"corr({block[j]},{block[k]})", cname))
+            entries.append(SummaryEntry(names.corr_row(block[j], block[k]), cname))
     return etas
 
 
-def _frequencies(pm, col: _LevelColumn, design, entries):
-    """Level (or allele) frequencies: the spec's constants, or a Dirichlet that the observed
-    genotypes inform."""
+def _frequencies(pm, names, col: LevelColumn, design, entries):
+    """Log level (or allele) frequencies: the spec's constants, or a Dirichlet that the
+    observed values inform."""
     if col.frequencies is not None:
-        return np.log(np.array([col.frequencies.get(lv, 0.0) for lv in col.levels]) + 1e-300)
-    name = f"freq:{col.covariate}"
+        return np.log(col.frequency_vector(col.frequencies) + 1e-300)
+    name = names.frequency(col.covariate)
     dim = f"{name}_level"
     pm.modelcontext(None).add_coord(dim, list(col.levels))
     freq = pm.Dirichlet(name, a=np.ones(len(col.levels)), dims=dim)
     for j, lv in enumerate(col.levels):
         entries.append(SummaryEntry(f"{name}[{lv}]", name, (j,)))
-    e = col.effects[0]
-    values = design[(e.parameter, col.covariate)]
-    known = values[~_missing_mask(e, values)]
-    counts = np.bincount(known.ravel(), minlength=len(col.levels)).astype(float)
-    pm.Potential(f"{name}_observed", (counts * pm.math.log(freq)).sum())
+    pm.Potential(f"{name}_observed", (col.counts(design) * pm.math.log(freq)).sum())
     return pm.math.log(freq)
 
 
-def _copy_column(values, copy_subject, assignments, effect, col):
-    """The covariate codes of every event-table subject, with the assigned missing levels."""
-    out = values[copy_subject].copy()
+def _unit_column(values, unit_subject, unit_copy, assignments, col):
+    """The covariate codes of every unit, with its copy's assigned missing level."""
+    out = values[unit_subject].copy()
     if col is None:
         return out
-    codes, _ = _combinations(col)
-    for j, a in enumerate(assignments):
-        if effect.covariate in a:
-            out[j] = codes[a[effect.covariate]]
+    codes, _ = col.combinations()
+    for j, c in enumerate(unit_copy):
+        if col.covariate in assignments[c]:
+            out[j] = codes[assignments[c][col.covariate]]
     return out
 
 
 def _sigmas(pm, spec: ModelSpec, entries):
     out = []
-    multi = len(spec.errors) > 1
     for k, err in enumerate(spec.errors):
         values = {}
         for sname, median in err.sigmas.items():
-            name = f"{sname}_{spec.structure.outputs[k]}" if multi else sname
-            values[sname] = pm.HalfNormal(name, sigma=median * SIGMA_MEDIAN_TO_SCALE)
-            entries.append(SummaryEntry(name, name))
+            name = spec.names.sigma(k, sname)
+            scale = median * SIGMA_MEDIAN_TO_SCALE
+            values[sname] = pm.HalfNormal(name, sigma=scale)
+            entries.append(SummaryEntry(name, name, prior=("half", 0.0, scale)))
         out.append(values)
     return out
-
-
-def _distribution(pm, pt, ops, err, sigmas, mu):
-    sd = err.sd(ops, mu, sigmas)
-    if err.model == "exponential":
-        return pm.LogNormal.dist(mu=pt.log(pt.maximum(mu, 1e-300)), sigma=sd)
-    return pm.Normal.dist(mu=mu, sigma=sd)
 
 
 def _observe(pm, pt, ops, model, name, err, sigmas, prediction, events, points, as_data):
@@ -626,16 +567,12 @@ def _observe(pm, pt, ops, model, name, err, sigmas, prediction, events, points, 
 
     data = values("_dv", dv)
     if censored.any():
-        dist = _distribution(pm, pt, ops, err, sigmas, mu)
         # left-censoring: an observation at its LLOQ contributes P(Y <= LLOQ)
         lower = values("_lloq", np.where(censored, lloq, -np.inf))
-        pm.Censored(name, dist, lower=lower, upper=None, observed=data, dims=dim)
-    elif err.model == "exponential":
-        pm.LogNormal(name, mu=pt.log(pt.maximum(mu, 1e-300)), sigma=sigmas["sigma_exp"],
-                     observed=data, dims=dim)
+        pm.Censored(name, err.distribution(pm, pt, ops, mu, sigmas), lower=lower, upper=None,
+                    observed=data, dims=dim)
     else:
-        sd = sigmas["sigma_add"] if err.model == "additive" else err.sd(ops, mu, sigmas)
-        pm.Normal(name, mu=mu, sigma=sd, observed=data, dims=dim)
+        err.observe(pm, pt, ops, name, mu, sigmas, data, dim)
 
 
 def _is_all(points: np.ndarray, n: int) -> bool:
@@ -643,19 +580,15 @@ def _is_all(points: np.ndarray, n: int) -> bool:
 
 
 def _pointwise_logp(pm, pt, ops, err, sigmas, prediction, events, points):
-    mu = prediction[points]
-    dist = _distribution(pm, pt, ops, err, sigmas, mu)
     lloq = events.point_lloq[points]
     censored = ~np.isnan(lloq)
     dv = np.where(censored, lloq, events.point_dv[points])
-    logp = pm.logp(dist, dv)
-    if censored.any():
-        logp = pt.switch(censored, pm.logcdf(dist, dv), logp)
-    return logp
+    return err.pointwise_logp(pm, pt, ops, prediction[points], sigmas, dv,
+                              censored if censored.any() else False)
 
 
-def _mixture(pm, pt, model, events, copy_subject, assignments, columns, frequencies, pointwise,
-             subjects, single, shift=0.0):
+def _mixture(pm, pt, model, events, unit_copy, copy_subject, assignments, columns, frequencies,
+             pointwise, subjects, single, shift=0.0):
     """Marginal likelihood of the subjects with missing levels; posterior level probabilities.
 
     ``shift`` (per copy) is ``log N(z; a, 1) - log N(z; 0, 1)`` for the random effects that
@@ -663,7 +596,7 @@ def _mixture(pm, pt, model, events, copy_subject, assignments, columns, frequenc
     n_copies = len(copy_subject)
     loglik = pt.zeros(n_copies)
     for points, logp in pointwise:
-        loglik = pt.inc_subtensor(loglik[events.point_subject[points]], logp)
+        loglik = pt.inc_subtensor(loglik[unit_copy[events.point_subject[points]]], logp)
     mixed = np.flatnonzero(~single)
     copies = [np.flatnonzero(copy_subject == i) for i in mixed]
     width = max(len(c) for c in copies)
@@ -672,23 +605,19 @@ def _mixture(pm, pt, model, events, copy_subject, assignments, columns, frequenc
     weight = 0.0
     for cov, col in columns.items():
         logf = pt.as_tensor_variable(frequencies[cov])
-        codes, _ = _combinations(col)
+        codes, _ = col.combinations()
         assigned = np.array([cov in a for a in assignments])
-        # log prior probability of each copy's level (HWE for a pair of alleles)
-        pairs = np.array([np.broadcast_to(codes[a[cov]], (2,)) if cov in a else (0, 0)
-                          for a in assignments], dtype=np.int64)
-        if col.kind == "alleles":
-            term = logf[pairs[:, 0]] + logf[pairs[:, 1]] + np.log(2.0) * (pairs[:, 0] != pairs[:, 1])
-        else:
-            term = logf[pairs[:, 0]]
-        weight = weight + pt.switch(assigned, term, 0.0)
+        code = np.array([np.broadcast_to(codes[a[cov]], np.shape(codes[0])) if cov in a
+                         else np.zeros(np.shape(codes[0]), dtype=np.int64)
+                         for a in assignments], dtype=np.int64)
+        weight = weight + pt.switch(assigned, col.log_prior(logf, code), 0.0)
     joint = loglik + weight + shift
     table = pt.switch(pad, -np.inf, joint[index])
     pm.Potential("missing_level_likelihood", pm.math.logsumexp(table, axis=1).sum())
     # posterior probability of each combination, per subject with missing levels
     labels = []
     for c in copies:
-        labels.append([" & ".join(f"{cov}={_combinations(columns[cov])[1][assignments[j][cov]]}"
+        labels.append([" & ".join(f"{cov}={columns[cov].combinations()[1][assignments[j][cov]]}"
                                   for cov in assignments[j]) for j in c])
     model.add_coord("missing_subject", [subjects[i] for i in mixed])
     model.add_coord("combination", list(range(width)))

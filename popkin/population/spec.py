@@ -49,16 +49,18 @@ from ..data.reader import Dataset
 from ..data.schema import DatasetError, Problem
 from ..structural import Structure, get_structure
 from ..structural.backend import NumpyOps
-from .covariates import (CONTINUOUS_KINDS, CovariateEffect, SpecError, check_identifier,
-                         check_label, make_effect)
+from .covariates import CovariateEffect, SpecError, check_identifier, check_label, make_effect
 from .error import ErrorModel
+from .individual import distribution, distributions, subject_parameters
+from .names import Names
 
 __all__ = ["ModelSpec", "ParameterSpec", "SpecError", "load_model", "library_models"]
 
 _TOP_KEYS = {"model", "parameters", "error", "ode", "dosing"}
 _MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega", "covariate_ranges",
                "lag_smoothing"}
-_PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd", "iov", "rse"}
+_PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd", "iov", "rse",
+               "distribution"}
 _UNIT_KEYS = {"time", "amount", "volume", "concentration"}
 _MASS = {"g": 1.0, "mg": 1e-3, "ug": 1e-6, "µg": 1e-6, "mcg": 1e-6, "ng": 1e-9, "pg": 1e-12}
 _VOLUME = {"l": 1.0, "dl": 0.1, "ml": 1e-3}
@@ -66,16 +68,23 @@ _VOLUME = {"l": 1.0, "dl": 0.1, "ml": 1e-3}
 
 @dataclass(frozen=True)
 class ParameterSpec:
-    """Typical value (prior median), log-scale between-subject SD, covariate effects."""
+    """Typical value (prior median), between-subject SD, covariate effects, and the
+    distribution across subjects (:mod:`popkin.population.individual`)."""
 
     name: str
     typical: float
     iiv: float = 0.0
     covariates: tuple[CovariateEffect, ...] = ()
     centered: bool = False
-    typical_sd: float = 1.0      # prior SD of log(typical value)
-    iov: float = 0.0             # prior scale of the between-occasion SD (log scale); 0 = none
+    typical_sd: float = 1.0      # prior SD of the typical value on the distribution's scale
+    iov: float = 0.0             # prior scale of the between-occasion SD; 0 = none
     rse: float | None = None     # published relative standard error of the typical value
+    distribution: str = "lognormal"
+
+    @property
+    def rules(self):
+        """The distribution's behaviour (:class:`popkin.population.individual.Distribution`)."""
+        return distribution(self.distribution)
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,50 @@ class ModelSpec:
                 return p
         raise KeyError(f"model {self.name!r} has no parameter {name!r}; "
                        f"its parameters: {', '.join(p.name for p in self.parameters)}")
+
+    @property
+    def names(self) -> Names:
+        """The names of the model's random variables."""
+        return Names(tuple(self.structure.outputs))
+
+    @property
+    def random(self) -> tuple[str, ...]:
+        """Parameters with a between-subject random effect."""
+        return tuple(p.name for p in self.parameters if p.iiv > 0)
+
+    @property
+    def occasion_parameters(self) -> tuple[str, ...]:
+        """Parameters with between-occasion variability."""
+        return tuple(p.name for p in self.parameters if p.iov > 0)
+
+    def effects(self):
+        """Every covariate effect of the model, in order."""
+        return [e for p in self.parameters for e in p.covariates]
+
+    def resolved(self, data: Dataset, *, scales: bool = True) -> "ModelSpec":
+        """The spec with what it takes from ``data``: the levels of level effects that list
+        none (:meth:`CovariateEffect.with_levels`) and, with ``scales``, the residual SDs
+        without a value (:meth:`ErrorModel.with_data_scale`). Its text stays the spec's."""
+        parameters = self.parameters
+        if any(e.open_levels for e in self.effects()):
+            data.require_covariates(self.covariate_columns, needed_by=f"model {self.name!r}")
+            base = data.baseline(self.covariate_columns)
+            parameters = tuple(replace(p, covariates=tuple(
+                e.with_levels(base[e.covariate].to_numpy(object)) for e in p.covariates))
+                for p in self.parameters)
+        errors = self.errors
+        if scales and any(err.from_data for err in errors):
+            obs = data.observations
+            uncensored = obs
+            if "LLOQ" in obs:
+                uncensored = obs[~(obs["DV"] < obs["LLOQ"])]
+            if "BLQ" in obs:
+                uncensored = uncensored[~(uncensored["BLQ"] == 1)]
+            errors = tuple(err.with_data_scale(uncensored.loc[uncensored["DVID"] == k + 1, "DV"])
+                           for k, err in enumerate(errors))
+        if parameters is self.parameters and errors is self.errors:
+            return self
+        return replace(self, parameters=parameters, errors=errors)
 
     @property
     def covariate_columns(self) -> tuple[str, ...]:
@@ -157,7 +210,7 @@ class ModelSpec:
         def edit(doc):
             table = next(t for t in doc["parameters"][parameter]["covariates"]
                          if t["covariate"] == covariate)
-            if effect.kind in _LEVEL_KINDS:
+            if effect.has_levels:
                 table["effects"] = {**table.get("effects", {}), **_plain(values)}
             else:
                 table.update(_plain(values))
@@ -197,14 +250,14 @@ class ModelSpec:
         for p in self.parameters:
             for e in p.covariates:
                 where = f"{self.source}: [parameters.{p.name}] {e.kind} effect of {e.covariate}"
-                if e.kind not in _LABELLED:
+                if not e.rules.labelled:
                     _require_numbers(base[e.covariate], e, data)
                 try:
-                    column = base[e.covariate].to_numpy(object if e.kind in _LABELLED else float)
+                    column = base[e.covariate].to_numpy(object if e.rules.labelled else float)
                     values = e.encode(column, where=where)
                 except SpecError as exc:
                     raise DatasetError([Problem(str(exc), column=e.covariate)], data.source) from None
-                if e.impute is not None and e.kind in CONTINUOUS_KINDS:
+                if e.impute is not None and not e.has_levels:
                     values = _impute(values, e)
                 design[(p.name, e.covariate)] = values
         return design
@@ -225,22 +278,11 @@ class ModelSpec:
                     "column with iov) if the change marks a new period", subject=first, column=c))
             raise DatasetError(problems, data.source)
 
-    def individual_parameters(self, design, etas: Mapping[str, np.ndarray] | None = None,
+    def individual_parameters(self, design, random: Mapping[str, np.ndarray] | None = None,
                               ops=NumpyOps):
-        """Parameters per subject: ``typical * prod(covariate multipliers) * exp(eta)``."""
-        out = {}
-        for p in self.parameters:
-            value = p.typical
-            for e in p.covariates:
-                value = value * e.multiplier(ops, design[(p.name, e.covariate)])
-            if etas is not None and p.name in etas:
-                value = value * ops.exp(etas[p.name])
-            out[p.name] = value
-        return out
-
-
-_LABELLED = ("categorical", "genotype", "alleles", "activity_score")
-_LEVEL_KINDS = ("categorical", "genotype", "alleles")       # values are per-level factors
+        """Parameters per subject at the spec's values, with the random effects ``random``
+        (``eta``, or ``eta + kappa``, by parameter): :func:`~popkin.population.individual.subject_parameters`."""
+        return subject_parameters(self, design, ops=ops, random=random)
 
 
 def _impute(values: np.ndarray, effect: CovariateEffect) -> np.ndarray:
@@ -494,10 +536,17 @@ def _parameter(pname, table, where) -> ParameterSpec:
                         f"(allowed: {', '.join(sorted(_PARAM_KEYS))})")
     if "typical" not in table:
         raise SpecError(f"{where}: missing key 'typical' (the prior median of the typical value)")
+    dist = table.get("distribution", "lognormal")
+    if dist not in distributions():
+        raise SpecError(f"{where}: distribution must be one of {', '.join(distributions())}, "
+                        f"not {_short(dist)}")
+    rules = distribution(dist)
     typical = table["typical"]
-    if isinstance(typical, bool) or not isinstance(typical, (int, float)) or not (
-            math.isfinite(typical) and typical > 0):
-        raise SpecError(f"{where}: typical must be a positive number, not {typical!r}")
+    if isinstance(typical, bool) or not isinstance(typical, (int, float)) or not math.isfinite(typical):
+        raise SpecError(f"{where}: typical must be a number, not {typical!r}")
+    problem = rules.check_typical(typical)
+    if problem:
+        raise SpecError(f"{where}: typical {problem} for a {dist} parameter, not {typical!r}")
     iiv = table.get("iiv", 0.0)
     if isinstance(iiv, bool) or not isinstance(iiv, (int, float)) or not (math.isfinite(iiv) and iiv >= 0):
         raise SpecError(f"{where}: iiv must be a number >= 0 (0 = no random effect), not {iiv!r}")
@@ -508,11 +557,11 @@ def _parameter(pname, table, where) -> ParameterSpec:
     if isinstance(iov, bool) or not isinstance(iov, (int, float)) or not (math.isfinite(iov) and iov >= 0):
         raise SpecError(f"{where}: iov must be a number >= 0 (0 = no between-occasion variability), "
                         f"not {iov!r}")
-    typical_sd = table.get("typical_sd", 1.0)
+    typical_sd = table.get("typical_sd", rules.default_typical_sd(typical))
     if isinstance(typical_sd, bool) or not isinstance(typical_sd, (int, float)) or not (
             math.isfinite(typical_sd) and typical_sd > 0):
-        raise SpecError(f"{where}: typical_sd (prior SD of the log typical value) must be a "
-                        f"positive number, not {typical_sd!r}")
+        raise SpecError(f"{where}: typical_sd (prior SD of the typical value on the {dist} "
+                        f"scale) must be a positive number, not {typical_sd!r}")
     rse = table.get("rse")
     if rse is not None and (isinstance(rse, bool) or not isinstance(rse, (int, float)) or not (
             math.isfinite(rse) and rse > 0)):
@@ -528,7 +577,12 @@ def _parameter(pname, table, where) -> ParameterSpec:
             raise SpecError(f"{where}: two effects of covariate {e.covariate!r}")
         seen.add(e.covariate)
     return ParameterSpec(pname, float(typical), float(iiv), effects, centered, float(typical_sd),
-                         float(iov), None if rse is None else float(rse))
+                         float(iov), None if rse is None else float(rse), dist)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:50] + "..."
 
 
 def _errors(doc, structure, source) -> tuple[ErrorModel, ...]:

@@ -65,7 +65,7 @@ def covariate_figure(fit):
     fig, axes = plt.subplots(len(random), len(covariates), squeeze=False,
                              figsize=(3.2 * len(covariates), 2.6 * len(random)))
     for i, name in enumerate(random):
-        eta = post[f"eta_{name}"].mean(("chain", "draw")).values
+        eta = post[fit.spec.names.eta(name)].mean(("chain", "draw")).values
         for j, cov in enumerate(covariates):
             ax = axes[i, j]
             x = pd.to_numeric(base[cov], errors="coerce").to_numpy(float)
@@ -83,7 +83,7 @@ def covariate_figure(fit):
                            tick_labels=[figure_text(lv) for lv in levels])
             ax.axhline(0.0, color="k", lw=0.8)
             ax.set_xlabel(figure_text(cov), fontsize=8)
-            ax.set_ylabel(figure_text(f"eta_{name}"), fontsize=8)
+            ax.set_ylabel(figure_text(fit.spec.names.eta(name)), fontsize=8)
             ax.tick_params(labelsize=7)
     fig.suptitle("Random effects (posterior means) against covariates: a trend suggests a "
                  "missing covariate effect", fontsize=10)

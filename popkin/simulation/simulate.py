@@ -17,7 +17,10 @@ from .._output import staged_file
 from ..data.events import build_event_table
 from ..data.reader import Dataset, read_dataset
 from ..data.schema import OBSERVATION, DatasetError, Problem
+from ..population.individual import as_array
+from ..population.levels import draw_missing
 from ..population.spec import ModelSpec, load_model
+from ..structural.backend import NumpyOps
 
 __all__ = ["simulate", "write_table"]
 
@@ -66,14 +69,16 @@ def simulate(
     spec: ModelSpec = load_model(model)
     data = design if isinstance(design, Dataset) else read_dataset(design)
     spec.check_time_constant(data)
+    spec = spec.resolved(data, scales=False)
+    for k, err in enumerate(spec.errors):
+        err.require_values(f"{spec.source}: output {spec.structure.outputs[k]}", "a simulation")
     events = build_event_table(data, spec.structure, points="all")
-    covariates = spec.covariate_design(data)
     n = events.n_subjects
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**63))
     streams = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(subject_offset + i,)))
                for i in range(n)]
-    _fill_missing_genotypes(spec, covariates, streams, data)
+    covariates = draw_missing(spec, spec.covariate_design(data), streams, data)
 
     random = [p for p in spec.parameters if p.iiv > 0]
     etas = None
@@ -86,7 +91,7 @@ def simulate(
     scale = np.asarray(spec.output_scale)[events.point_dvid - 1]
     pred = np.asarray(spec.structure.predict(events, typical_params)) * scale
     ipred = pred if etas is None else np.asarray(spec.structure.predict(events, individual_params)) * scale
-    if not typical and any(p.iov > 0 for p in spec.parameters):
+    if not typical and spec.occasion_parameters:
         ipred = _with_occasions(spec, data, events, individual_params, streams)
     _check_finite(ipred, events, data)
 
@@ -123,52 +128,20 @@ def _with_occasions(spec: ModelSpec, data: Dataset, events, params, streams) -> 
 
     split, occasion_subject, _ = split_occasions(spec, data)
     split_events = build_event_table(split, spec.structure, points="all")
-    varying = [p for p in spec.parameters if p.iov > 0]
+    varying = [spec.parameter(name) for name in spec.occasion_parameters]
     counts = np.bincount(occasion_subject, minlength=len(streams))
     kappa = np.concatenate([rng.standard_normal((counts[i], len(varying)))
                             for i, rng in enumerate(streams)])
-    per_occasion = {}
-    for name, value in params.items():
-        value = np.broadcast_to(np.asarray(value, dtype=float), (len(streams),))[occasion_subject]
-        for k, p in enumerate(varying):
-            if p.name == name:
-                value = value * np.exp(p.iov * kappa[:, k])
-        per_occasion[name] = value
+    per_occasion = {name: as_array(value, len(streams))[occasion_subject]
+                    for name, value in params.items()}
+    for k, p in enumerate(varying):
+        per_occasion[p.name] = p.rules.with_random(NumpyOps, per_occasion[p.name],
+                                                   p.iov * kappa[:, k])
     scale = np.asarray(spec.output_scale)[split_events.point_dvid - 1]
     ipred = np.asarray(spec.structure.predict(split_events, per_occasion)) * scale
     # the same records in the same order as ``events``
     position = pd.Series(np.arange(split_events.n_points), index=split_events.point_record)
     return ipred[position[events.point_record].to_numpy()]
-
-
-def _fill_missing_genotypes(spec: ModelSpec, covariates, streams, data: Dataset) -> None:
-    """Draw a missing genotype from the spec's frequencies; without frequencies, reject it."""
-    for p in spec.parameters:
-        for e in p.covariates:
-            values = covariates[(p.name, e.covariate)]
-            if e.kind in ("categorical", "genotype"):
-                missing = np.flatnonzero(values < 0)
-            elif e.kind == "alleles":
-                missing = np.flatnonzero((values < 0).any(axis=1))
-            else:
-                missing = np.flatnonzero(np.isnan(values))
-            if len(missing) == 0:
-                continue
-            if e.frequencies is None or e.kind not in ("genotype", "categorical", "alleles"):
-                subjects = [data.subjects[i] for i in missing[:5]]
-                raise DatasetError([Problem(
-                    f"covariate {e.covariate} is missing for {len(missing)} subject(s) (IDs "
-                    f"{', '.join(map(str, subjects))}{'...' if len(missing) > 5 else ''}); the model "
-                    "gives no way to impute it" + (" (add frequencies to the effect to draw missing "
-                                                   "genotypes)" if e.kind in ("genotype", "alleles") else ""),
-                    column=e.covariate)], data.source)
-            levels = list(e.levels)
-            probs = np.array([e.frequencies.get(lv, 0.0) for lv in levels])
-            for i in missing:
-                if e.kind == "alleles":
-                    values[i] = streams[i].choice(len(levels), size=2, p=probs)
-                else:
-                    values[i] = streams[i].choice(len(levels), p=probs)
 
 
 def _check_finite(values, events, data) -> None:

@@ -28,7 +28,6 @@ import pandas as pd
 from .._output import staged_file
 from ..data.reader import Dataset, read_dataset
 from ..data.schema import OBSERVATION
-from ..population.covariates import CONTINUOUS_KINDS
 from ..population.spec import ModelSpec, load_model
 from .distributed import iter_tasks
 from .simulate import simulate
@@ -258,7 +257,7 @@ def _impute_from_whole_design(spec: ModelSpec, data: Dataset) -> ModelSpec:
     A median taken chunk by chunk would depend on the chunking.
     """
     median_effects = [(p.name, e.covariate) for p in spec.parameters for e in p.covariates
-                      if e.impute == "median" and e.kind in CONTINUOUS_KINDS]
+                      if e.impute == "median" and not e.has_levels]
     if not median_effects:
         return spec
     raw = _with_effects(spec, lambda p, e: dataclasses.replace(e, impute=None)

@@ -14,6 +14,8 @@ from .phi import phi_derivative, pytensor_phi
 class NumpyOps:
     name = "numpy"
     exp = staticmethod(np.exp)
+    log = staticmethod(np.log)
+    sigmoid = staticmethod(lambda x: 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=float))))
     expm1 = staticmethod(np.expm1)
     softplus = staticmethod(lambda x: np.logaddexp(0.0, x))
     sqrt = staticmethod(np.sqrt)
@@ -52,6 +54,7 @@ class PyTensorOps:
 
         self.pt = pt
         self.exp, self.expm1, self.sqrt, self.softplus = pt.exp, pt.expm1, pt.sqrt, pt.softplus
+        self.log, self.sigmoid = pt.log, pt.sigmoid
         self.abs, self.ceil, self.cos, self.arccos = pt.abs, pt.ceil, pt.cos, pt.arccos
         self.minimum, self.maximum, self.where = pt.minimum, pt.maximum, pt.switch
 

@@ -185,6 +185,50 @@ class LinearCompartmentModel:
             concentration = term if concentration is None else concentration + term
         return concentration
 
+    def dose_pairs(self, events: EventTable) -> list[dict]:
+        """The dose/point pairs of ``events`` as plain arrays, one dict per dose kind and
+        route (``kind``, ``into``, ``tau``, ``amt``, ``rate``, ``duration``, ``period``,
+        ``point``): the data of :meth:`predict_pairs`, which may be padded with zero amounts."""
+        plan = _pair_plan(events, self)
+        return [dict(kind=g.kind, into=bool(g.into_dose_compartment), tau=g.tau, amt=g.amt,
+                     rate=g.rate, duration=g.duration, period=g.period, point=g.point)
+                for g in plan.groups]
+
+    def predict_pairs(self, ops, params: Mapping, pairs, n_points: int, given=None):
+        """Central concentration of *one* subject at ``n_points`` points from its dose/point
+        ``pairs`` (:meth:`dose_pairs`, whose arrays may be symbolic data of a compiled
+        model): the closed form of :meth:`predict` with scalar parameters.
+
+        ``given`` names the parameters the model sets (others take their defaults); every
+        structural parameter must be in ``params``.
+        """
+        pt = ops.pt
+        p = {n: params.get(n, self.optional_parameters.get(n))
+             for n in self.parameters + tuple(self.optional_parameters)}
+        given = set(params) if given is None else given
+        lams, coefs = self.disposition(ops, p)
+        iv_weights = [None] if self.n_compartments == 1 else coefs
+        oral_weights = ([-p["KA"] if c is None else -p["KA"] * c for c in iv_weights]
+                        if self.oral else None)
+        total = pt.zeros(n_points)
+        for g in pairs:
+            scale, tau, duration, active = dose_terms(
+                self, ops, g["kind"], g["into"], g["tau"], g["amt"], g["rate"], g["duration"],
+                g["period"], p, given, lambda value: value)
+            kernel = _kernel(g["kind"], tau, duration, g["period"])
+            oral_route = self.oral and g["into"]
+            for mode, lam in enumerate(lams):
+                alg = (divided.DividedAlgebra(ops, lam, p["KA"]) if oral_route
+                       else divided.ValueAlgebra(ops, lam))
+                contribution = scale * alg.result(kernel(alg))
+                if active is not None:
+                    contribution = pt.switch(active, contribution, 0.0)
+                weight = (oral_weights if oral_route else iv_weights)[mode]
+                if weight is not None:
+                    contribution = weight * contribution
+                total = pt.inc_subtensor(total[g["point"]], contribution)
+        return total / p[self.volume]
+
     def _subject_params(self, ops, params, n_subjects):
         check_parameter_names(self, params)
         ones = np.ones(n_subjects)

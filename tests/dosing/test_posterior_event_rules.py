@@ -14,7 +14,7 @@ import pandas as pd
 import pytensor.tensor as pt
 
 from popkin.data import build_event_table, read_dataset
-from popkin.dosing.posterior import _groups, _linear_prediction, _padded
+from popkin.dosing.posterior import _padded
 from popkin.structural import get_structure
 from popkin.structural.backend import PyTensorOps
 
@@ -36,13 +36,11 @@ def test_dosing_model_prediction_equals_the_closed_form():
     params = {"CL": 3.0, "V1": 20.0, "Q": 2.0, "V2": 40.0, "KA": 1.2, "F": 0.7, "ALAG": 0.4,
               "F2": 0.5, "ALAG2": 1.0}
     expected = structure.predict(events, params)
-    groups = [_padded(g, len(g["tau"]) + 3) for g in _groups(events, structure)]
-    for padded, group in zip(groups, _groups(events, structure)):
+    groups = [_padded(g, len(g["tau"]) + 3) for g in structure.dose_pairs(events)]
+    for padded, group in zip(groups, structure.dose_pairs(events)):
         padded.update(kind=group["kind"], into=group["into"])
-    full = {n: pt.as_tensor_variable(np.float64(params.get(n, structure.optional_parameters.get(n))))
-            for n in structure.parameters + tuple(structure.optional_parameters)}
-    got = _linear_prediction(structure, PyTensorOps(), full, groups, events.n_points + 2,
-                             set(params)).eval()
+    symbolic = {n: pt.as_tensor_variable(np.float64(v)) for n, v in params.items()}
+    got = structure.predict_pairs(PyTensorOps(), symbolic, groups, events.n_points + 2).eval()
     np.testing.assert_allclose(got[:events.n_points], expected, rtol=1e-12)
     # the constant infusion ended at 0: two hours later the level has fallen
     assert expected[1] < 5.0 / 3.0
