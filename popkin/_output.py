@@ -20,9 +20,9 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
-__all__ = ["staged_file", "staged_folder", "write_file"]
+__all__ = ["staged_file", "staged_folder", "write_file", "write_folder"]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _lock = threading.RLock()
@@ -46,6 +46,24 @@ def write_file(path: str | os.PathLike, content: str | bytes) -> Path:
         else:
             tmp.write_text(content, encoding="utf-8")
     return Path(path)
+
+
+def write_folder(directory: str | os.PathLike, files: Mapping[str, bytes]) -> Path:
+    """Write ``files`` (a path relative to ``directory`` -> its content) into ``directory``,
+    all of them together or none (:func:`staged_folder`).
+
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "out"
+    >>> _ = write_folder(folder, {"a.json": b"{}", "ID_1/report.html": b"<p></p>"})
+    >>> sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    ['ID_1', 'ID_1/report.html', 'a.json']
+    """
+    with staged_folder(directory) as staging:
+        for name, content in files.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+    return Path(directory)
 
 
 @contextmanager

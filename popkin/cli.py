@@ -314,7 +314,8 @@ def _amount_range(text: str) -> list[float]:
 
 
 def _dose(args) -> int:
-    from .dosing import recommend, recommend_batch
+    from .dosing import recommend
+    from .report.dose_report import write_batch_recommendations, write_recommendation
 
     if args.scheduler is not None and not args.batch:
         raise InputError("--scheduler runs the patients of --batch on Dask; add --batch or "
@@ -327,15 +328,16 @@ def _dose(args) -> int:
                    max_limit_probability=args.max_limit_probability, draws=args.draws,
                    seed=args.seed)
     if args.batch:
-        table = recommend_batch(args.model, args.patient, args.out, scheduler=args.scheduler,
-                                progress=not args.quiet, **options)
+        table = write_batch_recommendations(args.model, args.patient, args.out,
+                                            scheduler=args.scheduler, progress=not args.quiet,
+                                            **options)
         with _pandas_wide():
             print(table.drop(columns=["flags"], errors="ignore").to_string(index=False))
         print(f"wrote {args.out}/: recommendations.csv and one folder per patient "
               f"({len(table)} patients, {int((table['error'] != '').sum())} with errors)")
         return 0
     rec = recommend(args.model, args.patient, patient_id=args.id, **options)
-    rec.write(args.out)
+    write_recommendation(rec, args.out)
     print(f"patient {rec.patient_id}: {rec.regimen.describe(rec.spec.units)}, from time "
           f"{rec.start:g}")
     print(f"P(target) = {rec.probability_of_target:.2f}" +

@@ -122,12 +122,13 @@ def run_demo(out: str = "popkin-demo", *, n_virtual: int = 500, seed: int = 2024
 
     # 3. a dose recommendation for a patient with a genotype, from the whole posterior
     from .dosing import recommend
+    from .report.dose_report import write_recommendation
 
     patient = voriconazole_patient()
     progress.stage("recommending a voriconazole dose for a patient with a CYP2C19 genotype")
     rec = recommend("voriconazole_ling", patient, method="nuts", seed=seed)
     dose_dir = os.path.join(out, "dose")
-    rec.write(dose_dir)
+    write_recommendation(rec, dose_dir)
     files += [os.path.join(dose_dir, n) for n in ("recommendation.json", "report.html", "report.pdf")]
     vori_units = rec.spec.units
     target = rec.targets[0]

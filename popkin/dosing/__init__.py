@@ -10,8 +10,8 @@ See :func:`recommend` for the whole step, :mod:`popkin.dosing.targets` for the t
 """
 
 from .posterior import compilations
-from .recommend import Recommendation, recommend, recommend_batch
+from .recommend import Recommendation, recommend, recommend_batch, recommend_each
 from .targets import metric_names, parse_target, register_metric
 
 __all__ = ["Recommendation", "compilations", "metric_names", "parse_target", "recommend",
-           "recommend_batch", "register_metric"]
+           "recommend_batch", "recommend_each", "register_metric"]

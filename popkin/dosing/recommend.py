@@ -33,8 +33,6 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from .._names import folder_names, spreadsheet_safe_frame
-from .._output import staged_folder
 from ..data.events import build_event_table
 from ..data.reader import Dataset, read_dataset
 from ..data.schema import DatasetError, Problem
@@ -46,7 +44,7 @@ from .prior import (covariate_components, fit_frequencies, fit_prior,
                     library_prior, patient_covariates, spec_frequencies)
 from .targets import Target, parse_target
 
-__all__ = ["recommend", "recommend_batch", "Recommendation", "load_source"]
+__all__ = ["recommend", "recommend_batch", "recommend_each", "Recommendation", "load_source"]
 
 OCCASIONS = ("current", "new")
 METHODS = ("nuts", "map")
@@ -54,7 +52,11 @@ METHODS = ("nuts", "map")
 
 @dataclass
 class Recommendation:
-    """The recommended regimen, every candidate's scores, and what the report shows."""
+    """The recommended regimen, every candidate's scores, and what the report shows.
+
+    :func:`popkin.report.write_recommendation` writes it as ``recommendation.json``,
+    ``report.html`` and ``report.pdf``.
+    """
 
     regimen: rg.Candidate
     probability_of_target: float
@@ -138,16 +140,6 @@ class Recommendation:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_plain)
-
-    def write(self, directory: str | os.PathLike) -> Path:
-        """Write ``recommendation.json``, ``report.html`` and ``report.pdf`` into
-        ``directory``: everything is built first, and the files appear together or not at all."""
-        from ..report.dose_report import dose_report_html, dose_report_pdf
-
-        files = {"recommendation.json": self.to_json().encode("utf-8"),
-                 "report.html": dose_report_html(self).encode("utf-8"),
-                 "report.pdf": dose_report_pdf(self)}
-        return _write_tree(directory, files)
 
 
 def _finite(x: float):
@@ -512,7 +504,8 @@ def recommend(
     -------
     Recommendation
         ``regimen``, ``probability_of_target``, the ``candidates`` table (best first),
-        ``flags``; ``write(directory)`` writes the JSON and the reports.
+        ``flags``; :func:`popkin.report.write_recommendation` writes the JSON and the
+        reports.
     """
     began = time.perf_counter()
     if method not in METHODS:
@@ -767,63 +760,46 @@ def _check_occasions(spec: ModelSpec, data: Dataset) -> None:
             column="OCC")], data.source)
 
 
-def recommend_batch(model, patients, directory=None, *, scheduler=None, workers=None,
-                    progress: bool = False, **options) -> pd.DataFrame:
-    """One recommendation per patient of a table.
+def recommend_batch(model, patients, *, scheduler=None, workers=None, progress: bool = False,
+                    **options) -> pd.DataFrame:
+    """One recommendation per patient of a table: a row each (:meth:`Recommendation.summary_row`).
 
-    With ``directory``: a sub-folder per patient (``ID_<id>/`` with the three files) and
-    ``recommendations.csv``, written together when all are built. An ID that is not plain
-    text (letters, digits, ``_``, ``-``, inner dots) gets a safe folder name with a hash
-    (:func:`popkin._names.folder_names`); the table's ``folder`` column says which folder
-    holds which patient. Text cells that a spreadsheet would run as a formula are written with
-    a leading single quote. A patient whose input is
-    wrong gets its error in the ``error`` column instead of stopping the batch. Patients run
-    serially in this process (sharing the compiled patient model) or, with ``scheduler``
-    (``"local"``, a Dask scheduler address or a client), as Dask tasks through
-    :func:`popkin.simulation.run_tasks`; each worker compiles the model once.
+    A patient whose input is wrong gets its error in the ``error`` column instead of stopping
+    the batch. Patients run serially in this process (sharing the compiled patient model) or,
+    with ``scheduler`` (``"local"``, a Dask scheduler address or a client), as Dask tasks
+    through :func:`popkin.simulation.run_tasks`; each worker compiles the model once.
+    ``options`` are those of :func:`recommend`. :func:`popkin.report.write_batch_recommendations`
+    does the same and writes each patient's files.
+    """
+    results = recommend_each(model, patients, scheduler=scheduler, workers=workers,
+                             progress=progress, **options)
+    return pd.DataFrame([row for row, _ in results])
+
+
+def recommend_each(model, patients, keep=None, *, scheduler=None, workers=None,
+                   progress: bool = False, **options) -> list[tuple[dict, object]]:
+    """For each patient of a table, its summary row and ``keep(recommendation)``.
+
+    ``keep`` runs where the recommendation is made (on a Dask worker, with ``scheduler``), so
+    that only what it returns travels back, not the posterior draws; it is pickled to the
+    workers like the rest of the task. A patient whose input is wrong gets its error in the
+    row's ``error`` and ``None`` from ``keep``. The other arguments are those of
+    :func:`recommend_batch`.
     """
     from functools import partial
 
     from ..simulation import run_tasks
 
     data = patients if isinstance(patients, Dataset) else read_dataset(patients)
-    task = partial(_batch_one, model, data, directory is not None, options)
-    results = run_tasks(task, data.subjects, scheduler=scheduler, workers=workers,
-                        progress=progress, label="patients")
-    table = pd.DataFrame([row for row, _ in results])
-    if directory is not None:
-        folders = folder_names(row["ID"] for row, _ in results)
-        table.insert(1, "folder", [folders[row["ID"]] if outputs else ""
-                                   for row, outputs in results])
-        csv = spreadsheet_safe_frame(table).to_csv(index=False)
-        files = {"recommendations.csv": csv.encode("utf-8")}
-        for (row, outputs) in results:
-            for name, content in outputs.items():
-                files[f"{folders[row['ID']]}/{name}"] = content
-        _write_tree(directory, files)
-    return table
+    task = partial(_batch_one, model, data, keep, options)
+    return run_tasks(task, data.subjects, scheduler=scheduler, workers=workers,
+                     progress=progress, label="patients")
 
 
-def _batch_one(model, data, with_files, options, patient_id):
+def _batch_one(model, data, keep, options, patient_id):
     try:
         rec = recommend(model, data, patient_id=patient_id, **options)
     except (DatasetError, SpecError) as exc:
-        return {"ID": _plain(patient_id), "error": str(exc)}, {}
-    files = {}
-    if with_files:
-        from ..report.dose_report import dose_report_html, dose_report_pdf
-
-        files = {"recommendation.json": rec.to_json().encode("utf-8"),
-                 "report.html": dose_report_html(rec).encode("utf-8"),
-                 "report.pdf": dose_report_pdf(rec)}
-    return {**rec.summary_row(), "ID": _plain(patient_id), "error": ""}, files
-
-
-def _write_tree(directory, files: dict[str, bytes]) -> Path:
-    """Write ``files`` (relative path -> content) into ``directory``, all together or none."""
-    with staged_folder(directory) as staging:
-        for name, content in files.items():
-            path = staging / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-    return Path(directory)
+        return {"ID": _plain(patient_id), "error": str(exc)}, None
+    row = {**rec.summary_row(), "ID": _plain(patient_id), "error": ""}
+    return row, None if keep is None else keep(rec)

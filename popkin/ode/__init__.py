@@ -7,6 +7,10 @@ file (see :mod:`popkin.ode._sundials`). It is loaded on first use, so model defi
 (:class:`OdeSystem`) and the registry of structures work without it; solving without it raises
 an ImportError that lists what was tried and how to install it.
 
+Importing this package registers the nonlinear library structures (:mod:`popkin.ode.nonlinear`:
+``michaelis_menten_oral``, ``transit_absorption``, ...) in the registry of
+:mod:`popkin.structural`; ``import popkin`` imports it.
+
 A failed solve never raises inside a model: its predictions are NaN, :func:`guard_prediction`
 or :func:`guard_logp` turn them into a log-density of -inf with finite gradients, and
 :func:`solve_failures` reports how many solves failed (see :mod:`popkin.ode.op`).
@@ -14,6 +18,7 @@ or :func:`guard_logp` turn them into a log-density of -inf with finite gradients
 
 from importlib import import_module
 
+from . import nonlinear  # noqa: F401  (registers the ODE structures by name)
 from .system import OdeSystem
 
 __all__ = ["OdeSpecError", "OdeStructure", "OdeSystem", "SolveCounts", "SolverOptions",

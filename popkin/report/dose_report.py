@@ -6,22 +6,30 @@ the patient (covariates, doses, levels), predicted concentration-time curves for
 and the recommended regimen, the patient's parameters against the population, the candidate
 table, the model and its citation, and the assumptions behind the numbers. The PDF is written
 with reportlab (tables and the same matplotlib figures).
+
+:func:`write_recommendation` writes them with ``recommendation.json`` into a folder,
+:func:`write_batch_recommendations` a folder for each patient of a table.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .._names import figure_text
+from .._names import figure_text, folder_names, spreadsheet_safe_frame
+from .._output import write_folder
+from ..dosing.recommend import recommend_each
 from .figures import _pyplot
 from .html import HtmlDocument, figure_png
 
-__all__ = ["dose_report_html", "dose_report_pdf", "concentration_figure", "parameter_figure",
+__all__ = ["write_recommendation", "write_batch_recommendations", "recommendation_files",
+           "dose_report_html", "dose_report_pdf", "concentration_figure", "parameter_figure",
            "candidate_figure"]
 
 _BLUE, _ORANGE, _GREEN, _RED = "#2c5d8a", "#e69500", "#3a9a3a", "#c0392b"
@@ -488,3 +496,80 @@ def dose_report_pdf(rec) -> bytes:
 
     doc.build(story, onFirstPage=footer, onLaterPages=footer)
     return buffer.getvalue()
+
+
+# -- the files ------------------------------------------------------------------------------
+
+def recommendation_files(rec) -> dict[str, bytes]:
+    """``recommendation.json``, ``report.html`` and ``report.pdf`` of a recommendation, as
+    ``{file name: content}``."""
+    return {"recommendation.json": rec.to_json().encode("utf-8"),
+            "report.html": dose_report_html(rec).encode("utf-8"),
+            "report.pdf": dose_report_pdf(rec)}
+
+
+def write_recommendation(rec, directory: str | os.PathLike) -> Path:
+    """Write a recommendation's ``recommendation.json``, ``report.html`` and ``report.pdf``.
+
+    Everything is built first, and the files appear together or not at all.
+
+    Parameters
+    ----------
+    rec : popkin.dosing.Recommendation
+        What :func:`popkin.dosing.recommend` returned.
+    directory
+        The folder to write into; created if absent. Files of the same names are replaced.
+
+    Returns
+    -------
+    pathlib.Path
+        ``directory``.
+    """
+    return write_folder(directory, recommendation_files(rec))
+
+
+def write_batch_recommendations(model, patients, directory: str | os.PathLike, *,
+                                scheduler=None, workers=None, progress: bool = False,
+                                **options) -> pd.DataFrame:
+    """Recommend for every patient of a table and write each one's files.
+
+    :func:`popkin.dosing.recommend_batch`, with a sub-folder per patient (``ID_<id>/`` with
+    the three files of :func:`write_recommendation`) and ``recommendations.csv`` (the table),
+    written together when all are built. Each patient's files are built where its
+    recommendation is made (a Dask worker, with ``scheduler``).
+
+    Parameters
+    ----------
+    model, patients
+        As for :func:`popkin.dosing.recommend_batch`: a model, a fit or a fit folder, and
+        NONMEM-format records of one or more patients.
+    directory
+        The folder to write into.
+    scheduler, workers, progress
+        Where the patients run: see :func:`popkin.dosing.recommend_batch`.
+    **options
+        Those of :func:`popkin.dosing.recommend`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table of :func:`popkin.dosing.recommend_batch` with a ``folder`` column after
+        ``ID``. An ID that is not plain text (letters, digits, ``_``, ``-``, inner dots) gets a
+        safe folder name with a hash (:func:`popkin._names.folder_names`); the column says which
+        folder holds which patient, and is empty for a patient whose input was wrong (its
+        ``error`` says why; it gets no folder). Text cells that a spreadsheet would run as a
+        formula are written to the CSV with a leading single quote.
+    """
+    results = recommend_each(model, patients, recommendation_files, scheduler=scheduler,
+                             workers=workers, progress=progress, **options)
+    table = pd.DataFrame([row for row, _ in results])
+    folders = folder_names(row["ID"] for row, _ in results)
+    table.insert(1, "folder", [folders[row["ID"]] if files is not None else ""
+                               for row, files in results])
+    csv = spreadsheet_safe_frame(table).to_csv(index=False)
+    tree = {"recommendations.csv": csv.encode("utf-8")}
+    for row, files in results:
+        for name, content in (files or {}).items():
+            tree[f"{folders[row['ID']]}/{name}"] = content
+    write_folder(directory, tree)
+    return table

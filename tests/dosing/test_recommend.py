@@ -14,6 +14,7 @@ from popkin.cli import main
 from popkin.data.schema import DatasetError
 from popkin.dosing import compilations, recommend, recommend_batch
 from popkin.population.covariates import SpecError
+from popkin.report import write_batch_recommendations
 
 SPEC = popkin.load_model("""
 [model]
@@ -205,17 +206,22 @@ def test_batch_one_folder_per_patient(tmp_path):
     table = pd.concat([patient(pid=1), patient(pid=2, genotype="*2/*2"),
                        patient(pid=3, genotype="*7/*7")])
     out = tmp_path / "batch"
-    summary = recommend_batch(SPEC, table, out, method="map", start=48.0)
+    summary = write_batch_recommendations(SPEC, table, out, method="map", start=48.0)
     assert list(summary["ID"]) == [1, 2, 3]
+    assert list(summary["folder"]) == ["ID_1", "ID_2", ""]
     assert summary["error"].iloc[:2].eq("").all() and "*7/*7" in summary["error"].iloc[2]
     assert (out / "ID_1" / "report.pdf").is_file() and (out / "ID_2" / "recommendation.json").is_file()
     assert not (out / "ID_3").exists() and (out / "recommendations.csv").is_file()
 
 
-def test_batch_on_a_local_dask_cluster_matches_the_serial_batch():
+def test_batch_on_a_local_dask_cluster_matches_the_serial_batch(tmp_path):
+    """The files are built on the workers: the report's function travels with the task."""
     table = pd.concat([patient(pid=1), patient(pid=2, genotype="*2/*2", wt=90.0)])
     serial = recommend_batch(SPEC, table, method="map", start=48.0, seed=5)
-    cluster = recommend_batch(SPEC, table, method="map", start=48.0, seed=5, scheduler="local",
-                              workers=2)
+    assert "folder" not in serial
+    out = tmp_path / "cluster"
+    cluster = write_batch_recommendations(SPEC, table, out, method="map", start=48.0, seed=5,
+                                          scheduler="local", workers=2)
     columns = ["ID", "amount", "interval", "probability_of_target", "error"]
     pd.testing.assert_frame_equal(serial[columns], cluster[columns])
+    assert all((out / f"ID_{i}" / "report.pdf").is_file() for i in (1, 2))

@@ -1,4 +1,7 @@
-r"""Registered nonlinear structural models, solved by the ODE engine (:mod:`popkin.ode`).
+r"""Registered nonlinear structural models, solved by the ODE engine.
+
+They join the registry of :mod:`popkin.structural` under these names when :mod:`popkin.ode`
+is imported (``import popkin`` does).
 
 Concentrations are :math:`C = A_c / V` with :math:`A_c` the central amount. Models with a PD
 part have two outputs: ``DVID`` 1 is the concentration, ``DVID`` 2 the response. ``F`` and
@@ -46,8 +49,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..ode.system import OdeSystem
-from .base import get_structure, register
+from ..structural.base import get_structure, register
+from .system import OdeSystem
 
 __all__ = ["transit_absorption"]
 
@@ -59,7 +62,7 @@ depot, central, effect, response, pca = _s("depot central effect response pca")
 
 def _structure(name, system):
     # imported here so that the registry works without the CVODES library; solving needs it
-    from ..ode.structure import OdeStructure
+    from .structure import OdeStructure
 
     return OdeStructure(name, system, dose_compartment=1)
 

@@ -1,6 +1,12 @@
-"""The registered nonlinear (ODE) structures: metadata, baselines and limiting behaviour."""
+"""The registered nonlinear (ODE) structures: the registry lists them, metadata, baselines and
+limiting behaviour."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -75,3 +81,29 @@ def test_michaelis_menten_at_low_concentration_is_linear():
     pred = mm.predict(events, {"KA": 1.0, "V": 20.0, "VMAX": 2e6, "KM": 1e6})
     np.testing.assert_allclose(pred, linear.predict(events, {"KA": 1.0, "V": 20.0, "CL": 2.0}),
                                rtol=1e-5, atol=1e-12)
+
+
+
+def test_the_registry_lists_them_without_the_cvodes_library(tmp_path):
+    """``popkin.structural`` comes before ``popkin.ode`` and does not import it; the ODE
+    structures still appear in its registry and in its errors, and listing them loads no
+    CVODES (here none can be loaded)."""
+    script = textwrap.dedent("""
+        import sys
+        from popkin.structural import get_structure, structure_names
+        names = structure_names()
+        assert {"michaelis_menten_oral", "transit_absorption", "warfarin_pkpd",
+                "one_compartment_oral"} <= set(names), names
+        try:
+            get_structure("no_such_structure")
+        except KeyError as exc:
+            assert "indirect_response_4" in str(exc) and "two_compartment_iv" in str(exc), exc
+        else:
+            raise AssertionError("no error for an unknown structure")
+        assert "popkin.ode._sundials" not in sys.modules
+    """)
+    env = dict(os.environ, POPKIN_CVODES_LIBRARY=str(tmp_path / "missing.so"))
+    env.pop("POPKIN_CVODES", None)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
