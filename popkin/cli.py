@@ -326,7 +326,7 @@ def _dose(args) -> int:
                    intervals=args.intervals, durations=args.durations,
                    loading_dose=args.loading_dose, start=args.start,
                    max_limit_probability=args.max_limit_probability, draws=args.draws,
-                   seed=args.seed)
+                   seed=args.seed, occasion=args.occasion)
     if args.batch:
         table = write_batch_recommendations(args.model, args.patient, args.out,
                                             scheduler=args.scheduler, progress=not args.quiet,
@@ -462,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="highest acceptable P(limit exceeded), in [0, 1] (default 0.1)")
     p.add_argument("--draws", type=_whole(1, MAX_DRAWS), default=1000,
                    help="posterior draws (default 1000)")
+    p.add_argument("--occasion", choices=("current", "new"), default="current",
+                   help="models with between-occasion variability: the regimen continues the "
+                        "current occasion (its effect estimated from the levels, default) or "
+                        "starts a new one (its effect drawn from the population)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress line (batch)")
     p.set_defaults(func=_dose)

@@ -554,6 +554,12 @@ def recommend(
     if n_levels == 0:
         flags.append("No drug levels: the recommendation rests on the covariates alone "
                      "(the population distribution for this patient).")
+    if spec.occasion_parameters:
+        varying = ", ".join(spec.occasion_parameters)
+        flags.append(f"{varying} vary between occasions: the regimen continues the current "
+                     "occasion, whose effect is estimated from its levels." if occasion == "current"
+                     else f"{varying} vary between occasions: the regimen starts a new occasion, "
+                     "whose effect is drawn from the population (wider predictions).")
     timings = {}
     tick = time.perf_counter()
     components = covariate_components(

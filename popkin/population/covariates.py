@@ -13,6 +13,7 @@ exponential ``exp(coefficient * (x - reference))``                          coef
 categorical one factor per level, the reference level = 1                   effects, estimate
 genotype    one factor per genotype, the reference genotype = 1             effects, frequencies
 alleles     mean of per-allele activities (Hamberg 2010), reference = 1     effects, frequencies
+            (the reference allele defaults to ``*1``)
 threshold   ``factor`` below (or at/above) a cut-off, 1 otherwise, e.g.     below | above, factor
             Apgar < 5 on V (NONMEM ``IF (APGR.LT.5)``)
 activity_   ``r + (1 - r) * score / reference``: CYP2D6-style activity     residual, activities
@@ -325,11 +326,11 @@ def _is_missing(v) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v))
 
 
-def _levels_of(table, where, normalise):
+def _levels_of(table, where, normalise, default_reference=None):
     effects = table.get("effects", {})
     if not isinstance(effects, dict):
         raise SpecError(f"{where}: effects must be a table of level = factor")
-    ref = table.get("reference")
+    ref = table.get("reference", default_reference)
     if ref is None:
         raise SpecError(f"{where}: missing key 'reference' (the level whose factor is 1)")
     if isinstance(ref, bool) or not isinstance(ref, (str, int, float)):
@@ -500,6 +501,13 @@ class _Alleles(_Levels):
     a missing genotype is a pair of alleles in Hardy-Weinberg equilibrium."""
 
     normalise = staticmethod(lambda v: str(v).strip())
+
+    @classmethod
+    def parse(cls, table, parameter, where):
+        # the wild-type allele of star nomenclature, unless the spec names another
+        fields = _levels_of(table, where, cls.normalise, default_reference="*1")
+        fields["levels"] = (fields["reference"], *fields["values"])
+        return fields
 
     @staticmethod
     def multiplier(effect, ops, column, values):

@@ -220,3 +220,16 @@ model = "proportional"
     assert np.all((value > 0) & (value < 1))
     prior = next(e.prior for e in built.entries if e.name == "F")
     assert prior == ("logit", pytest.approx(np.log(0.6 / 0.4)), 1.0)
+
+
+def test_the_design_contract_allele_example_as_written():
+    spec = popkin.load_model(GENOTYPE_SPEC.replace(
+        '{ kind = "categorical", covariate = "SEX", reference = "M" },',
+        '{ kind = "alleles", covariate = "CYP2C9" },'))
+    effect = spec.parameter("CL").covariates[1]
+    assert effect.reference == "*1" and effect.open_levels
+    frame = _design(["*1/*3"] * 4, ["M"] * 4, dv=1.0).assign(
+        CYP2C9=["*1/*1"] * 7 + ["*1/*2"] * 7 + ["*2/*3"] * 7 + ["*1/*3"] * 7)
+    built = build_pymc_model(spec, popkin.read_dataset(frame))
+    rows = [e.name for e in built.entries]
+    assert "CL:CYP2C9[*2]" in rows and "CL:CYP2C9[*3]" in rows
