@@ -283,6 +283,11 @@ def _effect_draws(posterior, effect) -> list[dict] | None:
     """Per draw, the effect's values (None when the effect is fixed)."""
     if not effect.estimate:
         return None
+    if effect.kind == "expression":
+        if not effect.values:
+            return None
+        x = {c: fit_draws.flat(posterior, f"{effect.parameter}:{c}") for c in effect.values}
+        return [{c: float(v[i]) for c, v in x.items()} for i in range(len(next(iter(x.values()))))]
     if effect.kind in CONTINUOUS_KINDS:
         key = {"power": "exponent", "linear": "coefficient", "exponential": "coefficient",
                "threshold": "factor", "activity_score": "residual"}[effect.kind]

@@ -345,6 +345,10 @@ def _prior_centres(spec: ModelSpec) -> dict[str, tuple[str, float, float]]:
                 out[e.names[0]] = ("linear", e.values["coefficient"], sd)
             elif e.kind == "threshold":
                 out[f"{p.name}:{e.covariate}"] = ("log", math.log(e.values["factor"]), sd)
+            elif e.kind == "expression":
+                for c, value in e.values.items():
+                    out[f"{p.name}:{c}"] = ("linear", value, (e.prior_sd or {}).get(
+                        c, DEFAULT_PRIOR_SD["expression"]))
             elif e.kind not in CONTINUOUS_KINDS and e.kind != "activity_score":
                 for level in e.levels[1:]:
                     out[f"{p.name}:{e.covariate}[{level}]"] = (

@@ -18,12 +18,16 @@ threshold   ``factor`` below (or at/above) a cut-off, 1 otherwise, e.g.     belo
 activity_   ``r + (1 - r) * score / reference``: CYP2D6-style activity     residual, activities
 score       score (a number, or a diplotype scored with ``activities``);
             ``r`` is the fraction left at score 0 (other pathways)
+expression  a formula of covariate columns and coefficients, e.g.           expression,
+            ``exp(b * CRP / 59 * (CYP2C19 not in ['*2/*2']))``             coefficients
+            (:mod:`popkin.population.expression`); ``covariate`` labels it
 ========== ============================================================== =====================
 
 Every kind also takes ``estimate`` (false fixes the values), ``prior_sd`` (the prior SD of an
 estimated effect: on the value for ``power``/``linear``/``exponential``, on the log factor for
-levels, on the logit of ``residual``) and, for continuous kinds, ``impute`` (``"median"``,
-``"reference"`` or a number) to fill a missing value instead of rejecting it.
+levels, on the logit of ``residual``, on each coefficient of an expression) and, for
+continuous kinds, ``impute`` (``"median"``, ``"reference"`` or a number) to fill a missing
+value instead of rejecting it.
 
 Genotype labels are normalised (``"*3/*1"`` is ``"*1/*3"``), so data may list the alleles in
 either order. A label the spec does not know is an error that lists the known labels.
@@ -89,13 +93,23 @@ class CovariateEffect:
     estimate: bool = True
     levels: tuple[str, ...] = ()              # known levels for categorical kinds
     frequencies: Mapping[str, float] | None = None
-    prior_sd: float | None = None             # None: the default of the kind (popkin.population.priors)
+    prior_sd: float | Mapping[str, float] | None = None   # None: the default of the kind;
+                                                          # expression: a table by coefficient
     impute: str | float | None = None         # continuous kinds: how to fill a missing value
     activities: Mapping[str, float] | None = None   # activity_score: allele -> activity value
+    expression: Any = None                    # expression: the parsed formula
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The data columns the effect reads: its covariate, or an expression's columns."""
+        return self.expression.columns if self.expression is not None else (self.covariate,)
 
     @property
     def names(self) -> list[str]:
-        """Names of the effect's values in fit summaries (``CL:WT``, ``CL:CYP3A5[*1/*1]``)."""
+        """Names of the effect's values in fit summaries (``CL:WT``, ``CL:CYP3A5[*1/*1]``,
+        ``CL:<coefficient>`` for an expression)."""
+        if self.kind == "expression":
+            return [f"{self.parameter}:{c}" for c in self.values]
         if self.kind in ("power", "linear", "exponential", "activity_score"):
             return [f"{self.parameter}:{self.covariate}"]
         if self.kind == "threshold":
@@ -442,6 +456,27 @@ class _Threshold:
     encode = staticmethod(_continuous_encode)
 
 
+@_register("expression")
+class _Expression:
+    """A multiplier written as a formula (:mod:`popkin.population.expression`)."""
+
+    @staticmethod
+    def parse(table, parameter, where):
+        from .expression import effect_fields     # the language builds on this module
+
+        return effect_fields(table, where)
+
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        # column: the encoded inputs, one row per subject
+        return effect.expression.evaluate(ops, column, values)
+
+    @staticmethod
+    def encode(effect, column, where):
+        # column: the columns the formula reads, one row per subject, indexed by subject ID
+        return effect.expression.encode(column, where=where, values=effect.values)
+
+
 _COMMON_KEYS = {"kind", "covariate", "reference", "estimate", "prior_sd"}
 _KIND_KEYS = {
     "power": {"exponent", "impute"}, "linear": {"coefficient", "impute"},
@@ -449,6 +484,7 @@ _KIND_KEYS = {
     "categorical": {"effects", "frequencies"}, "genotype": {"effects", "frequencies"},
     "alleles": {"effects", "frequencies"}, "activity_score": {"residual", "activities", "impute"},
     "threshold": {"below", "above", "factor", "impute"},
+    "expression": {"expression", "coefficients"},
 }
 CONTINUOUS_KINDS = ("power", "linear", "exponential", "activity_score", "threshold")
 LEVEL_KINDS = ("categorical", "genotype", "alleles")
@@ -465,7 +501,8 @@ def make_effect(table: Mapping, parameter: str, where: str) -> CovariateEffect:
                         f"{', '.join(covariate_kinds())}")
     cov = table.get("covariate")
     if not isinstance(cov, str) or not cov:
-        raise SpecError(f"{where}: missing key 'covariate' (the data column)")
+        raise SpecError(f"{where}: missing key 'covariate' (the data column; for an expression, "
+                        "the effect's label)")
     check_identifier(cov, where, "covariate")
     extra = set(table) - _COMMON_KEYS - _KIND_KEYS[kind]
     if extra:
@@ -475,7 +512,7 @@ def make_effect(table: Mapping, parameter: str, where: str) -> CovariateEffect:
     if not isinstance(estimate, bool):
         raise SpecError(f"{where}: estimate must be true or false")
     fields = _KINDS[kind].parse(table, parameter, where)
-    if "prior_sd" in table:
+    if "prior_sd" in table and "prior_sd" not in fields:     # an expression reads its own
         fields["prior_sd"] = _number(table, "prior_sd", where)
         if fields["prior_sd"] <= 0:
             raise SpecError(f"{where}: prior_sd must be positive")

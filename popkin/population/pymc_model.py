@@ -22,6 +22,9 @@ linear / exponential coef.   ``Normal(coefficient, 0.5 / |reference|)``         
 level or threshold factor,   ``LogNormal(log(factor), 0.5)`` (factor 1 when     ``prior_sd``
 activity                     the spec gives none)
 activity-score residual      ``logit(r) ~ Normal(logit(residual), 1)``          ``prior_sd``
+expression coefficient       ``Normal(value, 0.5)``                             ``prior_sd`` (a
+                                                                                number or a table
+                                                                                by coefficient)
 residual error ``sigma_*``   ``HalfNormal(s / 0.6745)``: prior median = spec    the spec's value
 genotype frequencies         spec values (fixed); ``Dirichlet(1, ...)`` when    ``frequencies``
 (only if some are missing)   the spec gives none
@@ -67,7 +70,8 @@ __all__ = ["PopulationModel", "build_pymc_model", "split_occasions", "SIGMA_MEDI
 
 SIGMA_MEDIAN_TO_SCALE = 1.0 / 0.6744897501960817     # HalfNormal(s) has median 0.6745 s
 DEFAULT_PRIOR_SD = {"power": 0.5, "linear": 0.5, "exponential": 0.5, "categorical": 0.5,
-                    "genotype": 0.5, "alleles": 0.5, "activity_score": 1.0, "threshold": 0.5}
+                    "genotype": 0.5, "alleles": 0.5, "activity_score": 1.0, "threshold": 0.5,
+                    "expression": 0.5}
 
 
 @dataclass(frozen=True)
@@ -470,6 +474,15 @@ def _effect_values(pm, pt, model, e: CovariateEffect, entries):
     """The effect's values: constants, or random variables named as in the summary."""
     if not e.estimate:
         return dict(e.values)
+    if e.kind == "expression":
+        # one Normal per coefficient, centred on its value in the spec
+        out = {}
+        for coefficient, value in e.values.items():
+            name = f"{e.parameter}:{coefficient}"
+            sd = (e.prior_sd or {}).get(coefficient, DEFAULT_PRIOR_SD["expression"])
+            out[coefficient] = pm.Normal(name, mu=value, sigma=sd)
+            entries.append(SummaryEntry(name, name))
+        return out
     sd = e.prior_sd or DEFAULT_PRIOR_SD[e.kind]
     name = e.names[0] if e.kind in CONTINUOUS_KINDS else f"{e.parameter}:{e.covariate}"
     if e.kind == "power":

@@ -14,6 +14,7 @@ from .phi import phi_derivative, pytensor_phi
 class NumpyOps:
     name = "numpy"
     exp = staticmethod(np.exp)
+    log = staticmethod(np.log)
     expm1 = staticmethod(np.expm1)
     softplus = staticmethod(lambda x: np.logaddexp(0.0, x))
     sqrt = staticmethod(np.sqrt)
@@ -52,6 +53,7 @@ class PyTensorOps:
 
         self.pt = pt
         self.exp, self.expm1, self.sqrt, self.softplus = pt.exp, pt.expm1, pt.sqrt, pt.softplus
+        self.log = pt.log
         self.abs, self.ceil, self.cos, self.arccos = pt.abs, pt.ceil, pt.cos, pt.arccos
         self.minimum, self.maximum, self.where = pt.minimum, pt.maximum, pt.switch
 
