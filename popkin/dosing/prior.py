@@ -312,17 +312,10 @@ def _check_factors(spec, p, factors) -> None:
 
 
 def _effect_draws(posterior, effect) -> list[dict] | None:
-    """Per draw, the effect's values (None when the effect is fixed)."""
-    if not effect.estimate:
+    """Per draw, the effect's values (None when the effect is fixed or has none)."""
+    if not effect.estimate or not effect.names:
         return None
-    if not effect.has_levels:
-        x = fit_draws.flat(posterior, effect.variable)
-        return [{effect.rules.value_key: float(v)} for v in x]
-    levels = list(effect.levels[1:])
-    if not levels:
-        return None
-    x = fit_draws.flat(posterior, effect.variable)
-    return [{lv: float(row[j]) for j, lv in enumerate(levels)} for row in x]
+    return effect.rules.posterior_values(effect, lambda var: fit_draws.flat(posterior, var))
 
 
 def fit_prior(fit, design, *, seed: int = 0) -> PopulationPrior:

@@ -19,12 +19,16 @@ threshold   ``factor`` below (or at/above) a cut-off, 1 otherwise, e.g.     belo
 activity_   ``r + (1 - r) * score / reference``: CYP2D6-style activity     residual, activities
 score       score (a number, or a diplotype scored with ``activities``);
             ``r`` is the fraction left at score 0 (other pathways)
+expression  a formula of covariate columns and coefficients, e.g.           expression,
+            ``exp(b * CRP / 59 * (CYP2C19 not in ['*2/*2']))``             coefficients
+            (:mod:`popkin.population.expression`); ``covariate`` labels it
 ========== ============================================================== =====================
 
 Every kind also takes ``estimate`` (false fixes the values), ``prior_sd`` (the prior SD of an
 estimated effect: on the value for ``power``/``linear``/``exponential``, on the log factor for
-levels, on the logit of ``residual``) and, for continuous kinds, ``impute`` (``"median"``,
-``"reference"`` or a number) to fill a missing value instead of rejecting it.
+levels, on the logit of ``residual``, on each coefficient of an expression) and, for
+continuous kinds, ``impute`` (``"median"``, ``"reference"`` or a number) to fill a missing
+value instead of rejecting it.
 
 Default prior SDs of estimated effects: 0.5 (on the exponent; on a linear or exponential
 coefficient 0.5 / ``|reference|``, or 0.5 when the reference is 0; on the log factor of a level
@@ -102,10 +106,17 @@ class CovariateEffect:
     estimate: bool = True
     levels: tuple[str, ...] = ()              # known levels for categorical kinds
     frequencies: Mapping[str, float] | None = None
-    prior_sd: float | None = None             # None: the default of the kind
+    prior_sd: float | Mapping[str, float] | None = None   # None: the default of the kind;
+                                                          # expression: a table by coefficient
     impute: str | float | None = None         # continuous kinds: how to fill a missing value
     activities: Mapping[str, float] | None = None   # activity_score: allele -> activity value
     open_levels: bool = False                 # level kinds: levels not listed, read from the data
+    expression: Any = None                    # expression: the parsed formula
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The data columns the effect reads: its covariate, or an expression's columns."""
+        return self.expression.columns if self.expression is not None else (self.covariate,)
 
     @property
     def rules(self) -> "_Kind":
@@ -209,6 +220,12 @@ class _Kind:
     @classmethod
     def prior_sd(cls, effect) -> float:
         return effect.sd
+
+    @classmethod
+    def posterior_values(cls, effect, read) -> list[dict]:
+        """Per posterior draw, the effect's values; ``read(variable)`` gives a variable's draws
+        with chains and draws merged."""
+        return [{cls.value_key: float(v)} for v in read(effect.variable)]
 
 
 _KINDS: dict[str, _Kind] = {}
@@ -462,6 +479,11 @@ class _Levels(_Kind):
                 for j, lv in enumerate(levels)]
         return {lv: factors[j] for j, lv in enumerate(levels)}, rows
 
+    @classmethod
+    def posterior_values(cls, effect, read):
+        levels = list(effect.levels[1:])
+        return [{lv: float(row[j]) for j, lv in enumerate(levels)} for row in read(effect.variable)]
+
     @staticmethod
     def combinations(levels) -> tuple[list, list[str]]:
         """Codes of every value a missing covariate may take, and their labels."""
@@ -674,6 +696,55 @@ class _Threshold(_Kind):
         return {"factor": factor}, [(name, name, (), ("log", centre, effect.sd))]
 
 
+@_register("expression")
+class _Expression(_Kind):
+    """A multiplier written as a formula (:mod:`popkin.population.expression`)."""
+
+    keys = frozenset({"expression", "coefficients"})
+
+    @staticmethod
+    def parse(table, parameter, where):
+        from .expression import effect_fields     # the language builds on this module
+
+        return effect_fields(table, where)
+
+    @staticmethod
+    def multiplier(effect, ops, column, values):
+        # column: the encoded inputs, one row per subject
+        return effect.expression.evaluate(ops, column, values)
+
+    @staticmethod
+    def encode(effect, column, where):
+        # column: the columns the formula reads, one row per subject, indexed by subject ID
+        return effect.expression.encode(column, where=where, values=effect.values)
+
+    @staticmethod
+    def missing(encoded):
+        # encoding refuses a missing input, so an encoded expression misses nothing
+        return np.zeros(len(encoded), dtype=bool)
+
+    @classmethod
+    def names(cls, effect):
+        return [f"{effect.parameter}:{c}" for c in effect.values]
+
+    @classmethod
+    def prior(cls, pm, effect, name):
+        # one Normal per coefficient, centred on its value in the spec
+        values, rows = {}, []
+        for coefficient, value in effect.values.items():
+            row = f"{effect.parameter}:{coefficient}"
+            sd = (effect.prior_sd or {}).get(coefficient, cls.default_prior_sd)
+            values[coefficient] = pm.Normal(row, mu=value, sigma=sd)
+            rows.append((row, row, (), ("linear", value, sd)))
+        return values, rows
+
+    @classmethod
+    def posterior_values(cls, effect, read):
+        draws = {c: read(f"{effect.parameter}:{c}") for c in effect.values}
+        n = len(next(iter(draws.values())))
+        return [{c: float(v[i]) for c, v in draws.items()} for i in range(n)]
+
+
 _COMMON_KEYS = {"kind", "covariate", "reference", "estimate", "prior_sd"}
 
 
@@ -688,7 +759,8 @@ def make_effect(table: Mapping, parameter: str, where: str) -> CovariateEffect:
                         f"{', '.join(covariate_kinds())}")
     cov = table.get("covariate")
     if not isinstance(cov, str) or not cov:
-        raise SpecError(f"{where}: missing key 'covariate' (the data column)")
+        raise SpecError(f"{where}: missing key 'covariate' (the data column; for an expression, "
+                        "the effect's label)")
     check_identifier(cov, where, "covariate")
     rules = _KINDS[kind]
     extra = set(table) - _COMMON_KEYS - rules.keys
@@ -703,7 +775,7 @@ def make_effect(table: Mapping, parameter: str, where: str) -> CovariateEffect:
         raise SpecError(f"{where}: a {kind} effect without effects = {{...}} takes its levels "
                         "from the data with factor 1; estimate = false would fix them all at 1 "
                         "(no effect): list the factors, or drop estimate = false")
-    if "prior_sd" in table:
+    if "prior_sd" in table and "prior_sd" not in fields:     # an expression reads its own
         fields["prior_sd"] = _number(table, "prior_sd", where)
         if fields["prior_sd"] <= 0:
             raise SpecError(f"{where}: prior_sd must be positive")

@@ -21,7 +21,8 @@ between-subject SD           ``HalfNormal(iiv)`` (``iiv`` is its scale)         
 ``omega_P``
 between-occasion SD          ``HalfNormal(iov)``                                ``iov``
 correlation (block Omega)    ``LKJ(eta = 2)``                                   ``[model] omega``
-covariate effects            the kind's prior (:mod:`popkin.population.covariates`) ``prior_sd``
+covariate effects            the kind's prior (:mod:`popkin.population.covariates`; ``prior_sd``
+                             an expression's coefficients ``Normal(value, 0.5)``)
 residual error ``sigma_*``   ``HalfNormal(s / 0.6745)``: prior median = spec    the spec's value
                              value (scaled to the data for an additive SD
                              without one: :mod:`popkin.population.error`)

@@ -51,6 +51,7 @@ from ..structural import Structure, get_structure
 from ..structural.backend import NumpyOps
 from .covariates import CovariateEffect, SpecError, check_identifier, check_label, make_effect
 from .error import ErrorModel
+from .expression import ExpressionDataError
 from .individual import distribution, distributions, subject_parameters
 from .names import Names
 
@@ -157,7 +158,8 @@ class ModelSpec:
 
     @property
     def covariate_columns(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(e.covariate for p in self.parameters for e in p.covariates))
+        return tuple(dict.fromkeys(c for p in self.parameters for e in p.covariates
+                                   for c in e.columns))
 
     @property
     def output_scale(self) -> tuple[float, ...]:
@@ -212,6 +214,8 @@ class ModelSpec:
                          if t["covariate"] == covariate)
             if effect.has_levels:
                 table["effects"] = {**table.get("effects", {}), **_plain(values)}
+            elif effect.kind == "expression":
+                table["coefficients"] = {**table.get("coefficients", {}), **_plain(values)}
             else:
                 table.update(_plain(values))
         return self._edited(edit)
@@ -242,7 +246,8 @@ class ModelSpec:
         """Encoded covariate values per subject for every effect, keyed ``(parameter, covariate)``.
 
         Missing values stay marked (NaN for continuous, -1 for levels) for the caller to
-        marginalise, impute or reject.
+        marginalise, impute or reject; an expression effect (one row per subject, one column
+        per input of its formula) rejects them here.
         """
         data.require_covariates(self.covariate_columns, needed_by=f"model {self.name!r}")
         base = data.baseline(self.covariate_columns)
@@ -250,6 +255,9 @@ class ModelSpec:
         for p in self.parameters:
             for e in p.covariates:
                 where = f"{self.source}: [parameters.{p.name}] {e.kind} effect of {e.covariate}"
+                if e.expression is not None:
+                    design[(p.name, e.covariate)] = _expression_design(e, base, data, where)
+                    continue
                 if not e.rules.labelled:
                     _require_numbers(base[e.covariate], e, data)
                 try:
@@ -283,6 +291,21 @@ class ModelSpec:
         """Parameters per subject at the spec's values, with the random effects ``random``
         (``eta``, or ``eta + kappa``, by parameter): :func:`~popkin.population.individual.subject_parameters`."""
         return subject_parameters(self, design, ops=ops, random=random)
+
+
+def _expression_design(effect: CovariateEffect, base: pd.DataFrame, data: Dataset,
+                       where: str) -> np.ndarray:
+    """The inputs of an expression effect; a coefficient that is also a data column is an
+    error (the formula would read the coefficient where its author may mean the column)."""
+    both = [c for c in effect.values if c in data.records.columns]
+    if both:
+        raise SpecError(f"{where}: {both[0]} is both a coefficient of the expression and a column "
+                        "of the data; rename the coefficient (e.g. beta_" + both[0] + ")")
+    try:
+        return effect.encode(base[list(effect.columns)], where=where)
+    except ExpressionDataError as exc:
+        raise DatasetError([Problem(str(exc), subject=exc.subject, column=exc.column)],
+                           data.source) from None
 
 
 def _impute(values: np.ndarray, effect: CovariateEffect) -> np.ndarray:
@@ -382,6 +405,7 @@ def _parse(text: str, source: str) -> ModelSpec:
             raise SpecError(f"{where}: structure {structure.name!r} has no parameter {pname!r} "
                             f"(its parameters: {', '.join(allowed)})")
         parameters.append(_parameter(pname, table, where))
+    _check_expression_labels(parameters, source)
     for pair in (("F", "F1"), ("ALAG", "ALAG1")):
         if all(name in params_doc for name in pair):
             raise SpecError(f"{source}: [parameters]: {pair[0]} and {pair[1]} both act on doses "
@@ -576,6 +600,11 @@ def _parameter(pname, table, where) -> ParameterSpec:
         if e.covariate in seen:
             raise SpecError(f"{where}: two effects of covariate {e.covariate!r}")
         seen.add(e.covariate)
+    names = [n for e in effects for n in e.names]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise SpecError(f"{where}: two effects are named {twice} in fit summaries; rename the "
+                        "expression's coefficient")
     return ParameterSpec(pname, float(typical), float(iiv), effects, centered, float(typical_sd),
                          float(iov), None if rse is None else float(rse), dist)
 
@@ -583,6 +612,19 @@ def _parameter(pname, table, where) -> ParameterSpec:
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:50] + "..."
+
+
+def _check_expression_labels(parameters, source) -> None:
+    """An expression's label is not a column that another kind of effect reads: the design and
+    the marginalisation of missing levels know an effect by its label."""
+    read = {c for p in parameters for e in p.covariates if e.kind != "expression"
+            for c in e.columns}
+    for p in parameters:
+        for i, e in enumerate(p.covariates):
+            if e.kind == "expression" and e.covariate in read:
+                raise SpecError(f"{source}: [parameters.{p.name}].covariates[{i}]: the label "
+                                f"{e.covariate!r} of the expression is a column that another "
+                                "effect reads; give the expression another label")
 
 
 def _errors(doc, structure, source) -> tuple[ErrorModel, ...]:
