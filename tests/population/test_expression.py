@@ -538,10 +538,9 @@ def test_a_map_fit_estimates_and_checks_the_coefficients():
     for name, true in (("CL:beta", -0.3), ("CL:gamma", -0.5)):
         row = summary.loc[name]
         assert abs(row["mean"] - true) < 2.5 * row["sd"], (name, row["mean"], row["sd"])
-    from popkin.inference.fit import _prior_centres
-
-    assert _prior_centres(spec)["CL:beta"] == ("linear", -0.2, 0.5)
-    assert _prior_centres(spec)["CL:gamma"] == ("linear", -0.4, 0.3)
+    priors = {e.name: e.prior for e in fitted.model.entries}
+    assert priors["CL:beta"] == ("linear", -0.2, 0.5)
+    assert priors["CL:gamma"] == ("linear", -0.4, 0.3)
 
 
 def test_a_population_fit_prior_uses_the_coefficient_draws():
