@@ -126,10 +126,10 @@ class _LogNormal(Distribution):
         return ops.exp(x)
 
     def scaled_typical(self, ops, typical, factors):
-        x = ops.log(typical)
+        total = 0.0
         for factor in factors:
-            x = x + ops.log(factor)
-        return x
+            total = total + ops.log(factor)
+        return ops.log(typical) + total
 
     # written as products, as they always were: the same floating-point results
     def with_random(self, ops, adjusted, random):

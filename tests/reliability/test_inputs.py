@@ -328,7 +328,9 @@ def test_map_estimate_far_from_its_prior_is_flagged():
     from popkin.population.pymc_model import SummaryEntry
 
     spec = load_model("theophylline")
-    built = SimpleNamespace(entries=[SummaryEntry("V", "V"), SummaryEntry("CL", "CL")])
+    built = SimpleNamespace(entries=[
+        SummaryEntry(name, name, prior=("log", np.log(spec.parameter(name).typical),
+                                         spec.parameter(name).typical_sd)) for name in ("V", "CL")])
 
     def idata(v, cl, gradient):
         post = {"V": np.full((1, 20), v), "CL": np.full((1, 20), cl)}
