@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 import sympy as sp
 
+from .._formula import continues_chain, operator_chain, operator_group
 from .._names import identifier_problem
 from .structure import OdeStructure
 from .system import RESERVED, TIME, OdeSystem
@@ -61,8 +62,6 @@ MAX_DEPTH = 100                     # nesting (a chain a + b + c ... counts once
 MAX_EXPONENT = 100                  # |n| of a numeric exponent x ** n
 MAX_MAGNITUDE = 1e300               # |value| of any number, literal or computed
 _EXACT = 10_000                     # larger whole numbers are kept as floating point
-_ADDITIVE = (ast.Add, ast.Sub)
-_MULTIPLICATIVE = (ast.Mult, ast.Div)
 
 
 class OdeSpecError(ValueError):
@@ -116,30 +115,8 @@ def _check_size(root, where, text):
             raise OdeSpecError(f"{where}: the expression is nested more than {MAX_DEPTH} levels "
                                f"deep in {text!r}")
         for child in ast.iter_child_nodes(node):
-            same_chain = (isinstance(node, ast.BinOp) and child is node.left
-                          and isinstance(child, ast.BinOp)
-                          and _group(child.op) is not None and _group(child.op) == _group(node.op))
+            same_chain = continues_chain(node, child)
             stack.append((child, depth if same_chain else depth + 1))
-
-
-def _group(op):
-    if isinstance(op, _ADDITIVE):
-        return "additive"
-    if isinstance(op, _MULTIPLICATIVE):
-        return "multiplicative"
-    return None
-
-
-def _chain(node):
-    """``a + b - c`` -> ``[(Add, a), (Add, b), (Sub, c)]``, walking the left spine without
-    recursion (a long sum is one level, not one per term)."""
-    group = _group(node.op)
-    items = []
-    while isinstance(node, ast.BinOp) and _group(node.op) == group:
-        items.append((type(node.op), node.right))
-        node = node.left
-    items.append((ast.Add if group == "additive" else ast.Mult, node))
-    return items[::-1]
 
 
 def _translate(node, allowed, where, text):
@@ -208,11 +185,11 @@ def _translate(node, allowed, where, text):
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         inner = _translate(node.operand, allowed, where, text)
         return checked(-inner) if isinstance(node.op, ast.USub) else inner
-    if isinstance(node, ast.BinOp) and _group(node.op) == "additive":
-        terms = [(op, _translate(operand, allowed, where, text)) for op, operand in _chain(node)]
+    if isinstance(node, ast.BinOp) and operator_group(node.op) == "additive":
+        terms = [(op, _translate(operand, allowed, where, text)) for op, operand in operator_chain(node)]
         return checked(sp.Add(*(v if op is ast.Add else -v for op, v in terms)))
-    if isinstance(node, ast.BinOp) and _group(node.op) == "multiplicative":
-        factors = [(op, _translate(operand, allowed, where, text)) for op, operand in _chain(node)]
+    if isinstance(node, ast.BinOp) and operator_group(node.op) == "multiplicative":
+        factors = [(op, _translate(operand, allowed, where, text)) for op, operand in operator_chain(node)]
         return checked(sp.Mul(*(v if op is ast.Mult else power(v, sp.Integer(-1))
                                 for op, v in factors)))
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):

@@ -76,6 +76,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from .._formula import continues_chain, operator_chain, operator_group
 from .._names import identifier_problem, label_problem
 from ..data.schema import CENSORING_FLAG_ALIASES, STANDARD_COLUMNS
 from ..structural.backend import NumpyOps
@@ -97,8 +98,6 @@ _RECORD_COLUMNS = frozenset(STANDARD_COLUMNS) | frozenset(CENSORING_FLAG_ALIASES
 _NOT_FINITE = frozenset({"inf", "infinity", "nan"})
 _COMPARISONS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==",
                 ast.NotEq: "!="}
-_ADDITIVE = (ast.Add, ast.Sub)
-_MULTIPLICATIVE = (ast.Mult, ast.Div)
 _OPERATORS = {ast.Mod: "%", ast.FloorDiv: "//", ast.MatMult: "@", ast.BitAnd: "&",
               ast.BitOr: "|", ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>"}
 _NOT_ALLOWED = {
@@ -320,26 +319,6 @@ def _cut(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 15] + " ... " + text[-10:]
 
 
-def _group(op):
-    if isinstance(op, _ADDITIVE):
-        return "additive"
-    if isinstance(op, _MULTIPLICATIVE):
-        return "multiplicative"
-    return None
-
-
-def _chain(node):
-    """``a + b - c`` -> ``[(Add, a), (Add, b), (Sub, c)]``, walking the left spine without
-    recursion (a long sum is one level, not one per term)."""
-    group = _group(node.op)
-    items = []
-    while isinstance(node, ast.BinOp) and _group(node.op) == group:
-        items.append((type(node.op), node.right))
-        node = node.left
-    items.append((ast.Add if group == "additive" else ast.Mult, node))
-    return items[::-1]
-
-
 def _check_size(root, where, shown) -> None:
     """Bounds on the tree before it is read: the reader recurses once per level."""
     nodes = 0
@@ -355,9 +334,7 @@ def _check_size(root, where, shown) -> None:
             raise SpecError(f"{where}: expression {shown!r} is nested more than {MAX_DEPTH} "
                             "levels deep")
         for child in ast.iter_child_nodes(node):
-            same_chain = (isinstance(node, ast.BinOp) and child is node.left
-                          and isinstance(child, ast.BinOp)
-                          and _group(child.op) is not None and _group(child.op) == _group(node.op))
+            same_chain = continues_chain(node, child)
             stack.append((child, depth if same_chain else depth + 1))
 
 
@@ -436,9 +413,9 @@ class _Reader:
         return node.id
 
     def arithmetic(self, node):
-        group = _group(node.op)
+        group = operator_group(node.op)
         if group is not None:
-            items = tuple((op, self.read(operand)[0]) for op, operand in _chain(node))
+            items = tuple((op, self.read(operand)[0]) for op, operand in operator_chain(node))
             if group == "additive":
                 return ("sum", tuple((1 if op is ast.Add else -1, tree) for op, tree in items))
             return ("product", tuple((op is ast.Div, tree) for op, tree in items))
