@@ -11,4 +11,4 @@ from .population import load_model
 from .simulation import simulate
 
 __all__ = ["Fit", "fit", "load_model", "read_dataset", "simulate"]
-__version__ = "0.2.1"
+__version__ = "0.3.0"
