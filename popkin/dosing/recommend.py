@@ -519,9 +519,12 @@ def recommend(
     spec.check_time_constant(data)
     if fit is None:
         spec = spec.resolved(data, scales=False)
-    _check_occasions(spec, data)
     design = patient_covariates(spec, data)
     data, flags = _flag_early_levels(data)
+    own_draws = fit is not None and _same_patient(fit, data, patient_id)
+    if not own_draws:
+        # the patient model has one occasion; a patient of the fit has draws for each of its own
+        _check_occasions(spec, data)
     flags = _range_flags(spec, fit, data) + flags
     current = rg.current_regimen(spec, data)
     loads = () if loading_dose is None else tuple(np.atleast_1d(np.asarray(loading_dose, float)))
@@ -569,7 +572,7 @@ def recommend(
               for c in components]
     events = build_event_table(data, spec.structure, points="observations")
     flags.extend(_implausible_levels(spec, data, events, priors, seed))
-    if fit is not None and _same_patient(fit, data, patient_id):
+    if own_draws:
         posterior = _fit_draws(fit, patient_id, draws, seed, occasion)
         source = "fit draws"
     else:
