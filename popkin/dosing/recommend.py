@@ -763,7 +763,8 @@ def _check_occasions(spec: ModelSpec, data: Dataset) -> None:
     if len(values) > 1:
         raise DatasetError([Problem(
             f"the patient's records span {len(values)} occasions (OCC "
-            f"{', '.join(map(str, values[:5]))}); a recommendation from a model with "
+            f"{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values[:5])}); "
+            "a recommendation from a model with "
             "between-occasion variability estimates the current occasion's effect from its "
             "levels: give the records of the current occasion (its doses and levels)",
             column="OCC")], data.source)
