@@ -156,7 +156,7 @@ def _build(spec: ModelSpec, prior: PopulationPrior, groups, capacities, n_points
                 value = value + eta[prior.random.index(name)]
             if name in prior.occasion:
                 value = value + kappa[prior.occasion.index(name)]
-            params[name] = prior._rules(i).from_scale(ops, value)
+            params[name] = prior.rules(i).from_scale(ops, value)
         sigmas = {s: pt.exp(theta[n_par + k + m + j]) for j, s in enumerate(prior.sigmas)}
         dv = data("obs_dv", np.zeros(n_points_cap))
         observed = data("obs_mask", np.zeros(n_points_cap, dtype=bool))

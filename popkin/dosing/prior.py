@@ -93,12 +93,13 @@ class PopulationPrior:
     def size(self) -> int:
         return len(self.names)
 
-    def _rules(self, i):
+    def rules(self, i):
+        """The distribution of parameter ``i`` (:mod:`popkin.population.individual`)."""
         return distribution(self.distributions[i] if self.distributions else "lognormal")
 
     def typical(self) -> dict[str, float]:
         """The patient's typical values at the centre of the population uncertainty."""
-        return {p: float(self._rules(i).from_scale(NumpyOps, self.mu[i]))
+        return {p: float(self.rules(i).from_scale(NumpyOps, self.mu[i]))
                 for i, p in enumerate(self.parameters)}
 
     def split(self, theta: np.ndarray):
@@ -123,7 +124,7 @@ class PopulationPrior:
             if z_occasion is not None and p in self.occasion:
                 j = self.occasion.index(p)
                 value = value + np.exp(log_omega_occ[:, j]) * z_occasion[:, j]
-            out[p] = self._rules(i).from_scale(NumpyOps, value)
+            out[p] = self.rules(i).from_scale(NumpyOps, value)
         return out
 
     def patient(self, u: np.ndarray, z: np.ndarray, occasion: str = "current",

@@ -58,12 +58,13 @@ class SubjectDraws:
 
     def typical(self, d: int) -> dict[str, np.ndarray]:
         """Draw ``d``'s typical values per unit, each subject's covariates included."""
-        return {p.name: self.typical_of(p, self._value[p.name][d], d) for p in self.spec.parameters}
-
-    def typical_of(self, p, value, d):
-        if p.name not in self._eta:
-            return value
-        return p.rules.without_random(NumpyOps, value, self._eta[p.name][d])
+        out = {}
+        for p in self.spec.parameters:
+            value = self._value[p.name][d]
+            if p.name in self._eta:
+                value = p.rules.without_random(NumpyOps, value, self._eta[p.name][d])
+            out[p.name] = value
+        return out
 
     def typical_all(self) -> dict[str, np.ndarray]:
         """``(draw, unit)`` typical values of every picked draw."""

@@ -168,8 +168,19 @@ class CovariateEffect:
             return self
         found = self.rules.labels_in(labels)
         extra = sorted(set(found) - set(self.levels), key=_level_order)
+        for level in extra:
+            check_label(level, f"column {self.covariate}", "level")
+        if len(extra) + 1 > MAX_DATA_LEVELS:
+            raise SpecError(f"column {self.covariate} holds {len(extra) + 1} levels, more than "
+                            f"the {MAX_DATA_LEVELS} a {self.kind} effect estimates from the data "
+                            "(one factor each); is it the right column? List the levels in "
+                            "effects = {...}, or group them")
         return replace(self, levels=(*self.levels, *extra), open_levels=False,
                        values=MappingProxyType({**self.values, **{lv: 1.0 for lv in extra}}))
+
+
+#: most levels a level effect without ``effects`` takes from the data (a factor each)
+MAX_DATA_LEVELS = 100
 
 
 # -- kinds --------------------------------------------------------------------------------

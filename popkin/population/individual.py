@@ -243,17 +243,6 @@ def subject_parameters(spec, design: Mapping, *, ops=NumpyOps, typical: Mapping 
     return out
 
 
-def random_effect_sum(*parts):
-    """``eta + kappa`` where either may be missing (None)."""
-    present = [x for x in parts if x is not None]
-    if not present:
-        return None
-    total = present[0]
-    for x in present[1:]:
-        total = total + x
-    return total
-
-
 def as_array(value, n: int) -> np.ndarray:
     """A per-subject numpy array of ``value`` (a scalar typical value becomes n copies)."""
     return np.broadcast_to(np.asarray(value, dtype=float), (n,)).copy()

@@ -49,11 +49,6 @@ class Names:
         return parameter
 
     @staticmethod
-    def typical_free(parameter: str) -> str:
-        """The free variable behind a typical value whose prior is not log-normal."""
-        return f"{parameter}_typical"
-
-    @staticmethod
     def omega(parameter: str) -> str:
         return f"omega_{parameter}"
 

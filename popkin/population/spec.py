@@ -139,9 +139,12 @@ class ModelSpec:
         if any(e.open_levels for e in self.effects()):
             data.require_covariates(self.covariate_columns, needed_by=f"model {self.name!r}")
             base = data.baseline(self.covariate_columns)
-            parameters = tuple(replace(p, covariates=tuple(
-                e.with_levels(base[e.covariate].to_numpy(object)) for e in p.covariates))
-                for p in self.parameters)
+            try:
+                parameters = tuple(replace(p, covariates=tuple(
+                    e.with_levels(base[e.covariate].to_numpy(object)) for e in p.covariates))
+                    for p in self.parameters)
+            except SpecError as exc:
+                raise DatasetError([Problem(str(exc))], data.source) from None
         errors = self.errors
         if scales and any(err.from_data for err in errors):
             obs = data.observations

@@ -233,3 +233,13 @@ def test_the_design_contract_allele_example_as_written():
     built = build_pymc_model(spec, popkin.read_dataset(frame))
     rows = [e.name for e in built.entries]
     assert "CL:CYP2C9[*2]" in rows and "CL:CYP2C9[*3]" in rows
+
+
+def test_levels_read_from_the_data_are_checked():
+    spec = popkin.load_model(GENOTYPE_SPEC.replace('model = "additive"', 'model = "additive"\nsigma_add = 0.1'))
+    hostile = _design(["*1/*3", "a\nb"], ["M", "F"], dv=1.0)
+    with pytest.raises(DatasetError, match="column CYP3A5: level 'a\\\\nb' holds the character"):
+        build_pymc_model(spec, popkin.read_dataset(hostile))
+    many = _design([f"L{i}" for i in range(150)], ["M"] * 150, dv=1.0)
+    with pytest.raises(DatasetError, match="holds 151 levels, more than the 100"):
+        build_pymc_model(spec, popkin.read_dataset(many))
