@@ -23,7 +23,7 @@ import math
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -139,7 +139,7 @@ def fit(
             raise ValueError(f"{name} must be at least 1, not {value}")
     if int(tune) < 0:
         raise ValueError(f"tune must be >= 0, not {tune}")
-    spec: ModelSpec = load_model(model)
+    spec: ModelSpec = _fit_tolerances(load_model(model))
     dataset = data if isinstance(data, Dataset) else read_dataset(data)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**31))
@@ -171,6 +171,16 @@ def fit(
     for message in result.warnings:
         warnings.warn(message, stacklevel=2)
     return result
+
+
+def _fit_tolerances(spec: ModelSpec) -> ModelSpec:
+    """An ODE structure is fitted at :data:`popkin.ode.solver.FIT_TOLERANCES` (rtol = atol =
+    1e-6) unless the spec's ``[solver]`` sets its own options."""
+    if spec.solver or not hasattr(spec.structure, "with_options"):
+        return spec
+    from ..ode.solver import FIT_TOLERANCES
+
+    return replace(spec, structure=spec.structure.with_options(**FIT_TOLERANCES))
 
 
 def clear_compile_cache() -> None:

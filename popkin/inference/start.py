@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -72,6 +74,8 @@ FINE_STEPS = 6           # ... up to this many more Newton steps
 FINE_GAIN = 1e-3         # ... while the expansion promises more than this (the masses of the
                          # two mirror modes of the study's flip-flop case then agree to 0.3)
 _FD_STEP = 1e-4
+SLOW_EVALUATION = 5e-4   # seconds: a density this slow is evaluated on every core (_Threads)
+MAX_THREADS = 8
 
 
 @dataclass
@@ -103,7 +107,8 @@ class StartReport:
                "popkin_start_modes": int(self.distinct_modes),
                "popkin_start_remote": int(self.remote),
                "popkin_start_optima": [float(v) for v in self.end_logps],
-               "popkin_start_seconds": round(float(self.seconds), 3)}
+               "popkin_start_seconds": round(float(self.seconds), 3),
+               "popkin_start_evaluations": int(self.evaluations)}
         if self.strategy == "modes":
             out.update({"popkin_start_optima_logp": [float(v) for v in self.optima_logps],
                         "popkin_start_compared": self.compared,
@@ -115,7 +120,8 @@ class StartReport:
 
 class _LogDensity:
     """The compiled model's log density and gradient as a Python callable (ctypes, which
-    releases the GIL during the call; one instance per thread)."""
+    releases the GIL during the call; one instance per thread). ``many`` evaluates several
+    points, on several threads when it pays (:class:`_Threads`)."""
 
     def __init__(self, compiled):
         self.n = int(compiled.n_dim)
@@ -127,6 +133,18 @@ class _LogDensity:
         self._dptr = ctypes.POINTER(ctypes.c_double)
         self.calls = 0
 
+    @property
+    def total_calls(self) -> int:
+        """Evaluations here and on this density's threads."""
+        threads = _Threads.of(self)
+        return self.calls + (threads.calls if threads is not None else 0)
+
+    def many(self, points) -> list[tuple[float, np.ndarray]]:
+        threads = _Threads.of(self)
+        if threads is None:
+            return [self(x) for x in points]
+        return threads.map(lambda logp, x: logp(x), points)
+
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         x = np.ascontiguousarray(x, dtype=float)
         self.calls += 1
@@ -136,6 +154,61 @@ class _LogDensity:
         if code != 0 or not np.isfinite(value):
             return -np.inf, np.zeros(self.n)
         return value, self._grad.copy()
+
+
+class _Threads:
+    """Independent evaluations of a slow density on every core.
+
+    The compiled log density releases the GIL, but L-BFGS-B and the differences around it are
+    Python: for a closed-form model (tens of microseconds an evaluation) threads only contend
+    for the GIL, while an ODE model's evaluation (milliseconds) runs for hundreds of times
+    longer than the Python around it. So threads are used when one evaluation takes longer than
+    ``SLOW_EVALUATION`` seconds; each thread has its own :class:`_LogDensity` (its own buffers),
+    and the work and its results do not depend on which thread runs what.
+    """
+
+    _BY_DENSITY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    def __init__(self, compiled, workers: int):
+        self.compiled = compiled
+        self.workers = workers
+        self._local = threading.local()
+        self.densities: list[_LogDensity] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, logp: "_LogDensity") -> "_Threads | None":
+        return cls._BY_DENSITY.get(logp)
+
+    @classmethod
+    def attach(cls, logp: "_LogDensity", x: np.ndarray) -> None:
+        """Time one evaluation of ``logp`` at ``x``; when it is slow and there are several cores,
+        later ``logp.many`` calls run on threads."""
+        workers = min(os.cpu_count() or 1, MAX_THREADS)
+        began = time.perf_counter()
+        logp(x)
+        if workers > 1 and time.perf_counter() - began > SLOW_EVALUATION:
+            cls._BY_DENSITY[logp] = cls(logp._keep, workers)
+
+    def _density(self) -> "_LogDensity":
+        density = getattr(self._local, "density", None)
+        if density is None:
+            density = _LogDensity(self.compiled)
+            self._local.density = density
+            with self._lock:
+                self.densities.append(density)
+        return density
+
+    def map(self, work, items) -> list:
+        """``[work(logp, item) for item in items]``, ``logp`` the calling thread's density."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(lambda item: work(self._density(), item), items))
+
+    @property
+    def calls(self) -> int:
+        return sum(d.calls for d in self.densities)
 
 
 def _slices(compiled, names) -> list[slice]:
@@ -186,11 +259,15 @@ def _conditional_sds(logp: _LogDensity, x: np.ndarray, coords: np.ndarray) -> np
     """1/sqrt(-H_ii) at ``x`` for the coordinates ``coords`` (central differences of the
     gradient), capped at 1; 1 where the curvature is not negative."""
     sds = np.ones(len(coords))
-    for k, i in enumerate(coords):
+    points = []
+    for i in coords:
         up, down = x.copy(), x.copy()
         up[i] += _FD_STEP
         down[i] -= _FD_STEP
-        (vu, gu), (vd, gd) = logp(up), logp(down)
+        points += [up, down]
+    values = logp.many(points)
+    for k, i in enumerate(coords):
+        (vu, gu), (vd, gd) = values[2 * k], values[2 * k + 1]
         if not (np.isfinite(vu) and np.isfinite(vd)):
             continue
         curvature = (gu[i] - gd[i]) / (2 * _FD_STEP)
@@ -233,12 +310,16 @@ def _search_starts(compiled, model, seed: int, searches: int, coords: np.ndarray
 
 
 def _run_searches(compiled, starts, free, max_iter) -> tuple[list, int]:
-    """Every search, one after the other (threads gain nothing: L-BFGS-B's Python objective
-    holds the GIL longer than the compiled log density runs); (end point, logp) per start and
-    the number of evaluations."""
+    """Every search: one after the other for a fast density, on every core for a slow one
+    (:class:`_Threads`); (end point, logp) per start and the number of evaluations."""
     logp = _LogDensity(compiled)
-    ends = [_search(logp, x0, free, max_iter) for x0 in starts]
-    return ends, logp.calls
+    _Threads.attach(logp, starts[0])
+    threads = _Threads.of(logp)
+    if threads is None:
+        ends = [_search(logp, x0, free, max_iter) for x0 in starts]
+        return ends, logp.calls
+    ends = threads.map(lambda density, x0: _search(density, x0, free, max_iter), starts)
+    return ends, logp.total_calls
 
 
 def _separate(points: list[np.ndarray], coords: np.ndarray) -> list[int]:
@@ -301,8 +382,9 @@ def optimised_start(compiled, model, *, seed: int, searches: int, jitter_names: 
     close = [ends[k][0] for k in finite if ends[k][1] >= report.anchor_logp - MODES_WITHIN]
     report.distinct_modes = len(_separate(close, coords))
     logp = _LogDensity(compiled)
+    _Threads.attach(logp, anchor)
     sds = _conditional_sds(logp, anchor, coords)
-    report.evaluations += logp.calls
+    report.evaluations += logp.total_calls
     report.used = True
     report.seconds = time.perf_counter() - began
     return (dataclasses.replace(compiled, initial_point_func=_jittered([(anchor, sds)], coords)),
@@ -338,6 +420,7 @@ def mode_start(compiled, model, *, seed: int, searches: int, jitter_names: set[s
                 if v >= report.anchor_logp - REMOTE][:MAX_MODES]
     report.used = True
     logp = _LogDensity(compiled)
+    _Threads.attach(logp, explored[0])
     if len(explored) == 1:
         chosen = explored
     elif np.count_nonzero(free) > MAX_LAPLACE_DIM:
@@ -403,7 +486,7 @@ def mode_start(compiled, model, *, seed: int, searches: int, jitter_names: set[s
         chosen = [explored[k] for k in comparable]
     chosen = [_typical_scale(compiled, x, rescale) for x in chosen]
     jitters = [(x, _conditional_sds(logp, x, coords)) for x in chosen]
-    report.evaluations += logp.calls
+    report.evaluations += logp.total_calls
     report.seconds = time.perf_counter() - began
     return dataclasses.replace(compiled, initial_point_func=_jittered(jitters, coords)), report
 
@@ -442,10 +525,12 @@ def _hessian(logp: _LogDensity, x: np.ndarray, coords: np.ndarray):
     if not np.isfinite(value):
         return None
     hessian = np.empty((len(coords), len(coords)))
-    for row, i in enumerate(coords):
+    points = []
+    for i in coords:
         up = x.copy()
         up[i] += _FD_STEP
-        moved, g = logp(up)
+        points.append(up)
+    for row, (moved, g) in enumerate(logp.many(points)):
         if not np.isfinite(moved):
             return None
         hessian[row] = (g[coords] - grad[coords]) / _FD_STEP

@@ -5,6 +5,8 @@ system is not stiff, and by CVODES (BDF, dense Newton) from the moment it is, or
 with ``method="bdf"``; CVODES is created only when a solve needs it. The periods that the
 steady-state Newton iteration integrates are solved the same way. Both integrators integrate
 the states and their forward sensitivities as one system, through the same right-hand side.
+On the explicit path, states whose equation is ``-a(p) y`` (a first-order depot) are not
+integrated at all but computed exactly between events (see "exact exponential states" below).
 
 Everything here is numba nopython code and is cached on disk (``cache=True``). It does not
 depend on the model: the model's right-hand side, Jacobian, parameter derivatives, initial
@@ -147,24 +149,219 @@ _call_i_udu_u_i = _foreign(_i, _u, _d, _u, _u, _i)   # CVode
 # a Jacobian buffer (n*n), a dfdp buffer (n*P); N_VGetArrayPointer; SUNDenseMatrix_Data.
 _UD_RHS, _UD_JAC, _UD_DFDP, _UD_N, _UD_P, _UD_NS, _UD_PARAMS, _UD_RATES, _UD_DRATE_DF = range(9)
 _UD_CODES, _UD_JBUF, _UD_PBUF, _UD_NV_DATA, _UD_MAT_DATA = range(9, 14)
-_UD_SIZE = 14
+# the explicit integrator's exact exponential states (see _exponential_rhs): their number (0: none),
+# the address of the state indices (integrated ones first, then the exponential ones) and of the
+# float block (_X_* layout)
+_UD_NEXP, _UD_XIDX, _UD_XBLOCK = range(14, 17)
+_UD_SIZE = 17
+
+
+# ---------------------------------------------------------------------------------------------
+# exact exponential states
+#
+# A state whose right-hand side is -a(p) y_i plus its dose input (a depot of first-order
+# absorption, a one-compartment central state) is solved exactly between events,
+#   y_i(t0 + tau) = y_i(t0) exp(-a tau) + r phi(tau),     phi = (1 - exp(-a tau)) / a,
+# with its sensitivities (the derivative in a is -tau y0 exp(-a tau) + r d phi / d a), and the
+# explicit integrator steps only the other states, which read it as a known function of time.
+# Its rate constant no longer limits the explicit step (fast absorption made the system stiff:
+# steps of 3.25 / KA over the whole profile, or CVODES), and its entries leave the error
+# control. Float block per exponential state e: y0, r, a, dr/dF, then s0 (Ns) and da/dp (Ns);
+# after them the full state and sensitivities at the current stage, and the state's rates.
+_X_T0 = 0
+_X_Y0, _X_R, _X_A, _X_DR, _X_S0 = range(5)
+
+
+@njit(cache=True)
+def _x_stride(ns):
+    return 4 + 2 * ns
+
+
+@njit(cache=True)
+def _phi_terms(a, tau):
+    """``exp(-a tau)``, ``phi = (1 - exp(-a tau)) / a`` and ``d phi / d a``, without
+    cancellation for small ``a tau`` (``a`` may be zero)."""
+    x = a * tau
+    e = np.exp(-x)
+    rise = -np.expm1(-x)
+    if abs(x) < 1e-12:
+        g = 1.0 - 0.5 * x
+    else:
+        g = rise / x
+    if abs(x) < 1e-3:
+        h = 0.5 - x / 3.0 + x * x / 8.0 - x * x * x / 30.0 + x * x * x * x / 144.0
+    else:
+        h = (rise - x * e) / (x * x)
+    return e, tau * g, -tau * tau * h
+
+
+@njit(cache=True)
+def _exponential_fill(ud, t, y_full, s_full):
+    """The exponential states and their sensitivities at ``t`` into ``y_full`` (n) and
+    ``s_full`` (Ns x n, flat)."""
+    n = np.int64(ud[_UD_N])
+    ns = np.int64(ud[_UD_NS])
+    n_exp = np.int64(ud[_UD_NEXP])
+    idx = carray(_i64_ptr(ud[_UD_XIDX]), n)
+    block = carray(_f64_ptr(ud[_UD_XBLOCK]), 1 + n_exp * _x_stride(ns))
+    codes = carray(_i64_ptr(ud[_UD_CODES]), max(ns, 1))
+    tau = t - block[_X_T0]
+    for e in range(n_exp):
+        i = idx[n - n_exp + e]
+        base = 1 + e * _x_stride(ns)
+        y0, r, a, dr = block[base + _X_Y0], block[base + _X_R], block[base + _X_A], \
+            block[base + _X_DR]
+        decay, phi, dphi = _phi_terms(a, tau)
+        y_full[i] = y0 * decay + r * phi
+        dyda = -tau * y0 * decay + r * dphi
+        for k in range(ns):
+            value = block[base + _X_S0 + k] * decay + dyda * block[base + _X_S0 + ns + k]
+            if codes[k] == _FORCE_RATE_F:
+                value += dr * phi
+            s_full[k * n + i] = value
+
+
+@njit(cache=True)
+def _exponential_scratch(ud, n, ns):
+    """The state indices (integrated first) and the scratch after the block: the full state,
+    sensitivities (Ns x n, flat) and right-hand side."""
+    idx = carray(_i64_ptr(ud[_UD_XIDX]), n)
+    scratch = ud[_UD_XBLOCK] + 8 * (1 + np.int64(ud[_UD_NEXP]) * _x_stride(ns))
+    return (idx, carray(_f64_ptr(scratch), n), carray(_f64_ptr(scratch + 8 * n), max(ns * n, 1)),
+            carray(_f64_ptr(scratch + 8 * (n + ns * n)), n))
+
+
+@njit(cache=True)
+def _exponential_rhs(ud, t, y_ptr, out_ptr):
+    """:func:`_augmented_rhs` of the integrated states when some states are exponential: the
+    vector holds the integrated states, then each sensitivity's integrated entries."""
+    n = np.int64(ud[_UD_N])
+    ns = np.int64(ud[_UD_NS])
+    m = n - np.int64(ud[_UD_NEXP])
+    idx, y_full, s_full, f_full = _exponential_scratch(ud, n, ns)
+    yc = carray(_f64_ptr(y_ptr), m * (1 + ns))
+    out = carray(_f64_ptr(out_ptr), m * (1 + ns))
+    for q in range(m):
+        i = idx[q]
+        y_full[i] = yc[q]
+        for k in range(ns):
+            s_full[k * n + i] = yc[m * (k + 1) + q]
+    _exponential_fill(ud, t, y_full, s_full)
+    _call_model(ud[_UD_RHS], t, y_full.ctypes.data, ud[_UD_PARAMS], f_full.ctypes.data)
+    rates = carray(_f64_ptr(ud[_UD_RATES]), n)
+    check = 0.0
+    for q in range(m):
+        i = idx[q]
+        out[q] = f_full[i] + rates[i]
+        check += out[q]
+    if ns > 0:
+        n_par = np.int64(ud[_UD_P])
+        _call_model(ud[_UD_JAC], t, y_full.ctypes.data, ud[_UD_PARAMS], ud[_UD_JBUF])
+        if n_par > 0:
+            _call_model(ud[_UD_DFDP], t, y_full.ctypes.data, ud[_UD_PARAMS], ud[_UD_PBUF])
+        jac = carray(_f64_ptr(ud[_UD_JBUF]), n * n)
+        dfdp = carray(_f64_ptr(ud[_UD_PBUF]), max(n * n_par, 1))
+        drate = carray(_f64_ptr(ud[_UD_DRATE_DF]), n)
+        codes = carray(_i64_ptr(ud[_UD_CODES]), ns)
+        for k in range(ns):
+            code = codes[k]
+            for q in range(m):
+                i = idx[q]
+                acc = 0.0
+                for j in range(n):
+                    acc += jac[i + n * j] * s_full[k * n + j]
+                if code >= 0:
+                    acc += dfdp[i + n * code]
+                elif code == _FORCE_RATE_F:
+                    acc += drate[i]
+                check += acc
+                out[m * (k + 1) + q] = acc
+    return 0 if np.isfinite(check) else 1
+
+
+@njit(cache=True)
+def _exponential_pack(ud, t, y, sens, rates, drate, state):
+    """Start an exact stretch at ``t``: the exponential states' values, inputs and
+    sensitivities into the block, the integrated ones into ``state``."""
+    n = y.shape[0]
+    ns = sens.shape[0]
+    n_exp = np.int64(ud[_UD_NEXP])
+    m = n - n_exp
+    idx = carray(_i64_ptr(ud[_UD_XIDX]), n)
+    block = carray(_f64_ptr(ud[_UD_XBLOCK]), 1 + n_exp * _x_stride(ns))
+    block[_X_T0] = t
+    for e in range(n_exp):
+        i = idx[m + e]
+        base = 1 + e * _x_stride(ns)
+        block[base + _X_Y0] = y[i]
+        block[base + _X_R] = rates[i]
+        block[base + _X_DR] = drate[i]
+        for k in range(ns):
+            block[base + _X_S0 + k] = sens[k, i]
+    for q in range(m):
+        state[q] = y[idx[q]]
+        for k in range(ns):
+            state[m * (k + 1) + q] = sens[k, idx[q]]
+
+
+@njit(cache=True)
+def _exponential_unpack(ud, t, state, y, sens):
+    """The full state at ``t`` from the integrated ``state`` (at ``t``) and the exact
+    exponential states."""
+    n = y.shape[0]
+    ns = sens.shape[0]
+    m = n - np.int64(ud[_UD_NEXP])
+    idx, y_full, s_full, _ = _exponential_scratch(ud, n, ns)
+    _exponential_fill(ud, t, y_full, s_full)
+    for q in range(m):
+        y_full[idx[q]] = state[q]
+        for k in range(ns):
+            s_full[k * n + idx[q]] = state[m * (k + 1) + q]
+    y[:] = y_full
+    for k in range(ns):
+        sens[k] = s_full[k * n:(k + 1) * n]
+
+
+@njit(cache=True)
+def _exponential_rates(model, ud, n, n_par, ones, jbuf, pbuf):
+    """Each exponential state's rate constant ``a = -J_ii`` and ``da / dp`` for the
+    sensitivities (``dfdp`` at a unit state is ``dJ_ii / dp``), for the subject's
+    parameters."""
+    ns = np.int64(ud[_UD_NS])
+    n_exp = np.int64(ud[_UD_NEXP])
+    idx = carray(_i64_ptr(ud[_UD_XIDX]), n)
+    block = carray(_f64_ptr(ud[_UD_XBLOCK]), 1 + n_exp * _x_stride(ns))
+    codes = carray(_i64_ptr(ud[_UD_CODES]), max(ns, 1))
+    _call_model(model[_M_JAC], 0.0, ones.ctypes.data, ud[_UD_PARAMS], jbuf.ctypes.data)
+    if n_par > 0:
+        _call_model(model[_M_DFDP], 0.0, ones.ctypes.data, ud[_UD_PARAMS], pbuf.ctypes.data)
+    for e in range(n_exp):
+        i = idx[n - n_exp + e]
+        base = 1 + e * _x_stride(ns)
+        block[base + _X_A] = -jbuf[i + n * i]
+        for k in range(ns):
+            code = codes[k]
+            block[base + _X_S0 + ns + k] = -pbuf[i + n * code] if code >= 0 else 0.0
 
 
 @njit(cache=True)
 def _augmented_rhs(ud, t, y_ptr, out_ptr):
     """The right-hand side of the states and the sensitivities riding along as extra states,
     ``ds_k/dt = J s_k + df/dp_k``; 1 when a value is not finite."""
+    if ud[_UD_NEXP] > 0:
+        return _exponential_rhs(ud, t, y_ptr, out_ptr)
     n = np.int64(ud[_UD_N])
     ns = np.int64(ud[_UD_NS])
     _call_model(ud[_UD_RHS], t, y_ptr, ud[_UD_PARAMS], out_ptr)
     out = carray(_f64_ptr(out_ptr), n * (1 + ns))
     rates = carray(_f64_ptr(ud[_UD_RATES]), n)
+    check = 0.0
     for i in range(n):
         out[i] += rates[i]
-        if not np.isfinite(out[i]):
-            return 1
+        check += out[i]
     if ns == 0:
-        return 0
+        # a sum is finite only when every term is
+        return 0 if np.isfinite(check) else 1
     n_par = np.int64(ud[_UD_P])
     _call_model(ud[_UD_JAC], t, y_ptr, ud[_UD_PARAMS], ud[_UD_JBUF])
     if n_par > 0:
@@ -185,10 +382,9 @@ def _augmented_rhs(ud, t, y_ptr, out_ptr):
                 acc += dfdp[i + n * code]
             elif code == _FORCE_RATE_F:
                 acc += drate[i]
-            if not np.isfinite(acc):
-                return 1
+            check += acc
             out[base + i] = acc
-    return 0
+    return 0 if np.isfinite(check) else 1
 
 
 @cfunc(types.intc(types.float64, types.uintp, types.uintp, types.uintp), cache=True)
@@ -430,6 +626,9 @@ _RK_STIFF = 3.25          # stability boundary of the method along the negative 
 _RK_STIFF_STEPS = 15      # consecutive-ish stiff steps before handing over
 # control slots: time, proposed step, first stage valid, stiff count, non-stiff count
 _RK_T, _RK_H, _RK_FSAL, _RK_NSTIFF, _RK_NCALM = range(5)
+RK_CONTROL = 5
+# rows of the work array: the stages k1..k7 and scratch (4)
+RK_WORK = 11
 RK_DONE, RK_HAND_OVER = 0, 1
 
 
@@ -454,28 +653,36 @@ def _rk_reset(control, t):
 
 @njit(cache=True)
 def _rk_combine(y, h, ks, weights, count, out):
-    """``out = y + h * sum_j weights[j] ks[j]`` over the first ``count`` stages."""
+    """``out = y + h * sum_j weights[j] ks[j]`` over the first ``count`` stages (zero weights
+    skipped)."""
     for i in range(out.shape[0]):
-        acc = 0.0
-        for j in range(count):
-            acc += weights[j] * ks[j, i]
-        out[i] = y[i] + h * acc
+        out[i] = 0.0
+    for j in range(count):
+        w = weights[j]
+        if w != 0.0:
+            for i in range(out.shape[0]):
+                out[i] += w * ks[j, i]
+    for i in range(out.shape[0]):
+        out[i] = y[i] + h * out[i]
 
 
 @njit(cache=True)
 def _rk_advance(ud, t_out, y, work, control, rtol, atol, max_steps):
     """Integrate ``y`` from ``control[_RK_T]`` to ``t_out``, stepping onto ``t_out`` exactly.
 
-    ``work`` is (11, len(y)) zero-initialised scratch that also carries the first stage
+    ``work`` is (RK_WORK, len(y)) zero-initialised scratch that also carries the first stage
     between calls. Returns :data:`RK_DONE`, or :data:`RK_HAND_OVER` with ``y`` at
-    ``control[_RK_T]`` (the last accepted step) when the integration should continue with
-    CVODES.
+    ``control[_RK_T] < t_out`` (the last accepted step) when the integration should continue
+    with CVODES.
     """
     ks = work[:7]
     y6, y_new, err, zero = work[7], work[8], work[9], work[10]
     t = control[_RK_T]
     if t_out <= t:
         return RK_DONE
+    n_stiff, n_calm = control[_RK_NSTIFF], control[_RK_NCALM]
+    if n_stiff >= _RK_STIFF_STEPS:
+        return RK_HAND_OVER
     if control[_RK_FSAL] == 0.0:
         if _augmented_rhs(ud, t, y.ctypes.data, ks[0].ctypes.data) != 0:
             return RK_HAND_OVER
@@ -483,7 +690,6 @@ def _rk_advance(ud, t_out, y, work, control, rtol, atol, max_steps):
     h = control[_RK_H]
     if h <= 0.0:
         h = _rk_initial_step(ud, t, t_out - t, y, ks[0], ks[1], y6, rtol, atol)
-    n_stiff, n_calm = control[_RK_NSTIFF], control[_RK_NCALM]
     rejected = False
     steps = 0
     while True:
@@ -536,10 +742,10 @@ def _rk_advance(ud, t_out, y, work, control, rtol, atol, max_steps):
         rejected = False
         control[_RK_T], control[_RK_H] = t, h
         control[_RK_NSTIFF], control[_RK_NCALM] = n_stiff, n_calm
-        if n_stiff >= _RK_STIFF_STEPS:
-            return RK_HAND_OVER
         if last:
             return RK_DONE
+        if n_stiff >= _RK_STIFF_STEPS:
+            return RK_HAND_OVER
     return RK_HAND_OVER
 
 
@@ -558,8 +764,11 @@ def _rk_initial_step(ud, t, span, y, f0, f1, y1, rtol, atol):
         y1[i] = (f1[i] - f0[i]) / h0
     d2 = _rk_norm(y1, y, y, rtol, atol)
     top = max(d1, d2)
-    h1 = max(1e-6, 1e-3 * h0) if top <= 1e-15 else (0.01 / top) ** 0.2
-    return min(100.0 * h0, h1, span)
+    if top <= 1e-15:
+        # nothing moves (a steady state before a lagged dose): try the whole stretch, which
+        # the first step's error estimate accepts or cuts, instead of growing from 1e-6
+        return span
+    return min(100.0 * h0, (0.01 / top) ** 0.2, span)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -862,12 +1071,38 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
     ss_y = np.zeros(n)
     ss_full_sens = np.zeros((ns + n, n))
     ss_rk_y = np.zeros(n * (1 + ns + n))
-    ss_rk_work = np.zeros((11, n * (1 + ns + n)))
-    ss_rk_control = np.zeros(5)
+    ss_rk_work = np.zeros((RK_WORK, n * (1 + ns + n)))
+    ss_rk_control = np.zeros(RK_CONTROL)
     big_n = n * (1 + ns)
     rk_y = np.zeros(big_n)
-    rk_work = np.zeros((11, big_n))
-    rk_control = np.zeros(5)
+    rk_work = np.zeros((RK_WORK, big_n))
+    rk_control = np.zeros(RK_CONTROL)
+    # exact exponential states (dims[5:5+n] marks them) for the explicit integrator
+    x_idx = np.zeros(n, dtype=np.int64)
+    n_int = 0
+    for i in range(n):
+        if dims[5 + i] == 0:
+            x_idx[n_int] = i
+            n_int += 1
+    n_exp = n - n_int
+    e = n_int
+    for i in range(n):
+        if dims[5 + i] != 0:
+            x_idx[e] = i
+            e += 1
+    hybrid = n_exp > 0 and explicit_first != 0
+    x_block = np.zeros(1 + n_exp * _x_stride(ns) + n + ns * n + n)
+    x_ud = main_ud.copy()
+    if hybrid:
+        x_ud[_UD_NEXP] = n_exp
+        x_ud[_UD_XIDX] = x_idx.ctypes.data
+        x_ud[_UD_XBLOCK] = x_block.ctypes.data
+    xm = n_int * (1 + ns)
+    rx_y = np.zeros(xm)
+    rx_work = np.zeros((RK_WORK, xm))
+    ones = np.ones(n)
+    x_jac = np.zeros(n * n)
+    x_dfdp = np.zeros(max(n * n_par, 1))
     for s in range(n_sub):
         status[s] = OK
         explicit = explicit_first != 0
@@ -878,6 +1113,8 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
             p_ss[k] = params[s, k]
         f_value = f_values[s]
         lag = lags[s]
+        if hybrid:
+            _exponential_rates(model, x_ud, n, n_par, ones, x_jac, x_dfdp)
         _call_model(model[_M_INIT], 0.0, y.ctypes.data, main_ud[_UD_PARAMS], y0.ctypes.data)
         if n_par > 0:
             _call_model(model[_M_DINIT], 0.0, y.ctypes.data, main_ud[_UD_PARAMS],
@@ -1007,16 +1244,29 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                 if te > t_cur + 1e-13 * max(1.0, abs(t_cur)):
                     if explicit:
                         if fresh:
-                            _pack(y, sens, rk_y)
+                            if hybrid:
+                                _exponential_pack(x_ud, t_cur, y, sens, rates, drate, rx_y)
+                            else:
+                                _pack(y, sens, rk_y)
                             _rk_reset(rk_control, t_cur)
                             fresh = False
-                        if _rk_advance(main_ud, te, rk_y, rk_work, rk_control, rtol, atol,
-                                       max_steps) == RK_DONE:
-                            _unpack(rk_y, y, sens)
+                        if hybrid and n_int == 0:
+                            # every state is exact: nothing to integrate
+                            done = True
+                        elif hybrid:
+                            done = _rk_advance(x_ud, te, rx_y, rx_work, rk_control, rtol, atol,
+                                               max_steps) == RK_DONE
                         else:
-                            explicit = False
+                            done = _rk_advance(main_ud, te, rk_y, rk_work, rk_control, rtol,
+                                               atol, max_steps) == RK_DONE
+                        t_reached = te if done else rk_control[_RK_T]
+                        if hybrid:
+                            _exponential_unpack(x_ud, t_reached, rx_y, y, sens)
+                        else:
                             _unpack(rk_y, y, sens)
-                            t_cur = rk_control[_RK_T]
+                        if not done:
+                            explicit = False
+                            t_cur = t_reached
                             fresh = True
                     if not explicit:
                         if fresh:
@@ -1094,8 +1344,9 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
     _integrator_free(api, ssi)
     if ctx_holder[0] != 0:
         _call_i_u(api[_CTX_FREE], ctx_holder.ctypes.data)
-    # CVODES held raw pointers into these arrays until now
-    return main_ud[0] + ss_ud[0], main_buf[0] + ss_buf[0], codes.sum() + ss_codes.sum()
+    # CVODES and the exact states held raw pointers into these arrays until now
+    return (main_ud[0] + ss_ud[0] + x_ud[0], main_buf[0] + ss_buf[0] + x_block[0],
+            codes.sum() + ss_codes.sum() + x_idx.sum())
 
 
 @njit(cache=True)
@@ -1219,6 +1470,12 @@ def _steady_state_event(api, model, ssi, ss_ud, ss_buf, dose, dose_cmt, f_value,
 _B_SIZE = 26
 
 
+@njit(cache=True)
+def _dims_array(address):
+    """``dims`` at ``address``: five numbers, then one per state."""
+    return carray(_i64_ptr(address), 5 + carray(_i64_ptr(address), 1)[0])
+
+
 @cfunc(types.void(types.uintp), cache=True)
 def _solve_subjects_entry(block_address):
     b = carray(_u64_ptr(block_address), _B_SIZE)
@@ -1229,7 +1486,7 @@ def _solve_subjects_entry(block_address):
     solve_subjects(
         carray(_u64_ptr(b[_B_API]), np.int64(b[_B_N_API])),
         carray(_u64_ptr(b[_B_MODEL]), np.int64(b[_B_N_MODEL])),
-        carray(_i64_ptr(b[_B_DIMS]), 5),
+        _dims_array(b[_B_DIMS]),
         carray(_f64_ptr(b[_B_DOSES]), (n_doses, 9)),
         carray(_f64_ptr(b[_B_POINTS]), (n_points, 4)),
         carray(_i64_ptr(b[_B_DOSE_START]), n_sub + 1),

@@ -26,7 +26,7 @@ from . import _native
 from ._sundials import SUNDIALS_VERSION, api_addresses
 from .codegen import CompiledSystem
 
-__all__ = ["SolverOptions", "Solution", "prepare_events", "solve"]
+__all__ = ["FIT_TOLERANCES", "SolverOptions", "Solution", "prepare_events", "solve"]
 
 _API: np.ndarray | None = None
 
@@ -39,15 +39,21 @@ def _api() -> np.ndarray:
 
 
 def _dims(compiled: CompiledSystem, dose_compartment: int) -> np.ndarray:
-    """The solver's ``dims``: states, parameters, outputs, the dose compartment (0-based) and
-    whether the right-hand side is affine in the states."""
+    """The solver's ``dims``: states, parameters, outputs, the dose compartment (0-based),
+    whether the right-hand side is affine in the states, then one flag per state: solved
+    exactly between events (:attr:`OdeSystem.exponential_states`)."""
     n, n_par, n_out = compiled.dims
-    return np.array([n, n_par, n_out, dose_compartment - 1, compiled.system.affine_in_states],
+    system = compiled.system
+    exact = [i in system.exponential_states for i in range(n)]
+    return np.array([n, n_par, n_out, dose_compartment - 1, system.affine_in_states, *exact],
                     dtype=np.int64)
 
 
 _METHODS = ("auto", "bdf")
-_BACKENDS = ("popkin", "sunode")
+# tolerances of a population fit (Stan's and Torsten's defaults): on the warfarin PK/PD model
+# predictions within a few millionths and derivatives within 1e-6 of their largest value, far
+# inside any assay's error, at half the cost of 1e-8 (scripts/bench_ode_fit.py)
+FIT_TOLERANCES = {"rtol": 1e-6, "atol": 1e-6}
 
 
 @dataclass(frozen=True)
@@ -60,16 +66,16 @@ class SolverOptions:
     the states and of the sensitivities with ``rtol`` and ``atol``; ``max_steps`` bounds the
     steps between two consecutive events.
 
-    ``backend="sunode"`` is reserved for solving through sunode: without sunode it raises an
-    ImportError that says how to install it, and with it a NotImplementedError, because the
-    adapter (event handling, F/ALAG sensitivities, the numba Op) is not written yet.
+    A population fit solves at :data:`FIT_TOLERANCES` unless the spec's ``[solver]`` says
+    otherwise (:func:`popkin.inference.fit.fit`); predictions, simulations and dose
+    recommendations keep these tighter defaults, since a Laplace approximation takes its
+    Hessian from differences of the gradient, which needs the gradient to more digits.
     """
 
     rtol: float = 1e-8
     atol: float = 1e-8
     max_steps: int = 100_000
     method: Literal["auto", "bdf"] = "auto"
-    backend: Literal["popkin", "sunode"] = "popkin"
 
     def __post_init__(self):
         if not (0 < self.rtol < 1 and 0 < self.atol):
@@ -80,22 +86,6 @@ class SolverOptions:
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {', '.join(map(repr, _METHODS))}; got "
                              f"{self.method!r}")
-        if self.backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}; got "
-                             f"{self.backend!r}")
-        if self.backend == "sunode":
-            _sunode_backend()
-
-
-def _sunode_backend():
-    try:
-        import sunode  # noqa: F401
-    except ImportError as exc:
-        raise ImportError("backend='sunode' needs sunode (`conda install -c conda-forge "
-                          "sunode`); or use the default backend='popkin'") from exc
-    raise NotImplementedError("backend='sunode' is not implemented: popkin's event-table solve "
-                              "(doses, steady states, F and ALAG sensitivities) has no sunode "
-                              "adapter yet; use the default backend='popkin'")
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,37 @@ class OdeSystem:
         return not any(states & e.free_symbols for e in self.jacobian())
 
     @cached_property
+    def exponential_states(self) -> tuple[int, ...]:
+        """The states whose right-hand side is ``-a(p) * y_i`` (besides dose input): no other
+        state, no time, no constant term, ``a`` free of the states. Between events each is
+        ``y_i(t0) exp(-a (t - t0))`` plus its infusion's share, so the solver computes it
+        exactly and integrates only the others (a depot of first-order absorption, a
+        one-compartment central state).
+
+        Examples
+        --------
+        >>> depot, central, KA, CL, V = sp.symbols("depot central KA CL V")
+        >>> OdeSystem.from_expressions([depot, central],
+        ...     [-KA * depot, KA * depot - CL / V * central], {"c": central / V}
+        ...     ).exponential_states
+        (0,)
+        """
+        states = self.state_symbols
+        jac = self.jacobian()
+        exact = []
+        for i, (y, f) in enumerate(zip(states, self.rhs)):
+            diagonal = jac[i, i]
+            others = [jac[i, j] for j in range(len(states)) if j != i]
+            if any(e != 0 for e in others):
+                continue
+            if TIME in diagonal.free_symbols or set(states) & diagonal.free_symbols:
+                continue
+            if sp.simplify(f - diagonal * y) != 0:
+                continue
+            exact.append(i)
+        return tuple(exact)
+
+    @cached_property
     def linear_in_states(self) -> bool:
         r"""Whether the system is linear and homogeneous in its states, without time.
 

@@ -57,7 +57,7 @@ from .names import Names
 
 __all__ = ["ModelSpec", "ParameterSpec", "SpecError", "load_model", "library_models"]
 
-_TOP_KEYS = {"model", "parameters", "error", "ode", "dosing"}
+_TOP_KEYS = {"model", "parameters", "error", "ode", "solver", "dosing"}
 _MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega", "covariate_ranges",
                "lag_smoothing"}
 _PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd", "iov", "rse",
@@ -104,6 +104,7 @@ class ModelSpec:
     covariate_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict, compare=False)
     # the [dosing] table as written (defaults for regimen search; read by popkin.dosing)
     dosing: Mapping = field(default_factory=dict, compare=False)
+    solver: Mapping = field(default_factory=dict, compare=False)   # [solver] as written
 
     def parameter(self, name: str) -> ParameterSpec:
         for p in self.parameters:
@@ -390,6 +391,8 @@ def _parse(text: str, source: str) -> ModelSpec:
                         f"(allowed: {', '.join(sorted(_MODEL_KEYS))})")
     name = check_label(model.get("name", Path(source).stem), f"{source}: [model]", "name")
     structure = _structure(model, doc, name, source)
+    structure = _solver(doc, structure, source)
+    solver = _table(doc, "solver", source, required=False)
     units = _table(model, "units", f"{source}: [model]", required=False)
     extra = set(units) - _UNIT_KEYS
     if extra:
@@ -427,7 +430,8 @@ def _parse(text: str, source: str) -> ModelSpec:
                      description=_text(model, "description", source),
                      reference=_text(model, "reference", source), source=source,
                      omega_blocks=blocks, text=text, covariate_ranges=MappingProxyType(ranges),
-                     dosing=MappingProxyType(dict(dosing)))
+                     dosing=MappingProxyType(dict(dosing)),
+                     solver=MappingProxyType(dict(solver)))
 
 
 def _text(model, key, source) -> str:
@@ -527,6 +531,43 @@ def _lag_smoothing(model, structure, params_doc, source) -> Structure:
         raise SpecError(f"{where}: the model has no lag time to smooth; add [parameters.ALAG] "
                         "or remove lag_smoothing")
     return replace(structure, lag_smoothing=float(value))
+
+
+# bounds of the [solver] keys: tighter tolerances or more steps would be unbounded work
+_SOLVER_BOUNDS = {"rtol": (1e-12, 1e-2), "atol": (1e-14, 1.0), "max_steps": (1, 10_000_000)}
+
+
+def _solver(doc, structure, source) -> Structure:
+    """The ODE engine's options from ``[solver]`` (``rtol``, ``atol``, ``max_steps``,
+    ``method``)."""
+    if "solver" not in doc:
+        return structure
+    table = _table(doc, "solver", source, required=False)
+    where = f"{source}: [solver]"
+    if not hasattr(structure, "with_options"):
+        raise SpecError(f"{where}: solver options apply to ODE structures; structure "
+                        f"{structure.name!r} is solved in closed form")
+    extra = set(table) - {*_SOLVER_BOUNDS, "method"}
+    if extra:
+        raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))} (allowed: "
+                        f"{', '.join(sorted([*_SOLVER_BOUNDS, 'method']))})")
+    options = {}
+    for key, (low, high) in _SOLVER_BOUNDS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        integral = key == "max_steps"
+        if isinstance(value, bool) or not isinstance(value, int if integral else (int, float)) \
+                or not (low <= value <= high):
+            raise SpecError(f"{where}.{key} must be {'an integer' if integral else 'a number'} "
+                            f"in [{low:g}, {high:g}], not {value!r}")
+        options[key] = int(value) if integral else float(value)
+    if "method" in table:
+        if table["method"] not in ("auto", "bdf"):
+            raise SpecError(f"{where}.method must be \"auto\" (explicit while not stiff, then "
+                            f"CVODES) or \"bdf\" (CVODES throughout), not {table['method']!r}")
+        options["method"] = table["method"]
+    return structure.with_options(**options)
 
 
 def _structure(model, doc, name, source) -> Structure:

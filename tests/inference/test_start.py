@@ -67,6 +67,30 @@ def test_chains_start_in_the_main_mode_when_searches_start_in_a_remote_one(bimod
     assert float(idata.posterior["x"].max()) < 5.0
 
 
+def test_a_slow_density_is_searched_on_every_core_with_the_same_result(bimodal, monkeypatch):
+    # an ODE model's evaluation takes milliseconds: its searches and differences run on threads,
+    # and what they find does not depend on it
+    from popkin.inference import start as start_module
+
+    model, compiled = bimodal
+    monkeypatch.setattr(start_module.os, "cpu_count", lambda: 2)
+    found = []
+    for slow in (1e9, 0.0):          # never threads, then always
+        monkeypatch.setattr(start_module, "SLOW_EVALUATION", slow)
+        started, report = mode_start(compiled, model, seed=3, searches=5,
+                                     jitter_names={"x", "y"}, parameters={})
+        found.append((report.end_logps, report.evaluations,
+                      [started.initial_point_func(s) for s in range(3)]))
+    assert found[0][0] == found[1][0] and found[0][1] == found[1][1]
+    assert all(np.array_equal(a, b) for a, b in zip(found[0][2], found[1][2]))
+    logp = start_module._LogDensity(compiled)
+    start_module._Threads.attach(logp, np.zeros(compiled.n_dim))
+    points = [np.full(compiled.n_dim, v) for v in (0.1, 0.2, 0.3)]
+    assert start_module._Threads.of(logp) is not None
+    assert [v for v, _ in logp.many(points)] == [logp(x)[0] for x in points]
+    assert logp.total_calls == 1 + 3 + 3
+
+
 def test_search_holds_frozen_coordinates_and_falls_back_when_nothing_is_finite(bimodal):
     model, compiled = bimodal
     logp = _LogDensity(compiled)

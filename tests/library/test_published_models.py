@@ -21,7 +21,7 @@ PUBLISHED = ["warfarin_hamberg", "tacrolimus_woillard", "voriconazole_ling", "va
 
 # Library models that predate the [dosing] table and are not published dosing models; adding
 # a [dosing] table to one of them must remove it from here (checked below).
-WITHOUT_DOSING = {"phenobarbital", "warfarin_pk"}
+WITHOUT_DOSING = {"phenobarbital", "warfarin_pk", "warfarin_pkpd"}
 
 
 def _parameters(name, **covariates):

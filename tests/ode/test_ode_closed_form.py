@@ -175,7 +175,7 @@ def test_steady_state_is_exact_when_the_explicit_integrator_hands_over():
                       "d/dt(central) = KTR * transit2 - (CL + Q) / V1 * central "
                       "+ Q / V2 * peripheral",
                       "d/dt(peripheral) = Q / V1 * central - Q / V2 * peripheral"],
-        "output": "central / V1"})
+        "output": "central / V1"}).with_options(**TIGHT)
     params = {"KTR": 6.635281010915333, "CL": 19.826765452360664, "V1": 437.8212935258499,
               "Q": 101.48357906737047, "V2": 286.19262624871016}
     events = build_event_table(read_dataset(pd.DataFrame(rows)), erlang)

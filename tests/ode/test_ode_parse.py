@@ -84,19 +84,75 @@ def test_tolerances_are_validated():
         ode_structure_from_block(GOOD).with_options(rtol=0.0)
 
 
-def test_unknown_method_and_backend_are_rejected():
+def test_unknown_method_and_options_are_rejected():
     with pytest.raises(ValueError, match="method must be one of 'auto', 'bdf'"):
         ode_structure_from_block(GOOD).with_options(method="rk4")
-    with pytest.raises(ValueError, match="backend must be one of"):
-        ode_structure_from_block(GOOD).with_options(backend="scipy")
-
-
-def test_sunode_backend_says_what_to_do():
-    try:
-        import sunode  # noqa: F401
-    except ImportError:
-        expected = pytest.raises(ImportError, match="conda-forge sunode")
-    else:
-        expected = pytest.raises(NotImplementedError, match="no sunode adapter")
-    with expected:
+    # there is one engine: no option names another one
+    with pytest.raises(TypeError, match="backend"):
         ode_structure_from_block(GOOD).with_options(backend="sunode")
+
+
+MM_SPEC = """
+[model]
+name = "mm"
+structure = "michaelis_menten_oral"
+[parameters.KA]
+typical = 1.0
+[parameters.VMAX]
+typical = 20.0
+[parameters.KM]
+typical = 5.0
+[parameters.V]
+typical = 25.0
+[error]
+model = "proportional"
+"""
+
+
+def test_solver_section_sets_the_engine_options():
+    from popkin import load_model
+
+    spec = load_model(MM_SPEC + '\n[solver]\nrtol = 1e-9\natol = 1e-10\nmax_steps = 5000\n'
+                                'method = "bdf"\n')
+    options = spec.structure.options
+    assert (options.rtol, options.atol, options.max_steps, options.method) == (
+        1e-9, 1e-10, 5000, "bdf")
+    # without [solver]: 1e-8 for predictions and dosing, 1e-6 (Stan's, Torsten's) for a fit
+    from popkin.inference.fit import _fit_tolerances
+
+    plain = load_model(MM_SPEC)
+    default = plain.structure.options
+    assert (default.rtol, default.atol, default.method) == (1e-8, 1e-8, "auto")
+    fitted = _fit_tolerances(plain).structure.options
+    assert (fitted.rtol, fitted.atol) == (1e-6, 1e-6)
+    assert _fit_tolerances(spec).structure.options.rtol == 1e-9
+
+
+@pytest.mark.parametrize("table, message", [
+    ("rtol = 0.0", "[solver].rtol must be a number in [1e-12, 0.01], not 0.0"),
+    ("rtol = 1e-300", "[solver].rtol must be a number in [1e-12, 0.01]"),
+    ('atol = "small"', "[solver].atol must be a number"),
+    ("max_steps = 1e9", "[solver].max_steps must be an integer in [1, 1e+07]"),
+    ("max_steps = true", "[solver].max_steps must be an integer"),
+    ('method = "rk4"', '[solver].method must be "auto"'),
+    ("order = 5", "[solver]: unknown key(s) order"),
+])
+def test_solver_section_is_validated(table, message):
+    from popkin import load_model
+    from popkin.population.covariates import SpecError
+
+    with pytest.raises(SpecError) as exc:
+        load_model(MM_SPEC + f"\n[solver]\n{table}\n")
+    assert message in str(exc.value)
+
+
+def test_solver_section_is_refused_for_closed_forms():
+    from popkin import load_model
+    from popkin.population.covariates import SpecError
+
+    closed = MM_SPEC.replace('structure = "michaelis_menten_oral"',
+                             'structure = "one_compartment_oral"').replace(
+        "[parameters.VMAX]\ntypical = 20.0\n[parameters.KM]\ntypical = 5.0\n",
+        "[parameters.CL]\ntypical = 2.0\n")
+    with pytest.raises(SpecError, match="solver options apply to ODE structures"):
+        load_model(closed + "\n[solver]\nrtol = 1e-8\n")

@@ -1,0 +1,142 @@
+"""States solved exactly between events (a first-order depot, a one-compartment central state),
+against the closed forms and against CVODES on the whole system."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from popkin.data import build_event_table, read_dataset
+from popkin.ode import ode_structure_from_block
+from popkin.ode.solver import prepare_events, solve
+from popkin.structural import get_structure
+
+ORAL = {"states": ["depot", "central"],
+        "equations": ["d/dt(depot) = -KA * depot",
+                      "d/dt(central) = KA * depot - CL / V * central"],
+        "output": "central / V", "parameters": ["KA", "CL", "V"]}
+IV = {"states": ["central"], "equations": ["d/dt(central) = -CL / V * central"],
+      "output": "central / V", "parameters": ["CL", "V"]}
+# bolus, infusion (RATE), lagged bolus with F, steady state, a reset and a dose into the central
+ROWS = [
+    {"ID": 1, "TIME": 0.0, "AMT": 100.0, "EVID": 1},
+    {"ID": 1, "TIME": 0.5}, {"ID": 1, "TIME": 2.0}, {"ID": 1, "TIME": 7.0},
+    {"ID": 1, "TIME": 8.0, "AMT": 60.0, "RATE": 30.0, "EVID": 1},
+    {"ID": 1, "TIME": 9.0}, {"ID": 1, "TIME": 12.0}, {"ID": 1, "TIME": 30.0},
+    {"ID": 2, "TIME": 0.0, "AMT": 50.0, "SS": 1, "II": 12.0, "EVID": 1},
+    {"ID": 2, "TIME": 1.0}, {"ID": 2, "TIME": 11.0},
+    {"ID": 2, "TIME": 20.0, "EVID": 3}, {"ID": 2, "TIME": 20.0, "AMT": 40.0, "CMT": 2, "EVID": 1},
+    {"ID": 2, "TIME": 21.0}, {"ID": 2, "TIME": 26.0},
+]
+
+
+def _events(structure, rows=ROWS):
+    frame = pd.DataFrame(rows)
+    for column in ("AMT", "RATE", "II", "SS", "CMT"):
+        frame[column] = frame[column].fillna(0.0) if column in frame else 0.0
+    frame["EVID"] = frame["EVID"].fillna(0).astype(int)
+    return build_event_table(read_dataset(frame), structure)
+
+
+def test_exact_states_are_found():
+    assert ode_structure_from_block(ORAL).system.exponential_states == (0,)
+    assert ode_structure_from_block(IV).system.exponential_states == (0,)
+    # saturable elimination, a state fed by another, time in the rate: integrated
+    assert get_structure("michaelis_menten_oral").system.exponential_states == (0,)
+    assert get_structure("michaelis_menten_iv").system.exponential_states == ()
+    assert get_structure("transit_absorption").system.exponential_states == (0,)
+    assert get_structure("warfarin_pkpd").system.exponential_states == (0,)
+    timed = ode_structure_from_block({"states": ["a"], "equations": ["d/dt(a) = -K * t * a"],
+                                      "output": "a"})
+    assert timed.system.exponential_states == ()
+    constant = ode_structure_from_block({"states": ["a"], "equations": ["d/dt(a) = 1 - K * a"],
+                                         "output": "a"})
+    assert constant.system.exponential_states == ()
+
+
+TIGHT = {"rtol": 1e-10, "atol": 1e-10}
+
+
+@pytest.mark.parametrize("ka", [1e-3, 0.05, 0.3, 1.2, 30.0, 1e4])
+def test_oral_model_matches_the_closed_form_for_any_absorption_rate(ka):
+    # the closed form is an independent reference (eigenvalues and divided differences); with
+    # the depot exact, absorption 1e4 times faster than elimination is no stiffer than 0.3
+    ode = ode_structure_from_block(ORAL)
+    closed = get_structure("one_compartment_oral")
+    params = {"KA": ka, "CL": 2.0, "V": 20.0, "F": 0.8, "ALAG": 0.3}
+    events = _events(ode)
+    expected = closed.predict(_events(closed), params)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(ode.with_options(**TIGHT).predict(events, params), expected,
+                               rtol=1e-7, atol=1e-9 * scale)
+    # at the default tolerances (1e-6): within 1e-4 even where absorption takes 0.4 seconds
+    np.testing.assert_allclose(ode.predict(events, params), expected, rtol=1e-4,
+                               atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("ka", [0.05, 1.2, 30.0, 1e4])
+def test_sensitivities_match_cvodes_on_the_whole_system(ka):
+    ode = ode_structure_from_block(ORAL)
+    events = _events(ode)
+    prepared = prepare_events(events)
+    params = np.array([[ka, 2.0, 20.0], [ka * 0.5, 3.0, 15.0]])
+    f_values, lags = np.array([0.8, 0.9]), np.array([0.3, 0.6])
+    wrt = np.arange(5)          # KA, CL, V, F, ALAG
+    exact = solve(ode.compiled, prepared, params, f_values, lags, 1, wrt=wrt,
+                  options=ode.with_options(rtol=1e-9, atol=1e-9).options)
+    reference = solve(ode.compiled, prepared, params, f_values, lags, 1, wrt=wrt,
+                      options=ode.with_options(method="bdf", rtol=1e-11, atol=1e-11).options)
+    assert not exact.failures and not reference.failures
+    scale = np.abs(reference.prediction).max()
+    np.testing.assert_allclose(exact.prediction, reference.prediction, rtol=1e-6,
+                               atol=1e-8 * scale)
+    # each column as an elasticity (d prediction / d log parameter; F and ALAG as they are)
+    subject = events.point_subject
+    values = np.column_stack([params, f_values, lags])[subject]
+    # with KA = 1e4 a lagged dose's sensitivity to ALAG starts at +-KA * dose in the depot and
+    # the central state and cancels to O(1) within seconds: both integrators lose digits there
+    rtol = 1e-5 if ka < 1e3 else 1e-4
+    for k in range(len(wrt)):
+        size = values[:, k] if k < 3 else 1.0
+        np.testing.assert_allclose(exact.jacobian[:, k] * size,
+                                   reference.jacobian[:, k] * size, rtol=rtol,
+                                   atol=1e-7 * scale, err_msg=f"parameter {k}")
+
+
+def test_a_system_of_exact_states_alone_needs_no_integration():
+    # a one-compartment IV model written as an ODE is computed, not integrated: rounding only
+    ode = ode_structure_from_block(IV)
+    closed = get_structure("one_compartment_iv")
+    rows = [{"ID": 1, "TIME": 0.0, "AMT": 100.0, "EVID": 1}, {"ID": 1, "TIME": 0.5},
+            {"ID": 1, "TIME": 3.0, "AMT": 50.0, "RATE": 25.0, "EVID": 1}, {"ID": 1, "TIME": 4.0},
+            {"ID": 1, "TIME": 6.0}, {"ID": 1, "TIME": 48.0}]
+    params = {"CL": 2.0, "V": 20.0}
+    got = ode.predict(_events(ode, rows), params)
+    expected = closed.predict(_events(closed, rows), params)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    prepared = prepare_events(_events(ode, rows))
+    jac = solve(ode.compiled, prepared, np.array([[2.0, 20.0]]), np.ones(1), np.zeros(1), 1,
+                wrt=np.arange(2), options=ode.options).jacobian
+    step = 1e-6
+    for k, name in enumerate(("CL", "V")):
+        up, down = dict(params), dict(params)
+        up[name] *= 1 + step
+        down[name] *= 1 - step
+        fd = (closed.predict(_events(closed, rows), up)
+              - closed.predict(_events(closed, rows), down)) / (2 * step * params[name])
+        np.testing.assert_allclose(jac[:, k], fd, rtol=1e-6, atol=1e-9)
+
+
+def test_pkpd_model_with_fast_absorption_matches_cvodes():
+    model = get_structure("warfarin_pkpd")
+    rows = [{"ID": 1, "TIME": 0.0, "AMT": 100.0, "EVID": 1}]
+    rows += [{"ID": 1, "TIME": t, "DVID": d} for t in (0.5, 2.0, 24.0, 72.0, 144.0) for d in (1, 2)]
+    events = _events(model, rows)
+    for ka in (0.8, 500.0):
+        params = {"KA": ka, "CL": 0.13, "V": 8.0, "E0": 100.0, "KOUT": 0.05, "IMAX": 0.95,
+                  "IC50": 1.0, "ALAG": 0.9}
+        got = model.predict(events, params)
+        expected = model.with_options(method="bdf", rtol=1e-11, atol=1e-11).predict(events,
+                                                                                     params)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
