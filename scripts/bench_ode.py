@@ -3,9 +3,10 @@
 12 subjects (doses 50, 100, 200 mg), 10 samples each, log-normal random effects on KA, CL and
 V, proportional error. The same PyMC model is built with
 
-* the ODE engine (``popkin.ode`` with its defaults: the depot solved exactly, explicit
+* the ODE engine (``popkin.ode`` as a fit runs it: the depot solved exactly, explicit
   Dormand-Prince for the rest while it is not stiff, CVODES BDF when it is; forward
-  sensitivities; rtol = atol = 1e-6; ``ode_1e-8`` at rtol = atol = 1e-8),
+  sensitivities; rtol = atol = 1e-6, ``FIT_TOLERANCES``; ``ode_1e-8`` at rtol = atol = 1e-8,
+  the default of predictions and dosing),
 * the closed form (``get_structure("one_compartment_oral").predict`` with PyTensor inputs),
 * ``pymc.ode.DifferentialEquation`` (scipy ``odeint`` with its own sensitivities),
 
@@ -33,6 +34,7 @@ import pytensor.tensor as pt
 
 from popkin.data import build_event_table, read_dataset
 from popkin.ode import _sundials, ode_structure_from_block
+from popkin.ode.solver import FIT_TOLERANCES
 from popkin.structural import get_structure
 
 N_SUBJECTS = 12
@@ -70,7 +72,8 @@ def build_model(kind: str, frame: pd.DataFrame, dv: np.ndarray) -> pm.Model:
         indiv = {k: typical[k] * pt.exp(omega[i] * z[i]) for i, k in enumerate(("KA", "CL", "V"))}
         sigma = pm.HalfNormal("sigma", 0.3)
         if kind != "pymc_ode":
-            tight = {"rtol": 1e-8, "atol": 1e-8} if kind in ("ode_1e-8", "ode_bdf") else {}
+            tight = ({"rtol": 1e-8, "atol": 1e-8} if kind in ("ode_1e-8", "ode_bdf")
+                     else FIT_TOLERANCES)
             structure = (get_structure("one_compartment_oral") if kind == "closed_form" else
                          ode_structure_from_block(ODE_BLOCK).with_options(
                              **tight, method="bdf" if kind == "ode_bdf" else "auto"))

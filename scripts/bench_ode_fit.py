@@ -5,7 +5,9 @@ Three fits with ``popkin.fit``'s defaults (4 chains x 1000 + 1000, nutpie, the `
 * ``warfarin_pkpd``: the library model on the O'Reilly warfarin PK/PD data (32 subjects, 251
   concentrations and 232 PCA values), the registered ODE structure ``warfarin_pkpd``;
 * ``indirect_response``: an ``indirect_response_1`` model fitted to data simulated from it
-  (24 subjects, 3 days of once-daily dosing, concentrations and responses at 9 times);
+  (24 subjects, 3 days of once-daily dosing, concentrations and responses at 9 times). Its
+  posterior is harder than warfarin's (IMAX, IC50 and KIN trade off): about 110 leapfrog steps
+  per draw against 30, so with the defaults it runs for about 20 minutes;
 * the PK of the warfarin data alone, twice: as an ``[ode]`` one-compartment oral model and as
   the closed form ``one_compartment_oral`` (the same parameters, priors and data; no lag and
   proportional error: with a combined error the closed-form fit can start in the mode where
