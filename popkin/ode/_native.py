@@ -322,11 +322,18 @@ def _exponential_unpack(ud, t, state, y, sens):
         sens[k] = s_full[k * n:(k + 1) * n]
 
 
+# exact states pay when they are faster than every integrated state (which then no longer has
+# to follow them); otherwise their per-stage cost outweighs the states they save
+_EXACT_FASTER = 4.0
+
+
 @njit(cache=True)
 def _exponential_rates(model, ud, n, n_par, ones, jbuf, pbuf):
     """Each exponential state's rate constant ``a = -J_ii`` and ``da / dp`` for the
     sensitivities (``dfdp`` at a unit state is ``dJ_ii / dp``), for the subject's
-    parameters."""
+    parameters; whether they are all more than ``_EXACT_FASTER`` times faster than every
+    integrated state's own rate ``|J_jj|`` there (a first-order depot before a slow
+    disposition: yes; the depot of a transit chain as fast as the chain: no)."""
     ns = np.int64(ud[_UD_NS])
     n_exp = np.int64(ud[_UD_NEXP])
     idx = carray(_i64_ptr(ud[_UD_XIDX]), n)
@@ -335,13 +342,20 @@ def _exponential_rates(model, ud, n, n_par, ones, jbuf, pbuf):
     _call_model(model[_M_JAC], 0.0, ones.ctypes.data, ud[_UD_PARAMS], jbuf.ctypes.data)
     if n_par > 0:
         _call_model(model[_M_DFDP], 0.0, ones.ctypes.data, ud[_UD_PARAMS], pbuf.ctypes.data)
+    slowest_exact = np.inf
     for e in range(n_exp):
         i = idx[n - n_exp + e]
         base = 1 + e * _x_stride(ns)
         block[base + _X_A] = -jbuf[i + n * i]
+        slowest_exact = min(slowest_exact, abs(jbuf[i + n * i]))
         for k in range(ns):
             code = codes[k]
             block[base + _X_S0 + ns + k] = -pbuf[i + n * code] if code >= 0 else 0.0
+    fastest_integrated = 0.0
+    for q in range(n - n_exp):
+        j = idx[q]
+        fastest_integrated = max(fastest_integrated, abs(jbuf[j + n * j]))
+    return slowest_exact > _EXACT_FASTER * fastest_integrated
 
 
 @njit(cache=True)
@@ -1113,8 +1127,7 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
             p_ss[k] = params[s, k]
         f_value = f_values[s]
         lag = lags[s]
-        if hybrid:
-            _exponential_rates(model, x_ud, n, n_par, ones, x_jac, x_dfdp)
+        exact = hybrid and _exponential_rates(model, x_ud, n, n_par, ones, x_jac, x_dfdp)
         _call_model(model[_M_INIT], 0.0, y.ctypes.data, main_ud[_UD_PARAMS], y0.ctypes.data)
         if n_par > 0:
             _call_model(model[_M_DINIT], 0.0, y.ctypes.data, main_ud[_UD_PARAMS],
@@ -1244,23 +1257,23 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                 if te > t_cur + 1e-13 * max(1.0, abs(t_cur)):
                     if explicit:
                         if fresh:
-                            if hybrid:
+                            if exact:
                                 _exponential_pack(x_ud, t_cur, y, sens, rates, drate, rx_y)
                             else:
                                 _pack(y, sens, rk_y)
                             _rk_reset(rk_control, t_cur)
                             fresh = False
-                        if hybrid and n_int == 0:
+                        if exact and n_int == 0:
                             # every state is exact: nothing to integrate
                             done = True
-                        elif hybrid:
+                        elif exact:
                             done = _rk_advance(x_ud, te, rx_y, rx_work, rk_control, rtol, atol,
                                                max_steps) == RK_DONE
                         else:
                             done = _rk_advance(main_ud, te, rk_y, rk_work, rk_control, rtol,
                                                atol, max_steps) == RK_DONE
                         t_reached = te if done else rk_control[_RK_T]
-                        if hybrid:
+                        if exact:
                             _exponential_unpack(x_ud, t_reached, rx_y, y, sens)
                         else:
                             _unpack(rk_y, y, sens)
