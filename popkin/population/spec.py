@@ -391,8 +391,8 @@ def _parse(text: str, source: str) -> ModelSpec:
                         f"(allowed: {', '.join(sorted(_MODEL_KEYS))})")
     name = check_label(model.get("name", Path(source).stem), f"{source}: [model]", "name")
     structure = _structure(model, doc, name, source)
-    structure = _solver(doc, structure, source)
     solver = _table(doc, "solver", source, required=False)
+    structure = _solver(solver, structure, source)
     units = _table(model, "units", f"{source}: [model]", required=False)
     extra = set(units) - _UNIT_KEYS
     if extra:
@@ -537,12 +537,11 @@ def _lag_smoothing(model, structure, params_doc, source) -> Structure:
 _SOLVER_BOUNDS = {"rtol": (1e-12, 1e-2), "atol": (1e-14, 1.0), "max_steps": (1, 10_000_000)}
 
 
-def _solver(doc, structure, source) -> Structure:
-    """The ODE engine's options from ``[solver]`` (``rtol``, ``atol``, ``max_steps``,
-    ``method``)."""
-    if "solver" not in doc:
+def _solver(table, structure, source) -> Structure:
+    """The structure with the ODE engine's options of the ``[solver]`` table (``rtol``,
+    ``atol``, ``max_steps``, ``method``; empty: unchanged)."""
+    if not table:
         return structure
-    table = _table(doc, "solver", source, required=False)
     where = f"{source}: [solver]"
     if not hasattr(structure, "with_options"):
         raise SpecError(f"{where}: solver options apply to ODE structures; structure "
