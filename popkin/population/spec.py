@@ -548,7 +548,7 @@ def _solver(table, structure, source) -> Structure:
                         f"{structure.name!r} is solved in closed form")
     extra = set(table) - {*_SOLVER_BOUNDS, "method"}
     if extra:
-        raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))} (allowed: "
+        raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(map(repr, extra)))} (allowed: "
                         f"{', '.join(sorted([*_SOLVER_BOUNDS, 'method']))})")
     options = {}
     for key, (low, high) in _SOLVER_BOUNDS.items():

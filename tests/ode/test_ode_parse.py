@@ -135,7 +135,7 @@ def test_solver_section_sets_the_engine_options():
     ("max_steps = 1e9", "[solver].max_steps must be an integer in [1, 1e+07]"),
     ("max_steps = true", "[solver].max_steps must be an integer"),
     ('method = "rk4"', '[solver].method must be "auto"'),
-    ("order = 5", "[solver]: unknown key(s) order"),
+    ("order = 5", "[solver]: unknown key(s) 'order'"),
 ])
 def test_solver_section_is_validated(table, message):
     from popkin import load_model
