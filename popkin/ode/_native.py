@@ -5,8 +5,9 @@ system is not stiff, and by CVODES (BDF, dense Newton) from the moment it is, or
 with ``method="bdf"``; CVODES is created only when a solve needs it. The periods that the
 steady-state Newton iteration integrates are solved the same way. Both integrators integrate
 the states and their forward sensitivities as one system, through the same right-hand side.
-On the explicit path, states whose equation is ``-a(p) y`` (a first-order depot) are not
-integrated at all but computed exactly between events (see "exact exponential states" below).
+On the explicit path, chains of states that are linear with constant coefficients (a depot,
+a transit chain, a one-compartment central state) are not integrated at all but computed
+exactly between events (see "exact states" below).
 
 Everything here is numba nopython code and is cached on disk (``cache=True``). It does not
 depend on the model: the model's right-hand side, Jacobian, parameter derivatives, initial
@@ -149,27 +150,47 @@ _call_i_udu_u_i = _foreign(_i, _u, _d, _u, _u, _i)   # CVode
 # a Jacobian buffer (n*n), a dfdp buffer (n*P); N_VGetArrayPointer; SUNDenseMatrix_Data.
 _UD_RHS, _UD_JAC, _UD_DFDP, _UD_N, _UD_P, _UD_NS, _UD_PARAMS, _UD_RATES, _UD_DRATE_DF = range(9)
 _UD_CODES, _UD_JBUF, _UD_PBUF, _UD_NV_DATA, _UD_MAT_DATA = range(9, 14)
-# the explicit integrator's exact exponential states (see _exponential_rhs): their number (0: none),
-# the address of the state indices (integrated ones first, then the exponential ones) and of the
-# float block (_X_* layout)
+# the explicit integrator's exact states (see _exact_rhs): their number (0: none),
+# the address of the index array (the states, integrated ones first, then the chains) and of
+# the float block (see "exact states" below)
 _UD_NEXP, _UD_XIDX, _UD_XBLOCK = range(14, 17)
 _UD_SIZE = 17
 
 
 # ---------------------------------------------------------------------------------------------
-# exact exponential states
+# exact states
 #
-# A state whose right-hand side is -a(p) y_i plus its dose input (a depot of first-order
-# absorption, a one-compartment central state) is solved exactly between events,
-#   y_i(t0 + tau) = y_i(t0) exp(-a tau) + r phi(tau),     phi = (1 - exp(-a tau)) / a,
-# with its sensitivities (the derivative in a is -tau y0 exp(-a tau) + r d phi / d a), and the
-# explicit integrator steps only the other states, which read it as a known function of time.
-# Its rate constant no longer limits the explicit step (fast absorption made the system stiff:
-# steps of 3.25 / KA over the whole profile, or CVODES), and its entries leave the error
-# control. Float block per exponential state e: y0, r, a, dr/dF, then s0 (Ns) and da/dp (Ns);
-# after them the full state and sensitivities at the current stage, and the state's rates.
+# A state whose right-hand side is linear in itself and in other exact states with constant
+# coefficients, -a_i(p) y_i + sum_j b_ij(p) y_j, plus its dose input (a depot, a transit chain,
+# a one-compartment central state, an effect compartment), is solved exactly between events
+# and the explicit integrator steps only the other states, which read the exact ones as known
+# functions of time. The exact states form chains without loops (OdeSystem.exact_inputs).
+# Over a stretch of length tau without events, a chain v_0 -> ... -> v_{L-1} = i carries
+#   y_i(tau) = sum over chains  B * ( T(a_v0..a_vL-1) y_v0(0) + T(0, a_v0..a_vL-1) r_v0 ),
+# B the product of the chain's couplings b, r the infusion rate into its first state and
+#   T(x_0..x_m) = (-1)^m [x_0..x_m] exp(-x tau)
+# the divided difference of exp(-x tau) over the rate constants (a single state: exp(-a tau)
+# and (1 - exp(-a tau)) / a). The derivative in a rate constant is the divided difference
+# with that node repeated, d T(..x_v..) / d x_v = -T(.., x_v, x_v), so sensitivities are
+# exact too. Divided differences are computed without cancellation however close the rate
+# constants are (_chain_response). The rates of fast states no longer limit the explicit
+# step (fast absorption made the system stiff: steps of 3.25 / KA over the whole profile, or
+# CVODES) and their entries leave the error control.
+#
+# Float block: t0; per exact state e: y0, r, a, dr/dF, then s0 (Ns) and da/dp (Ns); per chain:
+# B, dB/dp (Ns); then the full state, sensitivities and right-hand side at the current stage,
+# and scratch. Index array: the states (integrated first, then the exact ones), the number of
+# chains, then per chain its exact state (local index), its length and its states (local
+# indices, the first one first).
 _X_T0 = 0
 _X_Y0, _X_R, _X_A, _X_DR, _X_S0 = range(5)
+_MAX_CHAIN = 6                       # popkin.ode.system.MAX_EXACT_CHAIN
+_MAX_PATHS = 16                      # popkin.ode.system.MAX_EXACT_PATHS
+_PATH_STRIDE = 2 + _MAX_CHAIN
+_MAX_NODES = _MAX_CHAIN + 2          # a chain, the zero of an infusion and a repeated node
+_DD_SCRATCH = 4 * _MAX_NODES + 24
+# divided differences over rate constants closer than this (times tau) come from a series
+_CLUSTER = 0.5
 
 
 @njit(cache=True)
@@ -178,12 +199,11 @@ def _x_stride(ns):
 
 
 @njit(cache=True)
-def _phi_terms(a, tau):
-    """``exp(-a tau)``, ``phi = (1 - exp(-a tau)) / a`` and ``d phi / d a``, without
+def _phi_terms(a, tau, e):
+    """``phi = (1 - exp(-a tau)) / a`` and ``d phi / d a`` from ``e = exp(-a tau)``, without
     cancellation for small ``a tau`` (``a`` may be zero)."""
     x = a * tau
-    e = np.exp(-x)
-    rise = -np.expm1(-x)
+    rise = -np.expm1(-x) if abs(x) < 0.5 else 1.0 - e
     if abs(x) < 1e-12:
         g = 1.0 - 0.5 * x
     else:
@@ -192,53 +212,210 @@ def _phi_terms(a, tau):
         h = 0.5 - x / 3.0 + x * x / 8.0 - x * x * x / 30.0 + x * x * x * x / 144.0
     else:
         h = (rise - x * e) / (x * x)
-    return e, tau * g, -tau * tau * h
+    return tau * g, -tau * tau * h
 
 
 @njit(cache=True)
-def _exponential_fill(ud, t, y_full, s_full):
-    """The exponential states and their sensitivities at ``t`` into ``y_full`` (n) and
-    ``s_full`` (Ns x n, flat)."""
+def _cluster_series(u, eu, i, j, h):
+    """``[u_i..u_j] exp(-u)`` for nodes within ``_CLUSTER`` of ``u_i`` (sorted): the Taylor
+    series about ``u_i``, ``exp(-u_i) sum_q (-1)^(k+q) h_q(u - u_i) / (k+q)!`` with ``h_q``
+    the complete homogeneous symmetric polynomials of the offsets, ``k = j - i``."""
+    k = j - i
+    spread = u[j] - u[i]
+    terms = 0
+    bound = 1.0
+    while bound > 1e-17 and terms < 18:
+        terms += 1
+        bound *= spread / terms
+    for q in range(terms + 1):
+        h[q] = 0.0
+    h[0] = 1.0
+    for node in range(i + 1, j + 1):
+        delta = u[node] - u[i]
+        for q in range(1, terms + 1):
+            h[q] += delta * h[q - 1]
+    # the node u_i itself has offset 0 and leaves h unchanged
+    factorial = 1.0
+    for q in range(2, k + 1):
+        factorial *= q
+    total = 0.0
+    sign = 1.0 if k % 2 == 0 else -1.0
+    for q in range(terms + 1):
+        if q > 0:
+            factorial *= k + q
+            sign = -sign
+        total += sign * h[q] / factorial
+    return eu[i] * total
+
+
+@njit(cache=True)
+def _chain_response(nodes, exps, count, tau, scratch):
+    """``T = (-tau)^(count-1) [u_0..u_(count-1)] exp(-u)`` for ``u = nodes * tau`` (the
+    divided difference of ``exp(-x tau)`` over ``nodes``, signed to be the response of a
+    chain), with ``exps`` the values ``exp(-u)``. The divided-difference table subtracts only
+    across gaps of at least ``_CLUSTER``; nodes closer than that, repeated ones included, are
+    taken together by a series, so nothing cancels."""
+    if count == 1:
+        return exps[0]
+    u = scratch[:_MAX_NODES]
+    eu = scratch[_MAX_NODES:2 * _MAX_NODES]
+    d = scratch[2 * _MAX_NODES:3 * _MAX_NODES]
+    h = scratch[3 * _MAX_NODES:]
+    for q in range(count):
+        # insertion sort (divided differences are symmetric in their nodes)
+        value, e = nodes[q] * tau, exps[q]
+        p = q
+        while p > 0 and u[p - 1] > value:
+            u[p] = u[p - 1]
+            eu[p] = eu[p - 1]
+            p -= 1
+        u[p] = value
+        eu[p] = e
+    for q in range(count):
+        d[q] = eu[q]
+    last = count - 1
+    for k in range(1, count):
+        for i in range(count - k):
+            j = i + k
+            spread = u[j] - u[i]
+            if spread >= _CLUSTER:
+                d[i] = (d[i + 1] - d[i]) / spread
+            elif (k == last or (i > 0 and u[j] - u[i - 1] >= _CLUSTER)
+                  or (j < last and u[j + 1] - u[i] >= _CLUSTER)):
+                d[i] = _cluster_series(u, eu, i, j, h)
+            # else: a wider cluster above takes these nodes by its own series
+    return d[0] * (-tau) ** last
+
+
+@njit(cache=True, inline="always")
+def _exact_views(ud):
+    """The exact states' index array, chain table (chains x _PATH_STRIDE) and float block."""
     n = np.int64(ud[_UD_N])
     ns = np.int64(ud[_UD_NS])
     n_exp = np.int64(ud[_UD_NEXP])
-    idx = carray(_i64_ptr(ud[_UD_XIDX]), n)
-    block = carray(_f64_ptr(ud[_UD_XBLOCK]), 1 + n_exp * _x_stride(ns))
+    head = carray(_i64_ptr(ud[_UD_XIDX]), n + 1)
+    n_paths = head[n]
+    table = carray(_i64_ptr(ud[_UD_XIDX] + 8 * (n + 1)), (max(n_paths, 1), _PATH_STRIDE))
+    size = 1 + n_exp * _x_stride(ns) + n_paths * (1 + ns)
+    block = carray(_f64_ptr(ud[_UD_XBLOCK]), size)
+    return head[:n], n_paths, table, block
+
+
+@njit(cache=True, inline="always")
+def _exact_scratch(ud, n, ns, n_paths):
+    """The scratch after the block: the full state, sensitivities (Ns x n, flat), right-hand
+    side, each exact state's ``exp(-a tau)``, a chain's responses and the divided
+    differences' working space."""
+    n_exp = np.int64(ud[_UD_NEXP])
+    at = ud[_UD_XBLOCK] + 8 * (1 + n_exp * _x_stride(ns) + n_paths * (1 + ns))
+    rest = carray(_f64_ptr(at), n + ns * n + n + n_exp + 2 * _MAX_NODES + _DD_SCRATCH)
+    return (rest[:n], rest[n:n + ns * n], rest[n + ns * n:2 * n + ns * n],
+            rest[2 * n + ns * n:2 * n + ns * n + n_exp],
+            rest[2 * n + ns * n + n_exp:])
+
+
+@njit(cache=True)
+def exact_block_size(n, ns, n_exp, n_paths):
+    """Floats the exact states' block and scratch take (see the layout above)."""
+    return (1 + n_exp * (4 + 2 * ns) + n_paths * (1 + ns) + n + ns * n + n + n_exp
+            + 2 * _MAX_NODES + _DD_SCRATCH)
+
+
+@njit(cache=True)
+def _chain_fill(c, i, n, ns, tau, table, block, decay, work, codes, y_full, s_full):
+    """A chain of two or more states (``c`` in the table) into the state ``i`` it ends at."""
+    nodes = work[:_MAX_NODES]
+    exps = work[_MAX_NODES:2 * _MAX_NODES]
+    scratch = work[2 * _MAX_NODES:]
+    stride = _x_stride(ns)
+    length = table[c, 1]
+    src = 1 + table[c, 2] * stride
+    y0, r, dr = block[src + _X_Y0], block[src + _X_R], block[src + _X_DR]
+    pbase = 1 + (block.shape[0] - 1 - table.shape[0] * (1 + ns)) + c * (1 + ns)
+    b = block[pbase]
+    for q in range(length):
+        nodes[q] = block[1 + table[c, 2 + q] * stride + _X_A]
+        exps[q] = decay[table[c, 2 + q]]
+    t0 = _chain_response(nodes, exps, length, tau, scratch)
+    t1 = 0.0
+    if r != 0.0:
+        nodes[length] = 0.0
+        exps[length] = 1.0
+        t1 = _chain_response(nodes, exps, length + 1, tau, scratch)
+    value = t0 * y0 + t1 * r
+    y_full[i] += b * value
+    if ns == 0:
+        return
+    for k in range(ns):
+        extra = t1 * dr if codes[k] == _FORCE_RATE_F else 0.0
+        s_full[k * n + i] += (b * (t0 * block[src + _X_S0 + k] + extra)
+                              + block[pbase + 1 + k] * value)
+    # the rate constants' share: d T / d a_v = -T(.., a_v, a_v)
+    for q in range(length):
+        v = 1 + table[c, 2 + q] * stride
+        nodes[length] = block[v + _X_A]
+        exps[length] = decay[table[c, 2 + q]]
+        slope = -_chain_response(nodes, exps, length + 1, tau, scratch) * y0
+        if r != 0.0:
+            nodes[length + 1] = 0.0
+            exps[length + 1] = 1.0
+            slope -= _chain_response(nodes, exps, length + 2, tau, scratch) * r
+        slope *= b
+        for k in range(ns):
+            s_full[k * n + i] += slope * block[v + _X_S0 + ns + k]
+
+
+@njit(cache=True, inline="always")
+def _exact_fill(ud, t, y_full, s_full, idx, n_paths, table, block, decay, work):
+    """The exact states and their sensitivities at ``t`` into ``y_full`` (n) and
+    ``s_full`` (Ns x n, flat); the other arguments from :func:`_exact_views` and
+    :func:`_exact_scratch`."""
+    n = np.int64(ud[_UD_N])
+    ns = np.int64(ud[_UD_NS])
+    n_exp = np.int64(ud[_UD_NEXP])
+    m = n - n_exp
     codes = carray(_i64_ptr(ud[_UD_CODES]), max(ns, 1))
+    stride = _x_stride(ns)
+    paths_at = 1 + n_exp * stride
     tau = t - block[_X_T0]
     for e in range(n_exp):
-        i = idx[n - n_exp + e]
-        base = 1 + e * _x_stride(ns)
-        y0, r, a, dr = block[base + _X_Y0], block[base + _X_R], block[base + _X_A], \
-            block[base + _X_DR]
-        decay, phi, dphi = _phi_terms(a, tau)
-        y_full[i] = y0 * decay + r * phi
-        dyda = -tau * y0 * decay + r * dphi
+        decay[e] = np.exp(-block[1 + e * stride + _X_A] * tau)
+        i = idx[m + e]
+        y_full[i] = 0.0
         for k in range(ns):
-            value = block[base + _X_S0 + k] * decay + dyda * block[base + _X_S0 + ns + k]
+            s_full[k * n + i] = 0.0
+    for c in range(n_paths):
+        i = idx[m + table[c, 0]]
+        if table[c, 1] > 1:
+            _chain_fill(c, i, n, ns, tau, table, block, decay, work, codes, y_full, s_full)
+            continue
+        # a state alone: exp(-a tau) y0 + phi r, and its rate constant's share
+        src = 1 + table[c, 2] * stride
+        y0, r, dr = block[src + _X_Y0], block[src + _X_R], block[src + _X_DR]
+        pbase = paths_at + c * (1 + ns)
+        b = block[pbase]
+        t0 = decay[table[c, 2]]
+        t1, dphi = _phi_terms(block[src + _X_A], tau, t0)
+        value = t0 * y0 + t1 * r
+        y_full[i] += b * value
+        slope = b * (-tau * t0 * y0 + dphi * r)
+        for k in range(ns):
+            acc = b * t0 * block[src + _X_S0 + k] + block[pbase + 1 + k] * value \
+                + slope * block[src + _X_S0 + ns + k]
             if codes[k] == _FORCE_RATE_F:
-                value += dr * phi
-            s_full[k * n + i] = value
+                acc += b * t1 * dr
+            s_full[k * n + i] += acc
 
 
 @njit(cache=True)
-def _exponential_scratch(ud, n, ns):
-    """The state indices (integrated first) and the scratch after the block: the full state,
-    sensitivities (Ns x n, flat) and right-hand side."""
-    idx = carray(_i64_ptr(ud[_UD_XIDX]), n)
-    scratch = ud[_UD_XBLOCK] + 8 * (1 + np.int64(ud[_UD_NEXP]) * _x_stride(ns))
-    return (idx, carray(_f64_ptr(scratch), n), carray(_f64_ptr(scratch + 8 * n), max(ns * n, 1)),
-            carray(_f64_ptr(scratch + 8 * (n + ns * n)), n))
-
-
-@njit(cache=True)
-def _exponential_rhs(ud, t, y_ptr, out_ptr):
-    """:func:`_augmented_rhs` of the integrated states when some states are exponential: the
+def _exact_rhs(ud, t, y_ptr, out_ptr):
+    """:func:`_augmented_rhs` of the integrated states when some states are exact: the
     vector holds the integrated states, then each sensitivity's integrated entries."""
     n = np.int64(ud[_UD_N])
     ns = np.int64(ud[_UD_NS])
     m = n - np.int64(ud[_UD_NEXP])
-    idx, y_full, s_full, f_full = _exponential_scratch(ud, n, ns)
+    idx, n_paths, table, block = _exact_views(ud)
+    y_full, s_full, f_full, decay, work = _exact_scratch(ud, n, ns, n_paths)
     yc = carray(_f64_ptr(y_ptr), m * (1 + ns))
     out = carray(_f64_ptr(out_ptr), m * (1 + ns))
     for q in range(m):
@@ -246,7 +423,7 @@ def _exponential_rhs(ud, t, y_ptr, out_ptr):
         y_full[i] = yc[q]
         for k in range(ns):
             s_full[k * n + i] = yc[m * (k + 1) + q]
-    _exponential_fill(ud, t, y_full, s_full)
+    _exact_fill(ud, t, y_full, s_full, idx, n_paths, table, block, decay, work)
     _call_model(ud[_UD_RHS], t, y_full.ctypes.data, ud[_UD_PARAMS], f_full.ctypes.data)
     rates = carray(_f64_ptr(ud[_UD_RATES]), n)
     check = 0.0
@@ -280,15 +457,14 @@ def _exponential_rhs(ud, t, y_ptr, out_ptr):
 
 
 @njit(cache=True)
-def _exponential_pack(ud, t, y, sens, rates, drate, state):
-    """Start an exact stretch at ``t``: the exponential states' values, inputs and
-    sensitivities into the block, the integrated ones into ``state``."""
+def _exact_pack(ud, t, y, sens, rates, drate, state):
+    """Start an exact stretch at ``t``: the exact states' values, inputs and sensitivities
+    into the block, the integrated ones into ``state``."""
     n = y.shape[0]
     ns = sens.shape[0]
     n_exp = np.int64(ud[_UD_NEXP])
     m = n - n_exp
-    idx = carray(_i64_ptr(ud[_UD_XIDX]), n)
-    block = carray(_f64_ptr(ud[_UD_XBLOCK]), 1 + n_exp * _x_stride(ns))
+    idx, _, _, block = _exact_views(ud)
     block[_X_T0] = t
     for e in range(n_exp):
         i = idx[m + e]
@@ -305,21 +481,97 @@ def _exponential_pack(ud, t, y, sens, rates, drate, state):
 
 
 @njit(cache=True)
-def _exponential_unpack(ud, t, state, y, sens):
+def _exact_unpack(ud, t, state, y, sens):
     """The full state at ``t`` from the integrated ``state`` (at ``t``) and the exact
-    exponential states."""
+    states."""
     n = y.shape[0]
     ns = sens.shape[0]
     m = n - np.int64(ud[_UD_NEXP])
-    idx, y_full, s_full, _ = _exponential_scratch(ud, n, ns)
-    _exponential_fill(ud, t, y_full, s_full)
+    idx, n_paths, table, block = _exact_views(ud)
+    y_full, s_full, _, decay, work = _exact_scratch(ud, n, ns, n_paths)
     for q in range(m):
         y_full[idx[q]] = state[q]
         for k in range(ns):
             s_full[k * n + idx[q]] = state[m * (k + 1) + q]
+    _exact_fill(ud, t, y_full, s_full, idx, n_paths, table, block, decay, work)
     y[:] = y_full
     for k in range(ns):
         sens[k] = s_full[k * n:(k + 1) * n]
+
+
+@njit(cache=True)
+def _exact_chains(dims, n, idx_array):
+    """The exact states from ``dims`` (per state 0, or 1 plus the bit mask of the exact
+    states that feed it) into ``idx_array``: the states, integrated first, then the chain
+    table (see the layout above). The number of exact states, or -1 when the chains exceed
+    the table (then every state is integrated)."""
+    m = 0
+    for i in range(n):
+        if dims[5 + i] == 0:
+            idx_array[m] = i
+            m += 1
+    n_exp = n - m
+    local = np.full(n, -1, dtype=np.int64)
+    e = m
+    for i in range(n):
+        if dims[5 + i] != 0:
+            idx_array[e] = i
+            local[i] = e - m
+            e += 1
+    table = idx_array[n + 1:].reshape((-1, _PATH_STRIDE))
+    count = 0
+    stack_node = np.zeros(_MAX_PATHS * (_MAX_CHAIN + 1), dtype=np.int64)
+    stack_depth = np.zeros(_MAX_PATHS * (_MAX_CHAIN + 1), dtype=np.int64)
+    chain = np.zeros(_MAX_CHAIN, dtype=np.int64)
+    for target in range(n_exp):
+        top = 1
+        stack_node[0] = target
+        stack_depth[0] = 0
+        found = 0
+        while top > 0:
+            top -= 1
+            v, depth = stack_node[top], stack_depth[top]
+            if depth >= _MAX_CHAIN or count >= table.shape[0] or found >= _MAX_PATHS:
+                return -1
+            chain[depth] = v
+            table[count, 0] = target
+            table[count, 1] = depth + 1
+            for q in range(depth + 1):
+                table[count, 2 + q] = chain[depth - q]
+            count += 1
+            found += 1
+            mask = dims[5 + idx_array[m + v]] - 1
+            for j in range(min(n, 62)):
+                if (mask >> j) & 1:
+                    if local[j] < 0 or top >= stack_node.shape[0]:
+                        return -1
+                    stack_node[top] = local[j]
+                    stack_depth[top] = depth + 1
+                    top += 1
+    idx_array[n] = count
+    return n_exp
+
+
+@njit(cache=True)
+def _exact_setup(dims, n, ns, main_ud):
+    """One choice of exact states (``dims`` marks them): the index array, float block and
+    user data of the explicit integrator, the number of integrated states and their
+    integrator's vector and work space."""
+    idx = np.zeros(n + 1 + n * _MAX_PATHS * _PATH_STRIDE, dtype=np.int64)
+    n_exp = _exact_chains(dims, n, idx)
+    if n_exp < 0:
+        n_exp = 0
+        for i in range(n):
+            idx[i] = i
+        idx[n] = 0
+    block = np.zeros(exact_block_size(n, ns, n_exp, idx[n]))
+    ud = main_ud.copy()
+    if n_exp > 0:
+        ud[_UD_NEXP] = n_exp
+        ud[_UD_XIDX] = idx.ctypes.data
+        ud[_UD_XBLOCK] = block.ctypes.data
+    width = (n - n_exp) * (1 + ns)
+    return idx, block, ud, n - n_exp, np.zeros(width), np.zeros((RK_WORK, width))
 
 
 # exact states pay when they are faster than every integrated state (which then no longer has
@@ -328,34 +580,64 @@ _EXACT_FASTER = 4.0
 
 
 @njit(cache=True)
-def _exponential_rates(model, ud, n, n_par, ones, jbuf, pbuf):
-    """Each exponential state's rate constant ``a = -J_ii`` and ``da / dp`` for the
-    sensitivities (``dfdp`` at a unit state is ``dJ_ii / dp``), for the subject's
-    parameters; whether they are all more than ``_EXACT_FASTER`` times faster than every
-    integrated state's own rate ``|J_jj|`` there (a first-order depot before a slow
-    disposition: yes; the depot of a transit chain as fast as the chain: no)."""
+def _exact_rates(model, ud, n, n_par, ones, jbuf, pbuf):
+    """Each exact state's rate constant ``a = -J_ii`` and ``da / dp``, and each chain's
+    coupling ``B`` and ``dB / dp``, for the subject's parameters (the exact rows of ``J`` do
+    not depend on the state, and ``dfdp`` at the unit state of ``j`` is ``dJ_ij / dp``);
+    whether the exact states pay for this subject (see ``_EXACT_FASTER``)."""
     ns = np.int64(ud[_UD_NS])
     n_exp = np.int64(ud[_UD_NEXP])
-    idx = carray(_i64_ptr(ud[_UD_XIDX]), n)
-    block = carray(_f64_ptr(ud[_UD_XBLOCK]), 1 + n_exp * _x_stride(ns))
+    m = n - n_exp
+    idx, n_paths, table, block = _exact_views(ud)
     codes = carray(_i64_ptr(ud[_UD_CODES]), max(ns, 1))
+    stride = _x_stride(ns)
+    paths_at = 1 + n_exp * stride
     _call_model(model[_M_JAC], 0.0, ones.ctypes.data, ud[_UD_PARAMS], jbuf.ctypes.data)
-    if n_par > 0:
-        _call_model(model[_M_DFDP], 0.0, ones.ctypes.data, ud[_UD_PARAMS], pbuf.ctypes.data)
     slowest_exact = np.inf
     for e in range(n_exp):
-        i = idx[n - n_exp + e]
-        base = 1 + e * _x_stride(ns)
-        block[base + _X_A] = -jbuf[i + n * i]
+        i = idx[m + e]
+        block[1 + e * stride + _X_A] = -jbuf[i + n * i]
         slowest_exact = min(slowest_exact, abs(jbuf[i + n * i]))
+    for c in range(n_paths):
+        b = 1.0
+        for q in range(table[c, 1] - 1):
+            b *= jbuf[idx[m + table[c, 3 + q]] + n * idx[m + table[c, 2 + q]]]
+        base = paths_at + c * (1 + ns)
+        block[base] = b
+        for k in range(ns):
+            block[base + 1 + k] = 0.0
+    unit = ones.copy()
+    for src in range(n_exp):
+        j = idx[m + src]
+        unit[:] = 0.0
+        unit[j] = 1.0
+        if n_par > 0:
+            _call_model(model[_M_DFDP], 0.0, unit.ctypes.data, ud[_UD_PARAMS], pbuf.ctypes.data)
+        base = 1 + src * stride
         for k in range(ns):
             code = codes[k]
-            block[base + _X_S0 + ns + k] = -pbuf[i + n * code] if code >= 0 else 0.0
+            block[base + _X_S0 + ns + k] = -pbuf[j + n * code] if code >= 0 else 0.0
+        # the couplings out of j: each chain's d B / d p through them
+        for c in range(n_paths):
+            length = table[c, 1]
+            for q in range(length - 1):
+                if table[c, 2 + q] != src:
+                    continue
+                to = idx[m + table[c, 3 + q]]
+                others = 1.0
+                for z in range(length - 1):
+                    if z != q:
+                        others *= jbuf[idx[m + table[c, 3 + z]] + n * idx[m + table[c, 2 + z]]]
+                pb = paths_at + c * (1 + ns)
+                for k in range(ns):
+                    code = codes[k]
+                    if code >= 0:
+                        block[pb + 1 + k] += pbuf[to + n * code] * others
     fastest_integrated = 0.0
-    for q in range(n - n_exp):
+    for q in range(m):
         j = idx[q]
         fastest_integrated = max(fastest_integrated, abs(jbuf[j + n * j]))
-    return slowest_exact > _EXACT_FASTER * fastest_integrated
+    return m == 0 or slowest_exact > _EXACT_FASTER * fastest_integrated
 
 
 @njit(cache=True)
@@ -363,7 +645,7 @@ def _augmented_rhs(ud, t, y_ptr, out_ptr):
     """The right-hand side of the states and the sensitivities riding along as extra states,
     ``ds_k/dt = J s_k + df/dp_k``; 1 when a value is not finite."""
     if ud[_UD_NEXP] > 0:
-        return _exponential_rhs(ud, t, y_ptr, out_ptr)
+        return _exact_rhs(ud, t, y_ptr, out_ptr)
     n = np.int64(ud[_UD_N])
     ns = np.int64(ud[_UD_NS])
     _call_model(ud[_UD_RHS], t, y_ptr, ud[_UD_PARAMS], out_ptr)
@@ -1091,29 +1373,18 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
     rk_y = np.zeros(big_n)
     rk_work = np.zeros((RK_WORK, big_n))
     rk_control = np.zeros(RK_CONTROL)
-    # exact exponential states (dims[5:5+n] marks them) for the explicit integrator
-    x_idx = np.zeros(n, dtype=np.int64)
-    n_int = 0
+    # exact states (dims[5:5+n] marks them and their inputs) for the explicit integrator: all
+    # of them, or only those without inputs (the other states integrated), chosen per subject
+    full_dims = dims.copy()
+    source_dims = dims.copy()
     for i in range(n):
-        if dims[5 + i] == 0:
-            x_idx[n_int] = i
-            n_int += 1
-    n_exp = n - n_int
-    e = n_int
-    for i in range(n):
-        if dims[5 + i] != 0:
-            x_idx[e] = i
-            e += 1
-    hybrid = n_exp > 0 and explicit_first != 0
-    x_block = np.zeros(1 + n_exp * _x_stride(ns) + n + ns * n + n)
-    x_ud = main_ud.copy()
-    if hybrid:
-        x_ud[_UD_NEXP] = n_exp
-        x_ud[_UD_XIDX] = x_idx.ctypes.data
-        x_ud[_UD_XBLOCK] = x_block.ctypes.data
-    xm = n_int * (1 + ns)
-    rx_y = np.zeros(xm)
-    rx_work = np.zeros((RK_WORK, xm))
+        if dims[5 + i] > 1:
+            source_dims[5 + i] = 0
+    if explicit_first == 0:
+        full_dims[5:] = 0
+        source_dims[5:] = 0
+    f_idx, f_block, f_ud, f_int, f_y, f_work = _exact_setup(full_dims, n, ns, main_ud)
+    s_idx, s_block, s_ud, s_int, s_y, s_work = _exact_setup(source_dims, n, ns, main_ud)
     ones = np.ones(n)
     x_jac = np.zeros(n * n)
     x_dfdp = np.zeros(max(n * n_par, 1))
@@ -1127,7 +1398,16 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
             p_ss[k] = params[s, k]
         f_value = f_values[s]
         lag = lags[s]
-        exact = hybrid and _exponential_rates(model, x_ud, n, n_par, ones, x_jac, x_dfdp)
+        # the exact states pay when nothing is left to integrate, or when they are faster
+        # than every integrated state (_EXACT_FASTER)
+        exact = True
+        if f_int < n and _exact_rates(model, f_ud, n, n_par, ones, x_jac, x_dfdp):
+            x_ud, rx_y, rx_work, n_int = f_ud, f_y, f_work, f_int
+        elif s_int < n and _exact_rates(model, s_ud, n, n_par, ones, x_jac, x_dfdp):
+            x_ud, rx_y, rx_work, n_int = s_ud, s_y, s_work, s_int
+        else:
+            x_ud, rx_y, rx_work, n_int = s_ud, s_y, s_work, s_int
+            exact = False
         _call_model(model[_M_INIT], 0.0, y.ctypes.data, main_ud[_UD_PARAMS], y0.ctypes.data)
         if n_par > 0:
             _call_model(model[_M_DINIT], 0.0, y.ctypes.data, main_ud[_UD_PARAMS],
@@ -1258,7 +1538,7 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                     if explicit:
                         if fresh:
                             if exact:
-                                _exponential_pack(x_ud, t_cur, y, sens, rates, drate, rx_y)
+                                _exact_pack(x_ud, t_cur, y, sens, rates, drate, rx_y)
                             else:
                                 _pack(y, sens, rk_y)
                             _rk_reset(rk_control, t_cur)
@@ -1274,7 +1554,7 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                                                atol, max_steps) == RK_DONE
                         t_reached = te if done else rk_control[_RK_T]
                         if exact:
-                            _exponential_unpack(x_ud, t_reached, rx_y, y, sens)
+                            _exact_unpack(x_ud, t_reached, rx_y, y, sens)
                         else:
                             _unpack(rk_y, y, sens)
                         if not done:
@@ -1358,8 +1638,8 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
     if ctx_holder[0] != 0:
         _call_i_u(api[_CTX_FREE], ctx_holder.ctypes.data)
     # CVODES and the exact states held raw pointers into these arrays until now
-    return (main_ud[0] + ss_ud[0] + x_ud[0], main_buf[0] + ss_buf[0] + x_block[0],
-            codes.sum() + ss_codes.sum() + x_idx.sum())
+    return (main_ud[0] + ss_ud[0] + f_ud[0] + s_ud[0], main_buf[0] + ss_buf[0] + f_block[0]
+            + s_block[0], codes.sum() + ss_codes.sum() + f_idx.sum() + s_idx.sum())
 
 
 @njit(cache=True)

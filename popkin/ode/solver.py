@@ -40,12 +40,18 @@ def _api() -> np.ndarray:
 
 def _dims(compiled: CompiledSystem, dose_compartment: int) -> np.ndarray:
     """The solver's ``dims``: states, parameters, outputs, the dose compartment (0-based),
-    whether the right-hand side is affine in the states, then one flag per state: solved
-    exactly between events (:attr:`OdeSystem.exponential_states`)."""
+    whether the right-hand side is affine in the states, then one number per state: 0 when it
+    is integrated, else 1 plus the bit mask of the exact states that feed it
+    (:attr:`OdeSystem.exact_inputs`; past 62 states only states without inputs are exact)."""
     n, n_par, n_out = compiled.dims
     system = compiled.system
-    exact = [i in system.exponential_states for i in range(n)]
-    return np.array([n, n_par, n_out, dose_compartment - 1, system.affine_in_states, *exact],
+    flags = [0] * n
+    for i, inputs in system.exact_inputs.items():
+        if n <= 62:
+            flags[i] = 1 + sum(1 << j for j in inputs)
+        elif not inputs:
+            flags[i] = 1
+    return np.array([n, n_par, n_out, dose_compartment - 1, system.affine_in_states, *flags],
                     dtype=np.int64)
 
 

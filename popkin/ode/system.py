@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 import sympy as sp
 
-__all__ = ["OdeSystem", "TIME", "RESERVED"]
+__all__ = ["OdeSystem", "TIME", "RESERVED", "MAX_EXACT_CHAIN", "MAX_EXACT_PATHS"]
 
 TIME = sp.Symbol("t")
 # names the engine gives a meaning of its own: dose parameters and time
@@ -143,35 +143,56 @@ class OdeSystem:
         return not any(states & e.free_symbols for e in self.jacobian())
 
     @cached_property
-    def exponential_states(self) -> tuple[int, ...]:
-        """The states whose right-hand side is ``-a(p) * y_i`` (besides dose input): no other
-        state, no time, no constant term, ``a`` free of the states. Between events each is
-        ``y_i(t0) exp(-a (t - t0))`` plus its infusion's share, so the solver computes it
-        exactly and integrates only the others (a depot of first-order absorption, a
-        one-compartment central state).
+    def exact_inputs(self) -> dict[int, tuple[int, ...]]:
+        """The states the solver computes exactly between events, each with the exact states
+        that feed it.
+
+        A state qualifies when its right-hand side is ``-a(p) y_i + sum_j b_ij(p) y_j`` besides
+        its dose input: linear in states that qualify too, without time or a constant term,
+        and with no state feeding itself back through others (a depot, a transit chain, a
+        one-compartment central state with linear elimination, an effect compartment; not the
+        central state of a two-compartment model, which exchanges with its periphery). Between
+        events each is then a sum over the chains that reach it of divided differences of
+        ``exp(-a t)``, so the solver integrates only the other states. Chains are at most
+        :data:`MAX_EXACT_CHAIN` states long and a state has at most
+        :data:`MAX_EXACT_PATHS` of them; deeper states are integrated.
 
         Examples
         --------
         >>> depot, central, KA, CL, V = sp.symbols("depot central KA CL V")
         >>> OdeSystem.from_expressions([depot, central],
         ...     [-KA * depot, KA * depot - CL / V * central], {"c": central / V}
-        ...     ).exponential_states
-        (0,)
+        ...     ).exact_inputs
+        {0: (), 1: (0,)}
         """
         states = self.state_symbols
+        n = len(states)
         jac = self.jacobian()
-        exact = []
-        for i, (y, f) in enumerate(zip(states, self.rhs)):
-            diagonal = jac[i, i]
-            others = [jac[i, j] for j in range(len(states)) if j != i]
-            if any(e != 0 for e in others):
+        linear = set()
+        for i, f in enumerate(self.rhs):
+            row = [jac[i, j] for j in range(n)]
+            if any(TIME in e.free_symbols or set(states) & e.free_symbols for e in row):
                 continue
-            if TIME in diagonal.free_symbols or set(states) & diagonal.free_symbols:
+            if sp.simplify(f - sum(c * y for c, y in zip(row, states))) != 0:
                 continue
-            if sp.simplify(f - diagonal * y) != 0:
-                continue
-            exact.append(i)
-        return tuple(exact)
+            linear.add(i)
+        inputs = {i: {j for j in range(n) if j != i and jac[i, j] != 0} for i in linear}
+        exact = set(linear)
+        while True:
+            # fed by a state that is not exact, or on a feedback loop, or too deep
+            depth, paths = _chains(inputs, exact)
+            drop = {i for i in exact
+                    if not inputs[i] <= exact or depth[i] is None or depth[i] > MAX_EXACT_CHAIN
+                    or paths[i] > MAX_EXACT_PATHS}
+            if not drop:
+                break
+            exact -= drop
+        return {i: tuple(sorted(inputs[i])) for i in sorted(exact)}
+
+    @property
+    def exact_states(self) -> tuple[int, ...]:
+        """The states solved exactly between events (see :attr:`exact_inputs`)."""
+        return tuple(self.exact_inputs)
 
     @cached_property
     def linear_in_states(self) -> bool:
@@ -209,3 +230,42 @@ class OdeSystem:
             if TIME in expr.free_symbols or sp.simplify(expr.subs(zero)) != 0:
                 return False
         return all(sp.simplify(e) == 0 for e in self.initial)
+
+
+# the longest chain of exact states the solver follows (states), and the most chains that may
+# reach one state: deeper or more connected states are integrated
+MAX_EXACT_CHAIN = 6
+MAX_EXACT_PATHS = 16
+
+
+def _chains(inputs: Mapping[int, set[int]], exact: set[int]
+            ) -> tuple[dict[int, int | None], dict[int, int]]:
+    """For each state of ``exact``: the number of states on its longest chain of exact
+    inputs (``None`` when it lies on or below a loop), and the number of chains that end
+    at it (itself alone included)."""
+    depth: dict[int, int | None] = {}
+    paths: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def visit(i: int) -> int | None:
+        if i in depth:
+            return depth[i]
+        if i in visiting:
+            return None
+        visiting.add(i)
+        deepest, count = 0, 1
+        for j in inputs[i] & exact:
+            d = visit(j)
+            if d is None:
+                deepest = None
+                break
+            deepest = max(deepest, d)
+            count += paths.get(j, 1)
+        visiting.discard(i)
+        depth[i] = None if deepest is None else deepest + 1
+        paths[i] = count
+        return depth[i]
+
+    for i in exact:
+        visit(i)
+    return depth, paths
