@@ -1398,15 +1398,19 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
             p_ss[k] = params[s, k]
         f_value = f_values[s]
         lag = lags[s]
-        # the exact states pay when nothing is left to integrate, or when they are faster
-        # than every integrated state (_EXACT_FASTER)
+        # the exact states: all of them when nothing is left to integrate; else those without
+        # inputs when they are faster than every integrated state (_EXACT_FASTER), or none.
+        # (Chains next to integrated states cost more per stage than they save: the divided
+        # differences and their sensitivities are computed at every stage.) n_int: the
+        # states integrated.
         exact = True
-        if f_int < n and _exact_rates(model, f_ud, n, n_par, ones, x_jac, x_dfdp):
+        if f_int == 0:
+            _exact_rates(model, f_ud, n, n_par, ones, x_jac, x_dfdp)
             x_ud, rx_y, rx_work, n_int = f_ud, f_y, f_work, f_int
         elif s_int < n and _exact_rates(model, s_ud, n, n_par, ones, x_jac, x_dfdp):
             x_ud, rx_y, rx_work, n_int = s_ud, s_y, s_work, s_int
         else:
-            x_ud, rx_y, rx_work, n_int = s_ud, s_y, s_work, s_int
+            x_ud, rx_y, rx_work, n_int = s_ud, s_y, s_work, n
             exact = False
         _call_model(model[_M_INIT], 0.0, y.ctypes.data, main_ud[_UD_PARAMS], y0.ctypes.data)
         if n_par > 0:
@@ -1535,7 +1539,7 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                 te = ev_time[e]
                 kind = ev_kind[e]
                 if te > t_cur + 1e-13 * max(1.0, abs(t_cur)):
-                    if explicit:
+                    while explicit:
                         if fresh:
                             if exact:
                                 _exact_pack(x_ud, t_cur, y, sens, rates, drate, rx_y)
@@ -1557,10 +1561,19 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
                             _exact_unpack(x_ud, t_reached, rx_y, y, sens)
                         else:
                             _unpack(rk_y, y, sens)
-                        if not done:
+                        if done:
+                            break
+                        t_cur = t_reached
+                        fresh = True
+                        if f_int < n_int:
+                            # stiff, maybe through a fast linear chain that was integrated (a
+                            # transit chain emptied in an instant): all the exact states take
+                            # over before CVODES would
+                            _exact_rates(model, f_ud, n, n_par, ones, x_jac, x_dfdp)
+                            x_ud, rx_y, rx_work, n_int = f_ud, f_y, f_work, f_int
+                            exact = True
+                        else:
                             explicit = False
-                            t_cur = t_reached
-                            fresh = True
                     if not explicit:
                         if fresh:
                             _integrator_open(api, ctx_holder, main, main_ud, rtol, atol,

@@ -89,19 +89,26 @@ def test_oral_model_matches_the_closed_form_for_any_absorption_rate(ka):
                                atol=1e-6 * scale)
 
 
+def _solve_pair(model, events, params, f_values, lags, wrt):
+    """The engine's solve at 1e-9 (exact states, explicit steps) and CVODES BDF on the whole
+    system at 1e-11, both with sensitivities; neither fails."""
+    prepared = prepare_events(events)
+    exact = solve(model.compiled, prepared, params, f_values, lags, 1, wrt=wrt,
+                  options=model.with_options(rtol=1e-9, atol=1e-9).options)
+    reference = solve(model.compiled, prepared, params, f_values, lags, 1, wrt=wrt,
+                      options=model.with_options(method="bdf", rtol=1e-11, atol=1e-11).options)
+    assert not exact.failures and not reference.failures
+    return exact, reference
+
+
 @pytest.mark.parametrize("ka", [0.05, 1.2, 30.0, 1e4])
 def test_sensitivities_match_cvodes_on_the_whole_system(ka):
     ode = ode_structure_from_block(ORAL)
     events = _events(ode)
-    prepared = prepare_events(events)
     params = np.array([[ka, 2.0, 20.0], [ka * 0.5, 3.0, 15.0]])
     f_values, lags = np.array([0.8, 0.9]), np.array([0.3, 0.6])
     wrt = np.arange(5)          # KA, CL, V, F, ALAG
-    exact = solve(ode.compiled, prepared, params, f_values, lags, 1, wrt=wrt,
-                  options=ode.with_options(rtol=1e-9, atol=1e-9).options)
-    reference = solve(ode.compiled, prepared, params, f_values, lags, 1, wrt=wrt,
-                      options=ode.with_options(method="bdf", rtol=1e-11, atol=1e-11).options)
-    assert not exact.failures and not reference.failures
+    exact, reference = _solve_pair(ode, events, params, f_values, lags, wrt)
     scale = np.abs(reference.prediction).max()
     np.testing.assert_allclose(exact.prediction, reference.prediction, rtol=1e-6,
                                atol=1e-8 * scale)
@@ -192,14 +199,8 @@ def test_chain_responses_match_high_precision_for_close_and_repeated_rates(tau):
 def _compare_with_cvodes(model, rows, params_rows, f_values, lags, wrt, rtol=1e-6):
     """Predictions and sensitivities of the exact chains against CVODES on the whole
     system (BDF, 1e-11), each column compared at its own scale."""
-    events = _events(model, rows)
-    prepared = prepare_events(events)
-    params = np.array(params_rows, dtype=float)
-    exact = solve(model.compiled, prepared, params, f_values, lags, 1, wrt=wrt,
-                  options=model.with_options(rtol=1e-9, atol=1e-9).options)
-    reference = solve(model.compiled, prepared, params, f_values, lags, 1, wrt=wrt,
-                      options=model.with_options(method="bdf", rtol=1e-11, atol=1e-11).options)
-    assert not exact.failures and not reference.failures
+    exact, reference = _solve_pair(model, _events(model, rows),
+                                   np.array(params_rows, dtype=float), f_values, lags, wrt)
     scale = np.abs(reference.prediction).max()
     np.testing.assert_allclose(exact.prediction, reference.prediction, rtol=rtol,
                                atol=1e-8 * scale)
@@ -270,3 +271,21 @@ def test_the_solver_and_the_system_agree_on_the_chain_limits():
     from popkin.ode import _native, system
     assert _native._MAX_CHAIN == system.MAX_EXACT_CHAIN
     assert _native._MAX_PATHS == system.MAX_EXACT_PATHS
+
+
+@pytest.mark.parametrize("ktr", [2.0, 1e4])
+def test_a_fast_transit_chain_before_saturable_elimination_matches_cvodes(ktr):
+    # the transit chain is exact; the central state (Michaelis-Menten) is integrated. With a
+    # chain emptied within a millisecond the integrated system is stiff: the exact chain
+    # takes over from the explicit integrator instead of CVODES
+    block = {"states": ["transit1", "transit2", "depot", "central"],
+             "equations": ["d/dt(transit1) = -KTR * transit1",
+                           "d/dt(transit2) = KTR * (transit1 - transit2)",
+                           "d/dt(depot) = KTR * transit2 - KA * depot",
+                           "d/dt(central) = KA * depot - VMAX * central / (KM * V + central)"],
+             "output": "central / V", "parameters": ["KTR", "KA", "VMAX", "KM", "V"]}
+    model = ode_structure_from_block(block)
+    assert model.system.exact_inputs == {0: (), 1: (0,), 2: (1,)}
+    params = [[ktr, ktr * 0.5, 10.0, 2.0, 20.0], [ktr, 1.5, 30.0, 0.5, 10.0]]
+    _compare_with_cvodes(model, ROWS, params, np.array([0.8, 1.0]), np.array([0.3, 0.0]),
+                         np.arange(len(block["parameters"]) + 2))
