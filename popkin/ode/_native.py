@@ -376,35 +376,33 @@ def _exact_fill(ud, t, y_full, s_full, idx, n_paths, table, block, decay, work):
     m = n - n_exp
     codes = carray(_i64_ptr(ud[_UD_CODES]), max(ns, 1))
     stride = _x_stride(ns)
-    paths_at = 1 + n_exp * stride
     tau = t - block[_X_T0]
-    for e in range(n_exp):
-        decay[e] = np.exp(-block[1 + e * stride + _X_A] * tau)
-        i = idx[m + e]
-        y_full[i] = 0.0
-        for k in range(ns):
-            s_full[k * n + i] = 0.0
+    chains = n_paths > n_exp
+    if chains:
+        for e in range(n_exp):
+            decay[e] = np.exp(-block[1 + e * stride + _X_A] * tau)
+    # each state's own path (the state alone: coupling 1) comes first among the paths that
+    # end at it (_exact_chains) and sets it; longer chains add to it. Without chains, path
+    # e is state e alone.
     for c in range(n_paths):
-        i = idx[m + table[c, 0]]
-        if table[c, 1] > 1:
+        e = table[c, 2] if chains else c
+        i = idx[m + table[c, 0]] if chains else idx[m + c]
+        if chains and table[c, 1] > 1:
             _chain_fill(c, i, n, ns, tau, table, block, decay, work, codes, y_full, s_full)
             continue
-        # a state alone: exp(-a tau) y0 + phi r, and its rate constant's share
-        src = 1 + table[c, 2] * stride
-        y0, r, dr = block[src + _X_Y0], block[src + _X_R], block[src + _X_DR]
-        pbase = paths_at + c * (1 + ns)
-        b = block[pbase]
-        t0 = decay[table[c, 2]]
-        t1, dphi = _phi_terms(block[src + _X_A], tau, t0)
-        value = t0 * y0 + t1 * r
-        y_full[i] += b * value
-        slope = b * (-tau * t0 * y0 + dphi * r)
+        # exp(-a tau) y0 + phi r, and the rate constant's share
+        src = 1 + e * stride
+        y0, r, dr, a = block[src + _X_Y0], block[src + _X_R], block[src + _X_DR], \
+            block[src + _X_A]
+        t0 = decay[e] if chains else np.exp(-a * tau)
+        t1, dphi = _phi_terms(a, tau, t0)
+        y_full[i] = t0 * y0 + t1 * r
+        slope = -tau * t0 * y0 + dphi * r
         for k in range(ns):
-            acc = b * t0 * block[src + _X_S0 + k] + block[pbase + 1 + k] * value \
-                + slope * block[src + _X_S0 + ns + k]
+            acc = t0 * block[src + _X_S0 + k] + slope * block[src + _X_S0 + ns + k]
             if codes[k] == _FORCE_RATE_F:
-                acc += b * t1 * dr
-            s_full[k * n + i] += acc
+                acc += t1 * dr
+            s_full[k * n + i] = acc
 
 
 @njit(cache=True)
