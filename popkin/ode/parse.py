@@ -61,6 +61,7 @@ MAX_NODES = 5_000                   # syntax-tree nodes
 MAX_DEPTH = 100                     # nesting (a chain a + b + c ... counts once)
 MAX_EXPONENT = 100                  # |n| of a numeric exponent x ** n
 MAX_MAGNITUDE = 1e300               # |value| of any number, literal or computed
+MAX_STATES = 200                    # states of one system (its Jacobian has MAX_STATES**2 entries)
 _EXACT = 10_000                     # larger whole numbers are kept as floating point
 
 
@@ -264,6 +265,9 @@ def ode_structure_from_block(block: Mapping[str, Any], *, name: str = "ode") -> 
     if not states or not isinstance(states, (list, tuple)):
         raise OdeSpecError("[ode] states must be a non-empty list of names, e.g. "
                            "states = [\"depot\", \"central\"]")
+    if len(states) > MAX_STATES:
+        raise OdeSpecError(f"[ode] states: {len(states)} states; the limit is {MAX_STATES} (the "
+                           "solver's symbolic derivatives and Jacobian grow with its square)")
     for state in states:
         _check_name(state, "states", "state")
     if len(set(states)) != len(states):

@@ -46,6 +46,7 @@ def test_block_from_design_doc_parses():
     ({"equations": ["dx = 1", "d/dt(central) = -central"]}, r"equation 1: expected 'd/dt\(state\)"),
     ({"outputs": ["c = central / V"]}, r"exactly one of output"),
     ({"typo": 1}, r"unknown key\(s\) typo"),
+    ({"states": [f"s{i}" for i in range(201)]}, r"states: 201 states; the limit is 200"),
 ])
 def test_bad_blocks_get_clear_errors(change, message):
     with pytest.raises(OdeSpecError, match=message):
