@@ -395,6 +395,14 @@ def _exact_fill(ud, t, y_full, s_full, idx, n_paths, table, block, decay, work):
         y0, r, dr, a = block[src + _X_Y0], block[src + _X_R], block[src + _X_DR], \
             block[src + _X_A]
         t0 = decay[e] if chains else np.exp(-a * tau)
+        if r == 0.0 and dr == 0.0:
+            # no infusion running into it (an oral bolus): the decay alone
+            y_full[i] = t0 * y0
+            slope = -tau * t0 * y0
+            for k in range(ns):
+                s_full[k * n + i] = t0 * block[src + _X_S0 + k] + slope * block[
+                    src + _X_S0 + ns + k]
+            continue
         t1, dphi = _phi_terms(a, tau, t0)
         y_full[i] = t0 * y0 + t1 * r
         slope = -tau * t0 * y0 + dphi * r
