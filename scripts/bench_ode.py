@@ -3,10 +3,10 @@
 12 subjects (doses 50, 100, 200 mg), 10 samples each, log-normal random effects on KA, CL and
 V, proportional error. The same PyMC model is built with
 
-* the ODE engine (``popkin.ode`` as a fit runs it: the depot solved exactly, explicit
-  Dormand-Prince for the rest while it is not stiff, CVODES BDF when it is; forward
-  sensitivities; rtol = atol = 1e-6, ``FIT_TOLERANCES``; ``ode_1e-8`` at rtol = atol = 1e-8,
-  the default of predictions and dosing),
+* the ODE engine (``popkin.ode`` as a fit runs it: depot and central state are a linear chain,
+  solved exactly with their forward sensitivities, so nothing is integrated and the
+  tolerances do not matter; ``ode`` at rtol = atol = 1e-6, ``FIT_TOLERANCES``, ``ode_1e-8``
+  at 1e-8, the default of predictions and dosing),
 * the closed form (``get_structure("one_compartment_oral").predict`` with PyTensor inputs),
 * ``pymc.ode.DifferentialEquation`` (scipy ``odeint`` with its own sensitivities),
 
