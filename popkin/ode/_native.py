@@ -42,9 +42,9 @@ from numba.extending import intrinsic
 (_CTX_CREATE, _CTX_FREE, _NV_NEW, _NV_DESTROY, _NV_DATA,
  _MAT_NEW, _MAT_DATA, _MAT_DESTROY, _LS_NEW, _LS_FREE, _CV_CREATE, _CV_INIT, _CV_REINIT,
  _CV_TOLERANCES, _CV_USER_DATA, _CV_MAX_STEPS, _CV_STOP_TIME, _CV_LINEAR_SOLVER, _CV_JAC_FN,
- _CV_SOLVE, _CV_FREE, _NV_FUSED, _SILENCE) = range(23)
+ _CV_SOLVE, _CV_FREE, _NV_FUSED, _CV_MAX_HNIL, _SILENCE) = range(24)
 # indices of the addresses the caller adds after the API table (see callback_addresses)
-_CB_RHS, _CB_JAC, _CB_ERRORS = 23, 24, 25
+_CB_RHS, _CB_JAC, _CB_ERRORS = 24, 25, 26
 # model function table
 _M_RHS, _M_JAC, _M_DFDP, _M_INIT, _M_DINIT, _M_OUT, _M_DOUT_DY, _M_DOUT_DP = range(8)
 # sensitivity forcing codes (besides a parameter's column of dfdp)
@@ -824,6 +824,9 @@ def _integrator_open(api, ctx_holder, handles, ud, rtol, atol, max_steps, sundia
     flag |= _call_i_uuu(api[_CV_LINEAR_SOLVER], mem, ls, a)
     flag |= _call_i_uu(api[_CV_JAC_FN], mem, api[_CB_JAC])
     flag |= _call_i_ul(api[_CV_MAX_STEPS], mem, max_steps)
+    # no "t + h = t" warnings on stderr (they come from the first draws of a fit, at absurd
+    # absorption rates): a solve that fails is reported by popkin, not by SUNDIALS' printing
+    flag |= _call_i_ui(api[_CV_MAX_HNIL], mem, -1)
     if sundials_major == 6:
         flag |= _call_i_uuu(api[_SILENCE], mem, api[_CB_ERRORS], 0)
     handles[0], handles[1], handles[2], handles[3] = mem, y, a, ls

@@ -80,7 +80,7 @@ API = (
     "SUNMatDestroy", "SUNLinSol_Dense", "SUNLinSolFree", "CVodeCreate", "CVodeInit",
     "CVodeReInit", "CVodeSStolerances", "CVodeSetUserData", "CVodeSetMaxNumSteps",
     "CVodeSetStopTime", "CVodeSetLinearSolver", "CVodeSetJacFn", "CVode",
-    "CVodeFree", "N_VEnableFusedOps_Serial", "silence",
+    "CVodeFree", "N_VEnableFusedOps_Serial", "CVodeSetMaxHnilWarns", "silence",
 )
 _SILENCE = {6: "CVodeSetErrHandlerFn", 7: "SUNContext_ClearErrHandlers"}
 
@@ -111,6 +111,7 @@ int CVodeSetJacFn(size_t mem, size_t jac);
 int CVode(size_t mem, double tout, size_t yout, size_t tret, int itask);
 void CVodeFree(size_t mem_ptr);
 int N_VEnableFusedOps_Serial(size_t v, int tf);
+int CVodeSetMaxHnilWarns(size_t mem, int mxhnil);
 int CVodeSetErrHandlerFn(size_t mem, size_t handler, size_t data);
 int SUNContext_ClearErrHandlers(size_t ctx);
 """
