@@ -275,9 +275,8 @@ def test_the_solver_and_the_system_agree_on_the_chain_limits():
 
 @pytest.mark.parametrize("ktr", [2.0, 1e4])
 def test_a_fast_transit_chain_before_saturable_elimination_matches_cvodes(ktr):
-    # the transit chain is exact; the central state (Michaelis-Menten) is integrated. With a
-    # chain emptied within a millisecond the integrated system is stiff: the exact chain
-    # takes over from the explicit integrator instead of CVODES
+    # the transit chain is exact, the central state (Michaelis-Menten) is integrated with it;
+    # with a chain emptied within a millisecond the system is stiff and CVODES takes over
     block = {"states": ["transit1", "transit2", "depot", "central"],
              "equations": ["d/dt(transit1) = -KTR * transit1",
                            "d/dt(transit2) = KTR * (transit1 - transit2)",
