@@ -586,7 +586,7 @@ _EXACT_FASTER = 4.0
 
 
 @njit(cache=True)
-def _exact_rates(model, ud, n, n_par, ones, jbuf, pbuf):
+def _exact_rates(model, ud, n, n_par, ones, unit, jbuf, pbuf):
     """Each exact state's rate constant ``a = -J_ii`` and ``da / dp``, and each chain's
     coupling ``B`` and ``dB / dp``, for the subject's parameters (the exact rows of ``J`` do
     not depend on the state, and ``dfdp`` at the unit state of ``j`` is ``dJ_ij / dp``);
@@ -612,7 +612,6 @@ def _exact_rates(model, ud, n, n_par, ones, jbuf, pbuf):
         block[base] = b
         for k in range(ns):
             block[base + 1 + k] = 0.0
-    unit = ones.copy()
     for src in range(n_exp):
         j = idx[m + src]
         unit[:] = 0.0
@@ -1395,6 +1394,7 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
     f_idx, f_block, f_ud, f_int, f_y, f_work = _exact_setup(full_dims, n, ns, main_ud)
     s_idx, s_block, s_ud, s_int, s_y, s_work = _exact_setup(source_dims, n, ns, main_ud)
     ones = np.ones(n)
+    unit = np.zeros(n)          # a unit state, per exact state (_exact_rates)
     x_jac = np.zeros(n * n)
     x_dfdp = np.zeros(max(n * n_par, 1))
     for s in range(n_sub):
@@ -1414,9 +1414,9 @@ def solve_subjects(api, model, dims, doses, points, dose_start, point_start, par
         # states integrated.
         exact = True
         if f_int == 0:
-            _exact_rates(model, f_ud, n, n_par, ones, x_jac, x_dfdp)
+            _exact_rates(model, f_ud, n, n_par, ones, unit, x_jac, x_dfdp)
             x_ud, rx_y, rx_work, n_int = f_ud, f_y, f_work, f_int
-        elif s_int < n and _exact_rates(model, s_ud, n, n_par, ones, x_jac, x_dfdp):
+        elif s_int < n and _exact_rates(model, s_ud, n, n_par, ones, unit, x_jac, x_dfdp):
             x_ud, rx_y, rx_work, n_int = s_ud, s_y, s_work, s_int
         else:
             x_ud, rx_y, rx_work, n_int = s_ud, s_y, s_work, n
