@@ -326,7 +326,8 @@ def _dose(args) -> int:
                    intervals=args.intervals, durations=args.durations,
                    loading_dose=args.loading_dose, start=args.start,
                    max_limit_probability=args.max_limit_probability, draws=args.draws,
-                   seed=args.seed, occasion=args.occasion)
+                   seed=args.seed, occasion=args.occasion, models=args.models,
+                   model_weights=args.model_weights)
     if args.batch:
         table = write_batch_recommendations(args.model, args.patient, args.out,
                                             scheduler=args.scheduler, progress=not args.quiet,
@@ -342,6 +343,11 @@ def _dose(args) -> int:
           f"{rec.start:g}")
     print(f"P(target) = {rec.probability_of_target:.2f}" +
           (f", P(limit) = {rec.probability_of_limit:.2f}" if rec.limits else ""))
+    for row in rec.models or ():
+        scores = (f"P(target) {row['P(target)']:.2f} for this regimen" if row["used"]
+                  else "not used")
+        print(f"model {row['model']}: weight {row['weight']:.2f} (prior "
+              f"{row['prior_weight_used']:.2f}), {scores}")
     for flag in rec.flags:
         print(f"flag: {flag}")
     print(f"wrote {args.out}/: recommendation.json, report.html, report.pdf ({rec.seconds:.1f} s)")
@@ -431,9 +437,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dose", help="recommend a regimen for a patient: recommendation.json, "
                                     "report.html, report.pdf")
-    p.add_argument("model", help="library model name, model spec (TOML) or fit folder")
+    p.add_argument("model", help="library model name, model spec (TOML) or fit folder; a drug "
+                                 "name (e.g. vancomycin: the library's models of that drug) or "
+                                 "MODEL,MODEL,... to average over several models")
     p.add_argument("patient", help="NONMEM-format CSV of the patient (doses, levels, covariates)")
     p.add_argument("--out", required=True, type=_output("folder"), help="output folder")
+    p.add_argument("--models", choices=("average", "select"), default="average",
+                   help="with several models: average the recommendation over them by their "
+                        "posterior probabilities (default), or use the most probable alone")
+    p.add_argument("--model-weights", type=_number_list, default=None, metavar="W1,W2,...",
+                   help="prior weights of the models, in their order (default: equal, or each "
+                        "spec's prior_weight)")
     p.add_argument("--target", action="append", default=None,
                    help="metric:window, e.g. auc24:400-600, trough:10-20, ftmic(2):>=40, "
                         "trough@day2:10-20 (repeat for several; default: the model's [dosing])")

@@ -371,6 +371,17 @@ def _logp_function(compiled: _Compiled):
     return compiled.logp_function
 
 
+def _finite_logp(logp, x) -> float:
+    """``logp(x)``, or -inf where the model has no density: a draw far in the proposal's tail
+    can make a prediction 0 and a proportional residual SD 0, which PyMC refuses."""
+    from pymc.logprob.utils import ParameterValueError
+
+    try:
+        return float(logp(x))
+    except ParameterValueError:
+        return -np.inf
+
+
 def _log_evidence(compiled: _Compiled, x: np.ndarray, rng, n: int = 2000) -> tuple[float, float]:
     """``log p(levels)`` under the data now in ``compiled``, by importance sampling.
 
@@ -387,7 +398,7 @@ def _log_evidence(compiled: _Compiled, x: np.ndarray, rng, n: int = 2000) -> tup
     cov = np.atleast_2d(np.cov(x, rowvar=False)) * 1.2 + 1e-9 * np.eye(dim)
     proposal = stats.multivariate_t(loc=mean, shape=cov, df=4)
     y = proposal.rvs(size=n, random_state=rng).reshape(n, dim)
-    target = np.array([float(logp(row)) for row in y])
+    target = np.array([_finite_logp(logp, row) for row in y])
     log_w = target - proposal.logpdf(y)
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
     top = np.max(log_w)
@@ -399,7 +410,8 @@ def _log_evidence(compiled: _Compiled, x: np.ndarray, rng, n: int = 2000) -> tup
 
 def sample_mixture(spec: ModelSpec, components, events: EventTable, *, method: str = "nuts",
                    draws: int = 1000, chains: int = 4, tune: int = 500,
-                   seed: int = 0, occasion: str = "current") -> IndividualPosterior:
+                   seed: int = 0, occasion: str = "current",
+                   evidence: bool = False) -> IndividualPosterior:
     """The individual posterior averaged over the patient's possible genotypes.
 
     ``components`` is a list of ``(component, prior)``: each component's prior weight
@@ -411,8 +423,13 @@ def sample_mixture(spec: ModelSpec, components, events: EventTable, *, method: s
     the components' draws in those proportions, shuffled. Sampling the components apart is
     more reliable than one sampler on the marginal density, whose modes (one per genotype) are
     often far apart. The genotype probabilities are in ``diagnostics["genotypes"]``.
+
+    With ``evidence`` (model averaging, :mod:`popkin.dosing.averaging`) the levels' marginal
+    likelihood under the model, summed over the components, is in
+    ``diagnostics["log_evidence"]`` (and its importance sampling's effective sample size in
+    ``diagnostics["evidence_ess"]``), also for a single component.
     """
-    if len(components) == 1:
+    if len(components) == 1 and not evidence:
         return sample_individual(spec, components[0][1], events, method=method, draws=draws,
                                  chains=chains, tune=tune, seed=seed, occasion=occasion)
     start = time.perf_counter()
@@ -445,11 +462,18 @@ def sample_mixture(spec: ModelSpec, components, events: EventTable, *, method: s
     order = rng.permutation(draws)
     parameters = {k: np.concatenate(v)[order] for k, v in parameters.items()}
     sigmas = {k: np.concatenate(v)[order] for k, v in sigmas.items()}
-    genotypes = [{"genotype": c.label, "assignment": [list(a) for a in c.assignment],
-                  "prior": float(np.exp(c.log_weight)), "posterior": float(p),
-                  "log_evidence": float(log_z), "evidence_ess": round(ess, 1)}
-                 for (c, _, _, _, log_z, ess, _), p in zip(parts, probs)]
-    diagnostics = {"genotypes": genotypes, "components": len(parts)}
+    diagnostics = {"components": len(parts)}
+    if len(parts) > 1:
+        diagnostics["genotypes"] = [
+            {"genotype": c.label, "assignment": [list(a) for a in c.assignment],
+             "prior": float(np.exp(c.log_weight)), "posterior": float(p),
+             "log_evidence": float(log_z), "evidence_ess": round(ess, 1)}
+            for (c, _, _, _, log_z, ess, _), p in zip(parts, probs)]
+    if evidence:
+        diagnostics["log_evidence"] = float(np.logaddexp.reduce(log_post))
+        # the components' share of the sum, by their effective sample sizes
+        diagnostics["evidence_ess"] = round(float(sum(p * e for p, (*_, e, _) in
+                                                      zip(probs, parts))), 1)
     first = parts[0][3]
     if "divergences" in first:
         diagnostics["divergences"] = int(sum(p[3].get("divergences", 0) for p in parts))

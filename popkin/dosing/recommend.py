@@ -38,6 +38,7 @@ from ..data.reader import Dataset, read_dataset
 from ..data.schema import DatasetError, Problem
 from ..population.covariates import SpecError
 from ..population.spec import ModelSpec, load_model
+from . import averaging as av
 from . import regimens as rg
 from .posterior import IndividualPosterior, sample_mixture
 from .prior import (covariate_components, fit_frequencies, fit_prior,
@@ -81,6 +82,10 @@ class Recommendation:
     tie_tolerance: float
     seconds: float
     timings: dict = field(default_factory=dict)
+    # several models (popkin.dosing.averaging): each model's weight and its own scores of the
+    # recommended regimen, and "average" or "select"; None for one model
+    models: list[dict] | None = None
+    model_choice: str | None = None
 
     # -- output -------------------------------------------------------------------------------
 
@@ -135,6 +140,10 @@ class Recommendation:
                 for p, v in self.posterior.parameters.items()},
             "posterior": {"draws": self.posterior.n_draws, **self.posterior.diagnostics},
             "candidates": json.loads(self.candidates.to_json(orient="records")),
+            **({} if self.models is None else {
+                "model_averaging": {"choice": self.model_choice,
+                                    "models": [{k: _plain(v) for k, v in row.items()}
+                                               for row in self.models]}}),
             "seconds": round(self.seconds, 3), "timings": self.timings,
         }
 
@@ -365,7 +374,20 @@ def _history_contribution(spec, windows, params, history, start) -> dict:
     return {k: conc[:, np.searchsorted(times, w.times)] for k, w in needed}
 
 
-def _score(cands, targets, limits, metrics) -> pd.DataFrame:
+def _score(cands, targets, limits, metrics, weights=None) -> pd.DataFrame:
+    """Each candidate's P(target), P(limit) and metric quantiles over the draws, weighted by
+    ``weights`` (a mixture of models' draws, :func:`_mixture`) when given."""
+    if weights is not None:
+        weights = np.asarray(weights, float) / np.sum(weights)
+
+    def mean(x):
+        return float(x.mean()) if weights is None else float(np.dot(weights, x))
+
+    def quantiles(x):
+        if weights is None:
+            return [float(np.quantile(x, q)) for q in (0.5, 0.05, 0.95)]
+        return av.weighted_quantiles(x, weights, (0.5, 0.05, 0.95))
+
     rows = []
     for i, c in enumerate(cands):
         attained = np.ones_like(metrics[(i, (targets or limits)[0].label)], dtype=bool)
@@ -377,13 +399,12 @@ def _score(cands, targets, limits, metrics) -> pd.DataFrame:
         row = {"amount": c.amount, "interval": c.interval, "duration": c.duration,
                "route": c.route, "loading_dose": c.loading_dose if c.loading_dose else np.nan,
                "daily_dose": c.amount * c.doses_per_day if c.interval else np.nan,
-               "P(target)": float(attained.mean()) if targets else np.nan,
-               "P(limit)": float(exceeded.mean()) if limits else 0.0}
+               "P(target)": mean(attained) if targets else np.nan,
+               "P(limit)": mean(exceeded) if limits else 0.0}
         for t in (*targets, *limits):
             x = metrics[(i, t.label)]
-            row[f"{t.label} median"] = float(np.median(x))
-            row[f"{t.label} q05"] = float(np.quantile(x, 0.05))
-            row[f"{t.label} q95"] = float(np.quantile(x, 0.95))
+            (row[f"{t.label} median"], row[f"{t.label} q05"],
+             row[f"{t.label} q95"]) = quantiles(x)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -410,8 +431,9 @@ def _choose(table: pd.DataFrame, bound: float, tie: float) -> tuple[pd.DataFrame
 
 
 def _curves(spec, data, params, start, current: rg.Candidate | None, chosen: rg.Candidate,
-            history: pd.DataFrame, n_days: float) -> dict:
-    """Concentration bands (5/50/95%) from the first record to ``n_days`` after the start."""
+            history: pd.DataFrame, n_days: float, raw: bool = False) -> dict:
+    """Concentration bands (5/50/95%) from the first record to ``n_days`` after the start
+    (with ``raw``, the draws' concentrations instead of the bands)."""
     hours = 24.0 / rg.hours_per_unit(spec)
     t0 = float(data.records["TIME"].min())
     t1 = start + n_days * hours
@@ -438,7 +460,7 @@ def _curves(spec, data, params, start, current: rg.Candidate | None, chosen: rg.
         frame.insert(0, "ID", 1)
         events = build_event_table(read_dataset(frame), spec.structure, points="observations")
         conc = rg.predict_draws(spec, events, params)
-        out[name] = np.quantile(conc, [0.05, 0.5, 0.95], axis=0)
+        out[name] = conc if raw else np.quantile(conc, [0.05, 0.5, 0.95], axis=0)
         out[f"{name}_doses"] = np.array(times + ([start] if regimen.loading_dose else []))
     return out
 
@@ -467,6 +489,8 @@ def recommend(
     tune: int = 500,
     seed: int | None = 0,
     occasion: Literal["current", "new"] = "current",
+    models: Literal["average", "select"] = "average",
+    model_weights: Sequence[float] | None = None,
 ) -> Recommendation:
     """Recommend a regimen for one patient.
 
@@ -474,7 +498,10 @@ def recommend(
     ----------
     model
         A library model name, a TOML spec, a :class:`~popkin.population.spec.ModelSpec`, a
-        :class:`~popkin.inference.Fit` or a fit folder written by ``popkin fit``.
+        :class:`~popkin.inference.Fit` or a fit folder written by ``popkin fit``. Several
+        models (a list, ``"A,B,C"``, or a drug name such as ``"vancomycin"``, which selects
+        the library's models of that drug) are averaged or selected from by how well they
+        explain the patient's levels (:mod:`popkin.dosing.averaging`).
     patient
         NONMEM-format records of the patient (CSV path, DataFrame or Dataset): doses, levels
         (``DV``) and covariate columns. A table with several IDs needs ``patient_id``.
@@ -485,7 +512,8 @@ def recommend(
         ``"nuts"`` (full posterior, default) or ``"map"`` (mode and Laplace approximation).
         A patient whose records are in a fit's data uses that fit's own draws.
     route, amount_step, amount_range, intervals, durations
-        Override the spec's ``[dosing]`` table (:mod:`popkin.dosing.regimens`).
+        Override the spec's ``[dosing]`` table (:mod:`popkin.dosing.regimens`); with several
+        models, the first model's ``[dosing]`` table gives the defaults.
     loading_dose
         Loading dose amount(s) given at the start; each is tried with every candidate.
     start
@@ -494,18 +522,24 @@ def recommend(
     max_limit_probability, tie_tolerance
         The choice rule (module docstring).
     draws, chains, tune, seed
-        Posterior draws in all, NUTS chains and tuning steps, random seed.
+        Posterior draws in all (per model), NUTS chains and tuning steps, random seed.
     occasion
         For a model with between-occasion variability: the new regimen continues the
         patient's ``"current"`` occasion (its effect estimated from the levels, the default)
         or starts a ``"new"`` one (its effect drawn from the population, integrated out).
+    models
+        With several models: ``"average"`` (score the regimens on the models' mixture,
+        weighted by their posterior probabilities) or ``"select"`` (the most probable model
+        alone).
+    model_weights
+        The models' prior weights, one per model (default: each spec's ``prior_weight``, 1).
 
     Returns
     -------
     Recommendation
         ``regimen``, ``probability_of_target``, the ``candidates`` table (best first),
-        ``flags``; :func:`popkin.report.write_recommendation` writes the JSON and the
-        reports.
+        ``flags``, and with several models ``models`` (each model's weight and scores);
+        :func:`popkin.report.write_recommendation` writes the JSON and the reports.
     """
     began = time.perf_counter()
     if method not in METHODS:
@@ -514,18 +548,17 @@ def recommend(
         raise ValueError(f"max_limit_probability must lie in [0, 1], not {max_limit_probability}")
     if occasion not in OCCASIONS:
         raise ValueError(f"occasion must be 'current' or 'new', not {occasion!r}")
-    spec, fit = load_source(model)
-    data, patient_id = _patient_dataset(patient, patient_id)
-    spec.check_time_constant(data)
-    if fit is None:
-        spec = spec.resolved(data, scales=False)
-    design = patient_covariates(spec, data)
-    data, flags = _flag_early_levels(data)
-    own_draws = fit is not None and _same_patient(fit, data, patient_id)
-    if not own_draws:
-        # the patient model has one occasion; a patient of the fit has draws for each of its own
-        _check_occasions(spec, data)
-    flags = _range_flags(spec, fit, data) + flags
+    if models not in av.MODES:
+        raise ValueError(f"models must be 'average' or 'select', not {models!r}")
+    sources = av.model_sources(model)
+    several = len(sources) > 1
+    if model_weights is not None and not several:
+        raise SpecError("model weights need several models (a drug name or a list)")
+    states = [_patient_state(source, patient, patient_id, several) for source in sources]
+    first = states[0]
+    if several:
+        _check_comparable(states)
+    data, spec = first.data, first.spec
     current = rg.current_regimen(spec, data)
     loads = () if loading_dose is None else tuple(np.atleast_1d(np.asarray(loading_dose, float)))
     if any(not (x > 0 and math.isfinite(x)) for x in loads):
@@ -551,46 +584,43 @@ def recommend(
                         f"({current.last_dose_time:g}); the new regimen must start after it")
     past = rg.history_doses(data, start)
     rg.check_evaluation_size(cands, sorted({t.when for t in (*targets, *limits)}),
-                             24.0 / rg.hours_per_unit(spec), draws,
+                             24.0 / rg.hours_per_unit(spec), draws * len(states),
                              int((past["EVID"].isin((1, 4)) * (1 + past["ADDL"])).sum()))
     n_levels = int(((data.records["EVID"] == 0) & (data.records["MDV"] == 0)).sum())
+    timings: dict = {}
+    tick = time.perf_counter()
+    for state in states:
+        # the same seed for every model: each model's draws are those of its own
+        # recommendation, and the models' Monte-Carlo errors are alike
+        _sample_state(state, method=method, draws=draws, chains=chains, tune=tune,
+                      seed=seed or 0, occasion=occasion, evidence=several)
+    timings["posterior_s"] = round(time.perf_counter() - tick, 3)
+    timings["compiled"] = any(s.posterior.compiled for s in states)
+    flags: list[str] = []
+    weights = np.ones(1)
+    table_rows = None
+    if several:
+        weights, table_rows, model_flags = _model_weights(states, model_weights, n_levels)
+        flags.extend(model_flags)
+        if models == "select":
+            best = int(np.argmax(weights))
+            states, weights = [states[best]], np.ones(1)
+    lead = states[int(np.argmax(weights))]
+    flags.extend(_merged_flags(states))
     if n_levels == 0:
         flags.append("No drug levels: the recommendation rests on the covariates alone "
                      "(the population distribution for this patient).")
-    if spec.occasion_parameters:
-        varying = ", ".join(spec.occasion_parameters)
+    if lead.spec.occasion_parameters:
+        varying = ", ".join(lead.spec.occasion_parameters)
         flags.append(f"{varying} vary between occasions: the regimen continues the current "
                      "occasion, whose effect is estimated from its levels." if occasion == "current"
                      else f"{varying} vary between occasions: the regimen starts a new occasion, "
                      "whose effect is drawn from the population (wider predictions).")
-    timings = {}
+    divergences = sum(s.posterior.diagnostics.get("divergences", 0) for s in states)
+    if divergences:
+        flags.append(f"{divergences} divergent NUTS transition(s) in the individual "
+                     "posterior: its intervals may be unreliable.")
     tick = time.perf_counter()
-    components = covariate_components(
-        spec, design, fit_frequencies(fit) if fit is not None else spec_frequencies(spec),
-        where=str(data.source))
-    priors = [(c, fit_prior(fit, c.design) if fit is not None else library_prior(spec, c.design))
-              for c in components]
-    events = build_event_table(data, spec.structure, points="observations")
-    flags.extend(_implausible_levels(spec, data, events, priors, seed))
-    if own_draws:
-        posterior = _fit_draws(fit, patient_id, draws, seed, occasion)
-        source = "fit draws"
-    else:
-        source = priors[0][1].source
-        posterior = sample_mixture(spec, priors, events, method=method, draws=draws,
-                                   chains=chains, tune=tune, seed=seed or 0, occasion=occasion)
-        timings["compiled"] = posterior.compiled
-    timings["posterior_s"] = round(time.perf_counter() - tick, 3)
-    if posterior.diagnostics.get("divergences"):
-        flags.append(f"{posterior.diagnostics['divergences']} divergent NUTS transition(s) in the "
-                     "individual posterior: its intervals may be unreliable.")
-    if len(components) > 1:
-        flags.append(_genotype_flag(components, posterior))
-    rng = np.random.default_rng(seed)
-    population = _population_draws(priors, posterior.n_draws, rng)
-    params = {k: v for k, v in posterior.parameters.items()}
-    tick = time.perf_counter()
-    history = rg.history_doses(data, start)
     criteria = (*targets, *limits)
     current_candidate = None
     if current.amount and current.interval:
@@ -598,10 +628,14 @@ def recommend(
                                          current.route)
     # the current regimen is evaluated with the candidates: it shares their unit predictions
     evaluated = cands if current_candidate is None else [*cands, current_candidate]
-    with warnings.catch_warnings():
-        # draws whose solve fails (NaN) miss the target and exceed the limits; flagged below
-        warnings.filterwarnings("ignore", ".*ODE solve failed", RuntimeWarning)
-        metrics = _evaluate(spec, evaluated, criteria, params, history, start)
+    per_model = []
+    for state in states:
+        with warnings.catch_warnings():
+            # draws whose solve fails (NaN) miss the target and exceed the limits; flagged below
+            warnings.filterwarnings("ignore", ".*ODE solve failed", RuntimeWarning)
+            per_model.append(_evaluate(state.spec, evaluated, criteria, state.params,
+                                       rg.history_doses(state.data, start), start))
+    metrics, draw_weights = _mixture(per_model, weights)
     unpredicted = sum(any(not np.isfinite(metrics[(i, t.label)]).all() for t in criteria)
                       for i in range(len(cands)))
     if unpredicted:
@@ -609,8 +643,8 @@ def recommend(
                      "posterior draws (the ODE solve failed, e.g. no steady state because the "
                      "dose rate exceeds a saturable elimination's capacity); those draws count "
                      "as missing the target and exceeding the limits.")
-    table, met = _choose(_score(cands, targets, limits, metrics), max_limit_probability,
-                         tie_tolerance)
+    table, met = _choose(_score(cands, targets, limits, metrics, draw_weights),
+                         max_limit_probability, tie_tolerance)
     timings["candidates_s"] = round(time.perf_counter() - tick, 3)
     if limits and not met:
         flags.append(f"No candidate keeps P(limit exceeded) at or below "
@@ -627,23 +661,228 @@ def recommend(
     current_scores = None
     if current_candidate is not None:
         own = {(0, label): values for (i, label), values in metrics.items() if i == len(cands)}
-        row = _score([current_candidate], targets, limits, own).iloc[0]
+        row = _score([current_candidate], targets, limits, own, draw_weights).iloc[0]
         current_scores = {k: (None if isinstance(v, float) and np.isnan(v) else _plain(v))
                           for k, v in row.items()}
+    model_table = None
+    if several:
+        model_table = _model_table(table_rows, states, per_model, cands, chosen, targets, limits,
+                                   models)
     tick = time.perf_counter()
-    sub = {k: v[:min(len(v), 300)] for k, v in params.items()}
-    n_days = max(3.0, 3 * chosen.interval * rg.hours_per_unit(spec) / 24)
-    curves = _curves(spec, data, sub, start, current_candidate, chosen, history, n_days)
+    n_days = max(3.0, 3 * chosen.interval * rg.hours_per_unit(lead.spec) / 24)
+    curves = _mixed_curves(states, weights, start, current_candidate, chosen, n_days, seed)
     timings["curves_s"] = round(time.perf_counter() - tick, 3)
+    source = lead.source
     return Recommendation(
         regimen=chosen, probability_of_target=float(best["P(target)"]),
         probability_of_limit=float(best["P(limit)"]), candidates=table, targets=targets,
-        limits=limits, flags=flags, spec=spec, patient=data, patient_id=patient_id, start=start,
+        limits=limits, flags=flags, spec=lead.spec, patient=lead.data,
+        patient_id=lead.patient_id, start=start,
         method="fit draws" if source == "fit draws" else method, source=source,
-        posterior=posterior, population=population, current=current_scores,
+        posterior=lead.posterior, population=lead.population, current=current_scores,
         current_regimen=current_candidate, curves=curves, options=options,
-        max_limit_probability=max_limit_probability, tie_tolerance=tie_tolerance, seconds=time.perf_counter() - began,
-        timings=timings)
+        max_limit_probability=max_limit_probability, tie_tolerance=tie_tolerance,
+        seconds=time.perf_counter() - began, timings=timings, models=model_table,
+        model_choice=models if several else None)
+
+
+@dataclass
+class _PatientState:
+    """One model's view of the patient: its spec, the records, the flags, and after
+    :func:`_sample_state` the posterior."""
+
+    spec: ModelSpec
+    fit: object
+    data: Dataset
+    patient_id: object
+    design: object
+    own_draws: bool
+    flags: list[str]
+    out_of_range: bool
+    source: str = ""
+    posterior: IndividualPosterior | None = None
+    population: dict | None = None
+    components: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return dict(self.posterior.parameters)
+
+
+def _patient_state(model, patient, patient_id, several: bool) -> _PatientState:
+    """Load ``model`` and the patient's records for it, checked, with the flags they raise."""
+    spec, fit = load_source(model)
+    data, patient_id = _patient_dataset(patient, patient_id)
+    spec.check_time_constant(data)
+    if fit is None:
+        spec = spec.resolved(data, scales=False)
+    design = patient_covariates(spec, data)
+    data, flags = _flag_early_levels(data)
+    # averaged models are weighed by the evidence of the levels, which a fit's own draws of
+    # the patient do not give: every model samples the patient afresh
+    own_draws = not several and fit is not None and _same_patient(fit, data, patient_id)
+    if not own_draws:
+        # the patient model has one occasion; a patient of the fit has draws for each of its own
+        _check_occasions(spec, data)
+    ranges = _range_flags(spec, fit, data)
+    return _PatientState(spec, fit, data, patient_id, design, own_draws, ranges + flags,
+                         bool(ranges))
+
+
+def _sample_state(state: _PatientState, *, method, draws, chains, tune, seed, occasion,
+                  evidence: bool) -> None:
+    """The patient's posterior under the state's model (and the evidence of the levels)."""
+    tick = time.perf_counter()
+    spec, fit, data = state.spec, state.fit, state.data
+    components = covariate_components(
+        spec, state.design, fit_frequencies(fit) if fit is not None else spec_frequencies(spec),
+        where=str(data.source))
+    priors = [(c, fit_prior(fit, c.design) if fit is not None else library_prior(spec, c.design))
+              for c in components]
+    events = build_event_table(data, spec.structure, points="observations")
+    state.flags.extend(_implausible_levels(spec, data, events, priors, seed))
+    if state.own_draws:
+        state.posterior = _fit_draws(fit, state.patient_id, draws, seed, occasion)
+        state.source = "fit draws"
+    else:
+        state.source = priors[0][1].source
+        state.posterior = sample_mixture(spec, priors, events, method=method, draws=draws,
+                                         chains=chains, tune=tune, seed=seed, occasion=occasion,
+                                         evidence=evidence)
+    if len(components) > 1:
+        state.flags.append(_genotype_flag(components, state.posterior))
+    state.components = components
+    state.population = _population_draws(priors, state.posterior.n_draws,
+                                         np.random.default_rng(seed))
+    state.seconds = time.perf_counter() - tick
+
+
+def _check_comparable(states: list[_PatientState]) -> None:
+    """Models averaged on one patient's levels must predict the same thing in the same units."""
+    first = states[0].spec
+    names = [s.spec.name for s in states]
+    if len(set(names)) < len(names):
+        raise SpecError(f"model list {', '.join(names)}: a model is named twice")
+    for state in states[1:]:
+        spec = state.spec
+        for key in ("time", "amount", "concentration"):
+            if spec.units.get(key) != first.units.get(key):
+                raise SpecError(
+                    f"models {first.name} and {spec.name} cannot be averaged: their {key} "
+                    f"units differ ({first.units.get(key)!r} against {spec.units.get(key)!r}); "
+                    "the levels would mean different things")
+        if len(spec.errors) != len(first.errors):
+            raise SpecError(f"models {first.name} and {spec.name} cannot be averaged: they "
+                            f"predict {len(first.errors)} and {len(spec.errors)} outputs")
+        if first.drug and spec.drug and first.drug != spec.drug:
+            raise SpecError(f"models {first.name} ({first.drug}) and {spec.name} ({spec.drug}) "
+                            "are for different drugs")
+
+
+def _model_weights(states, given, n_levels: int):
+    """The models' posterior weights, a row per model for the report, and the flags."""
+    prior = av.prior_weights([s.spec for s in states], given)
+    factor = np.array([av.OUT_OF_RANGE_FACTOR if s.out_of_range else 1.0 for s in states])
+    prior_used = prior * factor / (prior * factor).sum()
+    log_evidence = np.array([s.posterior.diagnostics.get("log_evidence", -np.inf)
+                             for s in states])
+    weights = av.posterior_weights(np.log(prior_used), log_evidence, n_levels > 0)
+    rows = []
+    flags = []
+    for s, p, pu, le, w in zip(states, prior, prior_used, log_evidence, weights):
+        ess = s.posterior.diagnostics.get("evidence_ess")
+        rows.append({"model": s.spec.name, "reference": s.spec.reference,
+                     "prior_weight": float(p), "prior_weight_used": float(pu),
+                     "out_of_range": s.out_of_range,
+                     "log_evidence": float(le) if np.isfinite(le) else None,
+                     "evidence_ess": ess, "weight": float(w), "seconds": round(s.seconds, 3)})
+        if n_levels and w > 0.01 and ess is not None and ess < 50:
+            flags.append(f"The weight of model {s.spec.name} rests on few effective importance "
+                         f"draws ({ess:g}): treat the model weights as approximate.")
+    out = [s.spec.name for s in states if s.out_of_range]
+    if out:
+        flags.append(f"The patient's covariates are outside the data of {', '.join(out)}: "
+                     f"{'its' if len(out) == 1 else 'their'} prior weight is cut to "
+                     f"{av.OUT_OF_RANGE_FACTOR:g} of the others' before the levels weigh in.")
+    return weights, rows, flags
+
+
+def _merged_flags(states) -> list[str]:
+    """The models' flags: once when every model raises it, else prefixed with the model."""
+    if len(states) == 1:
+        return list(states[0].flags)
+    out = []
+    for state in states:
+        for text in state.flags:
+            if all(text in other.flags for other in states):
+                if text not in out:
+                    out.append(text)
+            else:
+                out.append(f"{state.spec.name}: {text}")
+    return out
+
+
+def _mixture(per_model: list[dict], weights: np.ndarray) -> tuple[dict, np.ndarray | None]:
+    """The models' metric draws side by side and each draw's weight (its model's weight over
+    its model's draws); one model: its own draws, unweighted."""
+    if len(per_model) == 1:
+        return per_model[0], None
+    keys = per_model[0].keys()
+    metrics = {key: np.concatenate([m[key] for m in per_model]) for key in keys}
+    first = next(iter(keys))
+    draw_weights = np.concatenate([np.full(len(m[first]), w / len(m[first]))
+                                   for m, w in zip(per_model, weights)])
+    return metrics, draw_weights
+
+
+def _model_table(rows, states, per_model, cands, chosen, targets, limits, choice) -> list[dict]:
+    """Each model's weight and its own scores of the recommended regimen."""
+    index = next(i for i, c in enumerate(cands) if c == chosen)
+    by_name = {s.spec.name: m for s, m in zip(states, per_model)}
+    out = []
+    for row in rows:
+        metrics = by_name.get(row["model"])
+        entry = dict(row)
+        entry["used"] = metrics is not None
+        if metrics is not None:
+            own = {(0, label): values for (i, label), values in metrics.items() if i == index}
+            scored = _score([chosen], targets, limits, own).iloc[0]
+            entry["P(target)"] = float(scored["P(target)"])
+            entry["P(limit)"] = float(scored["P(limit)"]) if limits else None
+            for t in (*targets, *limits):
+                entry[f"{t.label} median"] = _finite(scored[f"{t.label} median"])
+        out.append(entry)
+    if choice == "select":
+        for entry in out:
+            entry["selected"] = entry["used"]
+    return out
+
+
+def _mixed_curves(states, weights, start, current, chosen, n_days, seed) -> dict:
+    """Concentration bands of the models' mixture: each model contributes draws in proportion
+    to its weight (300 in all)."""
+    total = 300
+    counts = np.floor(weights * total).astype(int)
+    counts[int(np.argmax(weights))] += total - counts.sum()
+    rng = np.random.default_rng(seed)
+    parts = []
+    for state, count in zip(states, counts):
+        if count <= 0:
+            continue
+        n = state.posterior.n_draws
+        pick = rng.choice(n, size=min(count, n), replace=False)
+        sub = {k: v[pick] for k, v in state.params.items()}
+        parts.append(_curves(state.spec, state.data, sub, start, current, chosen,
+                             rg.history_doses(state.data, start), n_days, raw=True))
+    out = {"time": parts[0]["time"], "start": start}
+    for name in ("current", "recommended"):
+        if name not in parts[0]:
+            continue
+        conc = np.concatenate([p[name] for p in parts])
+        out[name] = np.quantile(conc, [0.05, 0.5, 0.95], axis=0)
+        out[f"{name}_doses"] = parts[0][f"{name}_doses"]
+    return out
 
 
 #: A level this many times beyond the 0.5-99.5% range of what the model predicts for the patient

@@ -59,7 +59,7 @@ __all__ = ["ModelSpec", "ParameterSpec", "SpecError", "load_model", "library_mod
 
 _TOP_KEYS = {"model", "parameters", "error", "ode", "solver", "dosing"}
 _MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega", "covariate_ranges",
-               "lag_smoothing"}
+               "lag_smoothing", "drug", "prior_weight"}
 _PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd", "iov", "rse",
                "distribution"}
 _UNIT_KEYS = {"time", "amount", "volume", "concentration"}
@@ -105,6 +105,10 @@ class ModelSpec:
     # the [dosing] table as written (defaults for regimen search; read by popkin.dosing)
     dosing: Mapping = field(default_factory=dict, compare=False)
     solver: Mapping = field(default_factory=dict, compare=False)   # [solver] as written
+    # the drug the model is for (lower case, e.g. "vancomycin"): `popkin dose vancomycin ...`
+    # averages over the library's models of that drug
+    drug: str = ""
+    prior_weight: float = 1.0     # the model's prior weight in a model average
 
     def parameter(self, name: str) -> ParameterSpec:
         for p in self.parameters:
@@ -431,7 +435,26 @@ def _parse(text: str, source: str) -> ModelSpec:
                      reference=_text(model, "reference", source), source=source,
                      omega_blocks=blocks, text=text, covariate_ranges=MappingProxyType(ranges),
                      dosing=MappingProxyType(dict(dosing)),
-                     solver=MappingProxyType(dict(solver)))
+                     solver=MappingProxyType(dict(solver)), drug=_drug(model, source),
+                     prior_weight=_prior_weight(model, source))
+
+
+def _prior_weight(model, source) -> float:
+    value = model.get("prior_weight", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value > 0):
+        raise SpecError(f"{source}: [model].prior_weight must be a positive number, "
+                        f"not {value!r}")
+    return float(value)
+
+
+def _drug(model, source) -> str:
+    value = model.get("drug", "")
+    if value == "":
+        return ""
+    if not isinstance(value, str):
+        raise SpecError(f"{source}: [model].drug must be text, not {value!r}")
+    return check_label(value.strip().lower(), f"{source}: [model]", "drug")
 
 
 def _text(model, key, source) -> str:

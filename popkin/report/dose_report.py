@@ -249,6 +249,39 @@ _GENOTYPE_CAPTION = ("The patient's genotype is unknown: every candidate is scor
                      "by its population frequency and by how well it explains the levels).")
 
 
+def _model_table(rec) -> pd.DataFrame | None:
+    """With several models: each model's prior and posterior weight and its own P(target) for
+    the recommended regimen (the averaged answer is the headline)."""
+    if not rec.models:
+        return None
+    rows = []
+    for m in rec.models:
+        row = {"model": m["model"], "prior weight": _num(m["prior_weight_used"]),
+               "weight given the levels": _num(m["weight"]),
+               "P(target), this regimen": _num(m["P(target)"]) if m["used"] else "not used"}
+        for t in rec.targets:
+            key = f"{t.label} median"
+            row[f"{t.label} median"] = _num(m[key]) if m["used"] and m.get(key) is not None \
+                else "–"
+        row["note"] = "covariates outside its data" if m["out_of_range"] else ""
+        rows.append(row)
+    rows.append({"model": "averaged" if rec.model_choice == "average" else "selected",
+                 "prior weight": "", "weight given the levels": "",
+                 "P(target), this regimen": _num(rec.probability_of_target),
+                 **{f"{t.label} median": _num(rec.candidates.iloc[0][f"{t.label} median"])
+                    for t in rec.targets}, "note": ""})
+    return pd.DataFrame(rows)
+
+
+def _model_caption(rec) -> str:
+    how = ("The recommendation averages over the models: each candidate's P(target) is the "
+           "models' P(target) weighted by their probabilities given the levels"
+           if rec.model_choice == "average" else
+           "The recommendation uses the most probable model given the levels")
+    return (f"{how} (prior weight × marginal likelihood of the levels, with the patient's and "
+            "the population's uncertainty; before any level the prior weights).")
+
+
 def _interval(x) -> str:
     lo, hi = np.quantile(x, [0.05, 0.95])
     return f"{_num(lo)}–{_num(hi)}"
@@ -352,6 +385,10 @@ def dose_report_html(rec) -> str:
     doc.notes([_headline(rec)], css="ok" if not rec.flags else "warn")
     doc.table(_criteria_table(rec), caption="Predicted exposure under the recommended regimen "
                                             "(and the current one, continued unchanged).")
+    models = _model_table(rec)
+    if models is not None:
+        doc.heading("Models")
+        doc.table(models, caption=_model_caption(rec))
     doc.heading("Flags")
     if rec.flags:
         doc.notes(rec.flags)
@@ -449,6 +486,10 @@ def dose_report_pdf(rec) -> bytes:
                            f"concentration {units.get('concentration', '?')}."), small),
              Spacer(1, 8), Paragraph(esc(_headline(rec)), box),
              table(_criteria_table(rec))]
+    models = _model_table(rec)
+    if models is not None:
+        story += [Paragraph("Models", h2), table(models),
+                  Paragraph(esc(_model_caption(rec)), small)]
     story.append(Paragraph("Flags", h2))
     for flag in rec.flags or ["None: covariates inside the model's range, records consistent, "
                               "a candidate meets the limit bound."]:
