@@ -213,6 +213,39 @@ def _fit(args) -> int:
     return 0
 
 
+def _update(args) -> int:
+    from ._progress import Progress
+    from .inference.result import ExtraOutputError
+    from .inference.update import update
+    from .report.fit_report import write_fit_report
+
+    progress = Progress(enabled=not args.quiet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = update(args.model, args.data, typical_rse=args.typical_rse,
+                        iiv_rse=args.iiv_rse, method=args.method, chains=args.chains,
+                        draws=args.draws, tune=args.tune, seed=args.seed, progress=progress)
+    summary = result.summary()
+    published = {p.name: p.typical for p in result.spec.parameters}
+    published.update({f"omega_{p.name}": p.iiv for p in result.spec.parameters if p.iiv > 0})
+    published.update(result.spec.errors[0].sigmas)
+    summary.insert(1, "published", [published.get(name, float("nan"))
+                                    for name in summary["parameter"]])
+    with _pandas_wide():
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for message in result.warnings:
+        print(f"warning: {message}")
+    progress.stage(f"writing {args.out}/ and its report")
+    try:
+        result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
+    except ExtraOutputError as exc:
+        print(f"popkin update: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}/: the centre's fit with {args.model} as its prior; dose from it "
+          f"with: popkin dose {args.out} PATIENT.csv --out REC ({result.seconds:.1f} s)")
+    return 0
+
+
 def _vpc(args) -> int:
     from .diagnostics.vpc import vpc_data, vpc_figure
 
@@ -327,7 +360,7 @@ def _dose(args) -> int:
                    loading_dose=args.loading_dose, start=args.start,
                    max_limit_probability=args.max_limit_probability, draws=args.draws,
                    seed=args.seed, occasion=args.occasion, models=args.models,
-                   model_weights=args.model_weights)
+                   model_weights=args.model_weights, suggest_sample=args.suggest_sample)
     if args.batch:
         table = write_batch_recommendations(args.model, args.patient, args.out,
                                             scheduler=args.scheduler, progress=not args.quiet,
@@ -348,6 +381,15 @@ def _dose(args) -> int:
                   else "not used")
         print(f"model {row['model']}: weight {row['weight']:.2f} (prior "
               f"{row['prior_weight_used']:.2f}), {scores}")
+    if rec.sampling is not None:
+        s = rec.sampling
+        print(f"next level: {s['metric']} 90% interval now {s['current_width']:.3g} wide; "
+              "expected after a level at")
+        for row in s["times"][:3]:
+            since = ("before the new regimen" if row["after_dose"] is None
+                     else f"{row['after_dose']:.3g} after a dose")
+            print(f"  time {row['time']:g} ({since}): "
+                  f"{row['expected_width']:.3g} ({row['reduction']:.0%} narrower)")
     for flag in rec.flags:
         print(f"flag: {flag}")
     print(f"wrote {args.out}/: recommendation.json, report.html, report.pdf ({rec.seconds:.1f} s)")
@@ -448,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-weights", type=_number_list, default=None, metavar="W1,W2,...",
                    help="prior weights of the models, in their order (default: equal, or each "
                         "spec's prior_weight)")
+    p.add_argument("--suggest-sample", nargs="?", const=True, default=False, type=_number_list,
+                   metavar="T1,T2,...",
+                   help="rank times for the next level by how much a level there would narrow "
+                        "the target's 90%% interval: a grid over the new regimen's first two "
+                        "intervals, or these times (the patient's time scale)")
     p.add_argument("--target", action="append", default=None,
                    help="metric:window, e.g. auc24:400-600, trough:10-20, ftmic(2):>=40, "
                         "trough@day2:10-20 (repeat for several; default: the model's [dosing])")
@@ -483,6 +530,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress line (batch)")
     p.set_defaults(func=_dose)
+
+    p = sub.add_parser("update", help="refit a published model on a centre's levels with the "
+                                      "published values as its prior: a fit folder to dose from")
+    p.add_argument("model", help="library model name or model spec (TOML)")
+    p.add_argument("data", help="NONMEM-format CSV of the centre's patients (doses, levels, "
+                                "covariates)")
+    p.add_argument("--out", required=True, type=_output("folder"), help="output folder")
+    p.add_argument("--typical-rse", type=_real(low=0, high=5, open_low=True), default=0.25,
+                   help="prior relative SD of a typical value whose paper gives no standard "
+                        "error (default 0.25)")
+    p.add_argument("--iiv-rse", type=_real(low=0, high=5, open_low=True), default=0.3,
+                   help="prior relative SD of each between-subject SD (default 0.3)")
+    p.add_argument("--method", choices=("nuts", "pathfinder", "map"), default="nuts")
+    p.add_argument("--chains", type=_whole(1, MAX_CHAINS), default=4)
+    p.add_argument("--draws", type=_whole(1, MAX_DRAWS), default=1000, help="draws per chain")
+    p.add_argument("--tune", type=_whole(0, MAX_TUNE), default=1000)
+    p.add_argument("--seed", type=_seed, default=None, help="random seed")
+    p.add_argument("--quiet", action="store_true", help="say nothing while it runs")
+    p.set_defaults(func=_update)
 
     p = sub.add_parser("models", help="list the models in the library")
     p.set_defaults(func=_models)

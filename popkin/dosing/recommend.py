@@ -39,6 +39,7 @@ from ..data.schema import DatasetError, Problem
 from ..population.covariates import SpecError
 from ..population.spec import ModelSpec, load_model
 from . import averaging as av
+from . import sampling as smp
 from . import regimens as rg
 from .posterior import IndividualPosterior, sample_mixture
 from .prior import (covariate_components, fit_frequencies, fit_prior,
@@ -86,6 +87,8 @@ class Recommendation:
     # recommended regimen, and "average" or "select"; None for one model
     models: list[dict] | None = None
     model_choice: str | None = None
+    # the next level's candidate times ranked (popkin.dosing.sampling), when asked for
+    sampling: dict | None = None
 
     # -- output -------------------------------------------------------------------------------
 
@@ -140,6 +143,7 @@ class Recommendation:
                 for p, v in self.posterior.parameters.items()},
             "posterior": {"draws": self.posterior.n_draws, **self.posterior.diagnostics},
             "candidates": json.loads(self.candidates.to_json(orient="records")),
+            **({} if self.sampling is None else {"next_sample": self.sampling}),
             **({} if self.models is None else {
                 "model_averaging": {"choice": self.model_choice,
                                     "models": [{k: _plain(v) for k, v in row.items()}
@@ -442,27 +446,36 @@ def _curves(spec, data, params, start, current: rg.Candidate | None, chosen: rg.
     for name, regimen in (("current", current), ("recommended", chosen)):
         if regimen is None:
             continue
-        rows = history.to_dict("records")
-        central = rg.central_compartment(spec)
-        times = []
-        t = start
-        if regimen.loading_dose:
-            rows.extend(rg._dose_rows([start], regimen.loading_dose, regimen.route,
-                                      regimen.duration, central))
-            t = start + regimen.interval
-        while t <= t1:
-            times.append(t)
-            t += regimen.interval
-        rows.extend(rg._dose_rows(times, regimen.amount, regimen.route, regimen.duration, central))
-        points = [{"TIME": x, "AMT": 0.0, "EVID": 0, "MDV": 1, "SS": 0, "II": 0.0, "RATE": 0.0,
-                   "DUR": 0.0, "CMT": np.nan} for x in grid]
-        frame = pd.DataFrame(rows + points).sort_values("TIME", kind="stable")
-        frame.insert(0, "ID", 1)
-        events = build_event_table(read_dataset(frame), spec.structure, points="observations")
-        conc = rg.predict_draws(spec, events, params)
+        conc, doses = regimen_predictions(spec, params, history, start, regimen, grid)
         out[name] = conc if raw else np.quantile(conc, [0.05, 0.5, 0.95], axis=0)
-        out[f"{name}_doses"] = np.array(times + ([start] if regimen.loading_dose else []))
+        out[f"{name}_doses"] = doses
     return out
+
+
+def regimen_predictions(spec, params, history: pd.DataFrame, start: float,
+                        regimen: rg.Candidate, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concentrations (draws, times) after the patient's ``history`` and ``regimen`` from
+    ``start`` (its doses up to the last time), and the regimen's dose times."""
+    rows = history.to_dict("records")
+    central = rg.central_compartment(spec)
+    t_end = float(np.max(times))
+    doses = []
+    t = start
+    if regimen.loading_dose:
+        rows.extend(rg._dose_rows([start], regimen.loading_dose, regimen.route,
+                                  regimen.duration, central))
+        t = start + regimen.interval
+    while t <= t_end:
+        doses.append(t)
+        t += regimen.interval
+    rows.extend(rg._dose_rows(doses, regimen.amount, regimen.route, regimen.duration, central))
+    points = [{"TIME": x, "AMT": 0.0, "EVID": 0, "MDV": 1, "SS": 0, "II": 0.0, "RATE": 0.0,
+               "DUR": 0.0, "CMT": np.nan} for x in times]
+    frame = pd.DataFrame(rows + points).sort_values("TIME", kind="stable")
+    frame.insert(0, "ID", 1)
+    events = build_event_table(read_dataset(frame), spec.structure, points="observations")
+    return (rg.predict_draws(spec, events, params),
+            np.array(doses + ([start] if regimen.loading_dose else [])))
 
 
 # -- the entry points ----------------------------------------------------------------------
@@ -491,6 +504,7 @@ def recommend(
     occasion: Literal["current", "new"] = "current",
     models: Literal["average", "select"] = "average",
     model_weights: Sequence[float] | None = None,
+    suggest_sample: bool | Sequence[float] = False,
 ) -> Recommendation:
     """Recommend a regimen for one patient.
 
@@ -533,6 +547,11 @@ def recommend(
         alone).
     model_weights
         The models' prior weights, one per model (default: each spec's ``prior_weight``, 1).
+    suggest_sample
+        Rank the times for the next level by how much a level there is expected to narrow
+        the first target's 90% interval under the recommended regimen
+        (:mod:`popkin.dosing.sampling`): ``True`` for a grid over the regimen's first two
+        intervals, or the candidate times (the patient's time scale, after the last record).
 
     Returns
     -------
@@ -664,6 +683,12 @@ def recommend(
         row = _score([current_candidate], targets, limits, own, draw_weights).iloc[0]
         current_scores = {k: (None if isinstance(v, float) and np.isnan(v) else _plain(v))
                           for k, v in row.items()}
+    sampling = None
+    if suggest_sample is not False and suggest_sample is not None:
+        tick = time.perf_counter()
+        sampling = _rank_sampling(states, weights, per_model, cands, chosen, targets[0], start,
+                                  last_time, suggest_sample, seed)
+        timings["sampling_s"] = round(time.perf_counter() - tick, 3)
     model_table = None
     if several:
         model_table = _model_table(table_rows, states, per_model, cands, chosen, targets, limits,
@@ -683,7 +708,34 @@ def recommend(
         current_regimen=current_candidate, curves=curves, options=options,
         max_limit_probability=max_limit_probability, tie_tolerance=tie_tolerance,
         seconds=time.perf_counter() - began, timings=timings, models=model_table,
-        model_choice=models if several else None)
+        model_choice=models if several else None, sampling=sampling)
+
+
+def _rank_sampling(states, weights, per_model, cands, chosen, target, start, last_time,
+                   given, seed) -> dict:
+    """Candidate times for the next level ranked by the expected 90% interval of ``target``
+    after it (:func:`popkin.dosing.sampling.rank_times`), each with the time since the dose
+    before it; the trough before the regimen's second dose is marked, the usual choice."""
+    times = smp.candidate_times(start, chosen.interval, last_time,
+                                None if given is True else given)
+    index = next(i for i, c in enumerate(cands) if c == chosen)
+    parts = []
+    doses = None
+    for state, metrics, w in zip(states, per_model, weights):
+        conc, doses = regimen_predictions(state.spec, state.params,
+                                          rg.history_doses(state.data, start), start, chosen,
+                                          times)
+        parts.append(smp.SamplingPart(state.spec.errors[0], conc, state.posterior.sigmas,
+                                      metrics[(index, target.label)], float(w)))
+    ranking = smp.rank_times(parts, times, target, seed=seed)
+    trough = start + chosen.interval - min(0.1 * chosen.interval / 12, 0.25)
+    given_doses = np.sort(np.asarray(doses, float))
+    for row in ranking["times"]:
+        before = given_doses[given_doses < row["time"]]
+        row["after_dose"] = float(row["time"] - before[-1]) if len(before) else None
+        row["trough"] = bool(abs(row["time"] - trough) < 1e-9)
+    ranking["trough_time"] = float(trough)
+    return ranking
 
 
 @dataclass

@@ -3,5 +3,6 @@
 from .checks import prior_predictive
 from .fit import clear_compile_cache, fit
 from .result import Fit
+from .update import informative_spec, update
 
-__all__ = ["Fit", "clear_compile_cache", "fit", "prior_predictive"]
+__all__ = ["Fit", "clear_compile_cache", "fit", "informative_spec", "prior_predictive", "update"]

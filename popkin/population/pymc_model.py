@@ -17,8 +17,9 @@ quantity                     prior                                              
 typical value ``P``          ``LogNormal(log(typical), typical_sd = 1)``        ``typical_sd``,
                              (``LogitNormal``, ``Normal`` for those            ``distribution``
                              distributions)
-between-subject SD           ``HalfNormal(iiv)`` (``iiv`` is its scale)          ``iiv``
-``omega_P``
+between-subject SD           ``HalfNormal(iiv)`` (``iiv`` is its scale);         ``iiv``,
+``omega_P``                  ``LogNormal(log(iiv), iiv_sd)`` with ``iiv_sd``     ``iiv_sd``
+                             (an informative prior: ``popkin update``)
 between-occasion SD          ``HalfNormal(iov)``                                ``iov``
 correlation (block Omega)    ``LKJ(eta = 2)``                                   ``[model] omega``
 covariate effects            the kind's prior (:mod:`popkin.population.covariates`; ``prior_sd``
@@ -68,6 +69,7 @@ import pandas as pd
 from ..data.events import EventTable, build_event_table
 from ..data.reader import Dataset
 from ..data.schema import DatasetError, Problem
+from .covariates import SpecError
 from .error import SIGMA_MEDIAN_TO_SCALE
 from .individual import distribution
 from .levels import LevelColumn, missing_level_columns
@@ -487,9 +489,13 @@ def _random_effects(pm, spec: ModelSpec, n: int, entries, deferred=frozenset()):
         if name in in_block:
             continue
         p = spec.parameter(name)
-        omega = pm.HalfNormal(names.omega(name), sigma=p.iiv)
-        entries.append(SummaryEntry(names.omega(name), names.omega(name),
-                                    prior=("half", 0.0, p.iiv)))
+        if p.iiv_sd is None:
+            omega = pm.HalfNormal(names.omega(name), sigma=p.iiv)
+            prior = ("half", 0.0, p.iiv)
+        else:
+            omega = pm.LogNormal(names.omega(name), mu=np.log(p.iiv), sigma=p.iiv_sd)
+            prior = ("log", float(np.log(p.iiv)), p.iiv_sd)
+        entries.append(SummaryEntry(names.omega(name), names.omega(name), prior=prior))
         if p.centered:
             etas[name] = pm.Normal(names.eta(name), 0.0, omega, dims="subject")
         else:
@@ -498,15 +504,23 @@ def _random_effects(pm, spec: ModelSpec, n: int, entries, deferred=frozenset()):
                 pm.Deterministic(names.eta(name), omega * z, dims="subject")
     for block in spec.omega_blocks:
         scales = np.array([spec.parameter(nm).iiv for nm in block])
+        spreads = [spec.parameter(nm).iiv_sd for nm in block]
+        informative = all(v is not None for v in spreads)
+        if any(v is not None for v in spreads) and not informative:
+            raise SpecError(f"omega block {', '.join(block)}: give iiv_sd for every parameter of "
+                            "the block or for none")
+        sd_dist = (pm.LogNormal.dist(mu=np.log(scales), sigma=np.array(spreads, float),
+                                     shape=len(block)) if informative else
+                   pm.HalfNormal.dist(sigma=scales, shape=len(block)))
         chol, corr, sds = pm.LKJCholeskyCov(names.omega_block(block), n=len(block), eta=2.0,
-                                            sd_dist=pm.HalfNormal.dist(sigma=scales, shape=len(block)),
-                                            compute_corr=True)
+                                            sd_dist=sd_dist, compute_corr=True)
         z = pm.Normal(names.z_block(block), 0.0, 1.0, shape=(n, len(block)))
         eta = z @ chol.T
         for j, nm in enumerate(block):
             pm.Deterministic(names.omega(nm), sds[j])
-            entries.append(SummaryEntry(names.omega(nm), names.omega(nm),
-                                        prior=("half", 0.0, scales[j])))
+            entries.append(SummaryEntry(names.omega(nm), names.omega(nm), prior=(
+                ("log", float(np.log(scales[j])), spreads[j]) if informative
+                else ("half", 0.0, scales[j]))))
             etas[nm] = pm.Deterministic(names.eta(nm), eta[:, j], dims="subject")
         for j, k in itertools.combinations(range(len(block)), 2):
             cname = names.corr(block[j], block[k])

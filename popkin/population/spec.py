@@ -61,7 +61,7 @@ _TOP_KEYS = {"model", "parameters", "error", "ode", "solver", "dosing"}
 _MODEL_KEYS = {"name", "structure", "units", "description", "reference", "omega", "covariate_ranges",
                "lag_smoothing", "drug", "prior_weight"}
 _PARAM_KEYS = {"typical", "iiv", "covariates", "centered", "typical_sd", "iov", "rse",
-               "distribution"}
+               "distribution", "iiv_sd"}
 _UNIT_KEYS = {"time", "amount", "volume", "concentration"}
 _MASS = {"g": 1.0, "mg": 1e-3, "ug": 1e-6, "µg": 1e-6, "mcg": 1e-6, "ng": 1e-9, "pg": 1e-12}
 _VOLUME = {"l": 1.0, "dl": 0.1, "ml": 1e-3}
@@ -81,6 +81,9 @@ class ParameterSpec:
     iov: float = 0.0             # prior scale of the between-occasion SD; 0 = none
     rse: float | None = None     # published relative standard error of the typical value
     distribution: str = "lognormal"
+    # prior SD of log(omega): None for the weak HalfNormal(iiv) prior; a value for an
+    # informative LogNormal(log iiv, iiv_sd) (a published model as the prior: popkin update)
+    iiv_sd: float | None = None
 
     @property
     def rules(self):
@@ -671,8 +674,17 @@ def _parameter(pname, table, where) -> ParameterSpec:
     if twice is not None:
         raise SpecError(f"{where}: two effects are named {twice} in fit summaries; rename the "
                         "expression's coefficient")
+    iiv_sd = table.get("iiv_sd")
+    if iiv_sd is not None:
+        if isinstance(iiv_sd, bool) or not isinstance(iiv_sd, (int, float)) or not (
+                math.isfinite(iiv_sd) and iiv_sd > 0):
+            raise SpecError(f"{where}: iiv_sd (prior SD of log omega) must be a positive number, "
+                            f"not {iiv_sd!r}")
+        if not iiv > 0:
+            raise SpecError(f"{where}: iiv_sd needs a between-subject SD iiv > 0 to centre on")
     return ParameterSpec(pname, float(typical), float(iiv), effects, centered, float(typical_sd),
-                         float(iov), None if rse is None else float(rse), dist)
+                         float(iov), None if rse is None else float(rse), dist,
+                         None if iiv_sd is None else float(iiv_sd))
 
 
 def _short(value) -> str:

@@ -282,6 +282,43 @@ def _model_caption(rec) -> str:
             "the population's uncertainty; before any level the prior weights).")
 
 
+def _sampling_table(rec) -> pd.DataFrame | None:
+    """The best times for the next level, and the usual trough for comparison."""
+    if rec.sampling is None:
+        return None
+    s = rec.sampling
+    time_unit = rec.spec.units.get("time", "")
+    shown = s["times"][:5] + [r for r in s["times"][5:] if r["trough"]]
+    rows = []
+    for rank, r in enumerate(s["times"], start=1):
+        if r not in shown:
+            continue
+        rows.append({"rank": rank, f"time ({time_unit})": _num(r["time"]),
+                     "after the dose": ("before the new regimen" if r["after_dose"] is None
+                                        else f"{_num(r['after_dose'])} {time_unit}"),
+                     f"expected 90% interval of {s['metric']}": _num(r["expected_width"]),
+                     "narrower by": f"{r['reduction']:.0%}",
+                     "P(target) could move by (SD)": _num(r["p_target_sd"]),
+                     "note": "trough before the 2nd dose" if r["trough"] else ""})
+    return pd.DataFrame(rows)
+
+
+def _sampling_caption(rec) -> str:
+    s = rec.sampling
+    best = s["times"][0]
+    trough = next((r for r in s["times"] if r["trough"]), None)
+    text = (f"Why: the 90% interval of {s['metric']} under the recommended regimen is now "
+            f"{_num(s['current_width'])} wide. For each time, {s['levels']} levels the patient "
+            "could show were simulated from the current posterior with the model's assay "
+            "error, and the posterior reweighed by each; a level at time "
+            f"{_num(best['time'])} is expected to narrow the interval to "
+            f"{_num(best['expected_width'])} ({best['reduction']:.0%})")
+    if trough is not None and trough is not best:
+        text += (f", against {_num(trough['expected_width'])} ({trough['reduction']:.0%}) for "
+                 "the trough before the second dose")
+    return text + ". The SD of P(target) says how much such a level could change the decision."
+
+
 def _interval(x) -> str:
     lo, hi = np.quantile(x, [0.05, 0.95])
     return f"{_num(lo)}–{_num(hi)}"
@@ -389,6 +426,10 @@ def dose_report_html(rec) -> str:
     if models is not None:
         doc.heading("Models")
         doc.table(models, caption=_model_caption(rec))
+    sampling = _sampling_table(rec)
+    if sampling is not None:
+        doc.heading("When to draw the next level")
+        doc.table(sampling, caption=_sampling_caption(rec))
     doc.heading("Flags")
     if rec.flags:
         doc.notes(rec.flags)
@@ -490,6 +531,10 @@ def dose_report_pdf(rec) -> bytes:
     if models is not None:
         story += [Paragraph("Models", h2), table(models),
                   Paragraph(esc(_model_caption(rec)), small)]
+    sampling = _sampling_table(rec)
+    if sampling is not None:
+        story += [Paragraph("When to draw the next level", h2), table(sampling),
+                  Paragraph(esc(_sampling_caption(rec)), small)]
     story.append(Paragraph("Flags", h2))
     for flag in rec.flags or ["None: covariates inside the model's range, records consistent, "
                               "a candidate meets the limit bound."]:
