@@ -462,13 +462,14 @@ def sample_mixture(spec: ModelSpec, components, events: EventTable, *, method: s
     order = rng.permutation(draws)
     parameters = {k: np.concatenate(v)[order] for k, v in parameters.items()}
     sigmas = {k: np.concatenate(v)[order] for k, v in sigmas.items()}
-    diagnostics = {"components": len(parts)}
+    diagnostics = {}
     if len(parts) > 1:
         diagnostics["genotypes"] = [
             {"genotype": c.label, "assignment": [list(a) for a in c.assignment],
              "prior": float(np.exp(c.log_weight)), "posterior": float(p),
              "log_evidence": float(log_z), "evidence_ess": round(ess, 1)}
             for (c, _, _, _, log_z, ess, _), p in zip(parts, probs)]
+    diagnostics["components"] = len(parts)
     if evidence:
         diagnostics["log_evidence"] = float(np.logaddexp.reduce(log_post))
         # the components' share of the sum, by their effective sample sizes
