@@ -181,8 +181,6 @@ def _demo(args) -> int:
 def _fit(args) -> int:
     from ._progress import Progress
     from .inference import fit
-    from .inference.result import ExtraOutputError
-    from .report.fit_report import write_fit_report
 
     progress = Progress(enabled=not args.quiet)
     with warnings.catch_warnings():
@@ -195,6 +193,20 @@ def _fit(args) -> int:
     flagged = set(json.loads(result.idata.attrs.get("popkin_flagged", "[]")))
     if flagged:
         summary["check"] = ["implausible" if p in flagged else "" for p in summary["parameter"]]
+    if not _show_and_save_fit(result, summary, args, progress, "fit"):
+        return 2
+    print(f"wrote {args.out}/: summary.csv, posterior.nc, report.html, model.toml, data.csv "
+          f"({result.seconds:.1f} s)")
+    return 0
+
+
+def _show_and_save_fit(result, summary, args, progress, command: str) -> bool:
+    """Print a fit's summary, warnings and notes, and save it with its report to ``--out``;
+    False (after the error) when the report fails (the fit's own files are saved first, so
+    a report that fails does not lose them)."""
+    from .inference.result import ExtraOutputError
+    from .report.fit_report import write_fit_report
+
     with _pandas_wide():
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for message in result.warnings:
@@ -203,21 +215,16 @@ def _fit(args) -> int:
         print(f"note: {message}")
     progress.stage(f"writing {args.out}/ and its report")
     try:
-        # the fit's own files are saved first: a report that fails does not lose them
         result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
     except ExtraOutputError as exc:
-        print(f"popkin fit: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}/: summary.csv, posterior.nc, report.html, model.toml, data.csv "
-          f"({result.seconds:.1f} s)")
-    return 0
+        print(f"popkin {command}: error: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _update(args) -> int:
     from ._progress import Progress
-    from .inference.result import ExtraOutputError
     from .inference.update import update
-    from .report.fit_report import write_fit_report
 
     progress = Progress(enabled=not args.quiet)
     with warnings.catch_warnings():
@@ -227,19 +234,12 @@ def _update(args) -> int:
                         draws=args.draws, tune=args.tune, seed=args.seed, progress=progress)
     summary = result.summary()
     published = {p.name: p.typical for p in result.spec.parameters}
-    published.update({f"omega_{p.name}": p.iiv for p in result.spec.parameters if p.iiv > 0})
+    published.update({result.spec.names.omega(p.name): p.iiv for p in result.spec.parameters
+                      if p.iiv > 0})
     published.update(result.spec.errors[0].sigmas)
     summary.insert(1, "published", [published.get(name, float("nan"))
                                     for name in summary["parameter"]])
-    with _pandas_wide():
-        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    for message in result.warnings:
-        print(f"warning: {message}")
-    progress.stage(f"writing {args.out}/ and its report")
-    try:
-        result.save(args.out, extra={"report.html": lambda path: write_fit_report(result, path)})
-    except ExtraOutputError as exc:
-        print(f"popkin update: error: {exc}", file=sys.stderr)
+    if not _show_and_save_fit(result, summary, args, progress, "update"):
         return 2
     print(f"wrote {args.out}/: the centre's fit with {args.model} as its prior; dose from it "
           f"with: popkin dose {args.out} PATIENT.csv --out REC ({result.seconds:.1f} s)")

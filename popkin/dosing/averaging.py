@@ -100,6 +100,7 @@ def prior_weights(specs, given: Sequence[float] | None) -> np.ndarray:
         w = np.array([spec.prior_weight for spec in specs], dtype=float)
     if not (np.isfinite(w).all() and (w > 0).all()):
         raise SpecError(f"model weights {w.tolist()}: each must be a positive number")
+    w = w / w.max()             # (weights near the float limit would overflow their sum)
     return w / w.sum()
 
 

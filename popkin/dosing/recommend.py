@@ -601,6 +601,11 @@ def recommend(
     elif current.last_dose_time is not None and start < current.last_dose_time:
         raise SpecError(f"start {start:g} is before the patient's last recorded dose "
                         f"({current.last_dose_time:g}); the new regimen must start after it")
+    if suggest_sample is not False and suggest_sample is not None and suggest_sample is not True:
+        # the given sampling times are checked before any sampling (again for the chosen
+        # regimen's interval once it is known)
+        smp.candidate_times(start, max(options.intervals), last_time, suggest_sample,
+                            hours_per_unit=rg.hours_per_unit(spec))
     past = rg.history_doses(data, start)
     rg.check_evaluation_size(cands, sorted({t.when for t in (*targets, *limits)}),
                              24.0 / rg.hours_per_unit(spec), draws * len(states),
@@ -717,7 +722,8 @@ def _rank_sampling(states, weights, per_model, cands, chosen, target, start, las
     after it (:func:`popkin.dosing.sampling.rank_times`), each with the time since the dose
     before it; the trough before the regimen's second dose is marked, the usual choice."""
     times = smp.candidate_times(start, chosen.interval, last_time,
-                                None if given is True else given)
+                                None if given is True else given,
+                                hours_per_unit=rg.hours_per_unit(states[0].spec))
     index = next(i for i, c in enumerate(cands) if c == chosen)
     parts = []
     doses = None

@@ -33,6 +33,8 @@ import numpy as np
 
 from ..population.covariates import SpecError
 from ..structural.backend import NumpyOps
+from .regimens import MAX_WINDOW_DOSES
+from .targets import MAX_TARGET_DAY
 
 __all__ = ["SamplingPart", "candidate_times", "rank_times", "MAX_TIMES"]
 
@@ -56,10 +58,13 @@ class SamplingPart:
 
 
 def candidate_times(start: float, interval: float, after: float, given=None,
-                    per_interval: int = 12) -> np.ndarray:
+                    per_interval: int = 12, hours_per_unit: float = 1.0) -> np.ndarray:
     """The times to rank: ``given`` (checked), else a grid over the regimen's first two
     intervals from ``start`` (``per_interval`` points each), a point falling on a dose moved
-    just before it (a trough); only times after ``after`` (the last record)."""
+    just before it (a trough); only times after ``after`` (the last record). A given time may
+    lie at most :data:`~popkin.dosing.targets.MAX_TARGET_DAY` days and
+    :data:`~popkin.dosing.regimens.MAX_WINDOW_DOSES` intervals after ``start`` (the doses up
+    to it are predicted)."""
     if given is not None:
         times = np.asarray(list(given), dtype=float)
         if times.ndim != 1 or len(times) == 0:
@@ -68,6 +73,13 @@ def candidate_times(start: float, interval: float, after: float, given=None,
             raise SpecError(f"sampling times {times.tolist()}: each must be a finite number")
         if len(times) > MAX_TIMES:
             raise SpecError(f"{len(times)} sampling times: at most {MAX_TIMES}")
+        horizon = start + min(MAX_TARGET_DAY * 24.0 / hours_per_unit,
+                              MAX_WINDOW_DOSES * interval)
+        late = times[times > horizon]
+        if len(late):
+            raise SpecError(f"sampling time {late[0]:g} is more than {MAX_TARGET_DAY} days or "
+                            f"{MAX_WINDOW_DOSES} dosing intervals after the new regimen's start "
+                            f"({start:g}); give times up to {horizon:g}")
         early = times[times <= after]
         if len(early):
             raise SpecError(f"sampling time {early[0]:g} is not after the patient's last record "

@@ -137,6 +137,8 @@ def test_without_levels_the_weights_are_the_prior_weights():
     frame = patient(3.5, ())
     rec = recommend([SLOW, FAST], frame, method="map", model_weights=[3, 1])
     assert [row["weight"] for row in rec.models] == pytest.approx([0.75, 0.25], abs=1e-12)
+    huge = recommend([SLOW, FAST], frame, method="map", model_weights=[1e308, 1e308])
+    assert [row["weight"] for row in huge.models] == pytest.approx([0.5, 0.5], abs=1e-12)
     weighted = spec("fast", 6.0, weight="prior_weight = 3")
     rec = recommend([SLOW, weighted], frame, method="map")
     assert [row["weight"] for row in rec.models] == pytest.approx([0.25, 0.75], abs=1e-12)

@@ -79,6 +79,10 @@ def test_candidate_times():
         candidate_times(10.0, 12.0, 10.0, [np.nan])
     with pytest.raises(SpecError, match="at most"):
         candidate_times(10.0, 12.0, 10.0, np.arange(11.0, 500.0))
+    # the doses up to a time are predicted: a time far in the future is refused, not solved
+    with pytest.raises(SpecError, match="more than 366 days"):
+        candidate_times(10.0, 12.0, 10.0, [1e300])
+    assert candidate_times(10.0, 12.0, 10.0, [10.0 + 366 * 24]) == [10.0 + 366 * 24]
 
 
 def _vancomycin_patient(tmp_path=None):
