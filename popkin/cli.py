@@ -533,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("update", help="refit a published model on a centre's levels with the "
                                       "published values as its prior: a fit folder to dose from")
-    p.add_argument("model", help="library model name or model spec (TOML)")
+    p.add_argument("model", help="library model name, model spec (TOML), or an earlier fit "
+                                 "folder (its posterior becomes the prior)")
     p.add_argument("data", help="NONMEM-format CSV of the centre's patients (doses, levels, "
                                 "covariates)")
     p.add_argument("--out", required=True, type=_output("folder"), help="output folder")

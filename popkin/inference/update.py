@@ -42,11 +42,16 @@ def _relative_to_log_sd(rse: float) -> float:
 def informative_spec(model, *, typical_rse: float = TYPICAL_RSE,
                      iiv_rse: float = IIV_RSE) -> ModelSpec:
     """The spec of ``model`` with informative priors centred on its published values (module
-    docstring); its TOML text records them (``typical_sd``, ``iiv_sd``)."""
+    docstring); its TOML text records them (``typical_sd``, ``iiv_sd``). ``model`` may also be
+    an earlier fit (a Fit or a fit folder, e.g. of ``popkin update``): its posterior is then
+    the prior (:func:`_spec_from_fit`), and the rse options do not apply."""
     for name, value in (("typical_rse", typical_rse), ("iiv_rse", iiv_rse)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 math.isfinite(value) and 0 < value <= 5):
             raise SpecError(f"{name} must be a number in (0, 5], not {value!r}")
+    previous = _previous_fit(model)
+    if previous is not None:
+        return _spec_from_fit(previous)
     spec = model if isinstance(model, ModelSpec) else load_model(model)
     for p in spec.parameters:
         changes = {}
@@ -65,6 +70,46 @@ def informative_spec(model, *, typical_rse: float = TYPICAL_RSE,
               f"# refit on a centre's data (popkin update: typical_rse {typical_rse:g} where no "
               f"rse is\n# published, iiv_rse {iiv_rse:g}). The provenance of the values is in "
               "the library's file.\n")
+    return replace(spec, text=header + spec.text)
+
+
+def _previous_fit(model):
+    """The Fit ``model`` names (a Fit or a fit folder), else None."""
+    import os
+    from pathlib import Path
+
+    if isinstance(model, Fit):
+        return model
+    if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
+        return Fit.load(model)
+    return None
+
+
+def _spec_from_fit(previous: Fit) -> ModelSpec:
+    """The next update's prior from an earlier fit (a centre's data so far): each typical
+    value and between-subject SD log-normal with the posterior's median and the SD of its
+    logarithm, so that updating in steps approximates one fit of all the data."""
+    import numpy as np
+
+    from . import draws as fit_draws
+
+    spec, post = previous.spec, previous.idata.posterior
+    names = spec.names
+    for p in spec.parameters:
+        var = names.typical(p.name)
+        if p.distribution != "lognormal" or var not in post:
+            continue
+        x = fit_draws.flat(post, var)
+        changes = {"typical": float(np.median(x)),
+                   "typical_sd": max(float(np.std(np.log(x))), 1e-3)}
+        var = names.omega(p.name)
+        if p.iiv > 0 and var in post:
+            w = fit_draws.flat(post, var)
+            changes.update(iiv=float(np.median(w)), iiv_sd=max(float(np.std(np.log(w))), 1e-3))
+        spec = spec.with_parameter(p.name, **changes)
+    header = (f"# {spec.name} updated: the posterior of an earlier popkin update or fit as the "
+              "prior\n# (each typical value and between-subject SD log-normal: its posterior "
+              "median and SD of its log).\n")
     return replace(spec, text=header + spec.text)
 
 

@@ -106,3 +106,11 @@ def test_cli_update_writes_a_fit_folder_that_doses(tmp_path, capsys):
     assert rec.source == "population fit" and rec.probability_of_target > 0
     assert main(["update", "vancomycin_goti", str(csv), "--out", str(tmp_path / "x"),
                  "--iiv-rse", "0"]) == 2
+    # the fit folder is the next update's prior: its posterior median and log-scale SD
+    fitted = popkin.Fit.load(out)
+    step = informative_spec(out)
+    draws = fitted.idata.posterior["CL"].values.ravel()
+    assert step.parameter("CL").typical == pytest.approx(np.median(draws))
+    assert step.parameter("CL").typical_sd == pytest.approx(np.std(np.log(draws)))
+    assert step.parameter("Q").iiv_sd is None and step.parameter("V1").iiv_sd > 0
+    assert step.text.startswith("# vancomycin_goti updated")
