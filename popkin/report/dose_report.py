@@ -288,6 +288,7 @@ def _sampling_table(rec) -> pd.DataFrame | None:
         return None
     s = rec.sampling
     time_unit = rec.spec.units.get("time", "")
+    unit = _metric_unit(rec)
     shown = s["times"][:5] + [r for r in s["times"][5:] if r["trough"]]
     rows = []
     for rank, r in enumerate(s["times"], start=1):
@@ -296,11 +297,17 @@ def _sampling_table(rec) -> pd.DataFrame | None:
         rows.append({"rank": rank, f"time ({time_unit})": _num(r["time"]),
                      "after the dose": ("before the new regimen" if r["after_dose"] is None
                                         else f"{_num(r['after_dose'])} {time_unit}"),
-                     f"expected 90% interval of {s['metric']}": _num(r["expected_width"]),
+                     f"expected 90% interval of {s['metric']} ({unit})":
+                         _num(r["expected_width"]),
                      "narrower by": f"{r['reduction']:.0%}",
                      "P(target) could move by (SD)": _num(r["p_target_sd"]),
                      "note": "trough before the 2nd dose" if r["trough"] else ""})
     return pd.DataFrame(rows)
+
+
+def _metric_unit(rec) -> str:
+    target = next(t for t in rec.targets if t.label == rec.sampling["metric"])
+    return target.metric.unit_label(rec.spec.units)
 
 
 def _sampling_caption(rec) -> str:
@@ -308,7 +315,7 @@ def _sampling_caption(rec) -> str:
     best = s["times"][0]
     trough = next((r for r in s["times"] if r["trough"]), None)
     text = (f"Why: the 90% interval of {s['metric']} under the recommended regimen is now "
-            f"{_num(s['current_width'])} wide. For each time, {s['levels']} levels the patient "
+            f"{_num(s['current_width'])} {_metric_unit(rec)} wide. For each time, {s['levels']} levels the patient "
             "could show were simulated from the current posterior with the model's assay "
             "error, and the posterior reweighed by each; a level at time "
             f"{_num(best['time'])} is expected to narrow the interval to "
