@@ -370,8 +370,14 @@ def _method_text(rec) -> str:
              "the library model's typical values and between-subject variability (typical values "
              "fixed unless the model gives their published uncertainty)")
     compiled = " (including compiling the patient model, once per model)" if post.compiled else ""
+    which = ""
+    if rec.models:
+        which = (f" The parameters shown are those of {rec.spec.name}, the most probable model "
+                 "given the levels; each model has its own parameters, and the recommendation "
+                 f"{'averages their predictions' if rec.model_choice == 'average' else 'uses this model'}"
+                 " (see Models).")
     return (f"Individual posterior by {how}; the prior is {prior}. Computed in "
-            f"{rec.seconds:.1f} s{compiled}.")
+            f"{rec.seconds:.1f} s{compiled}.{which}")
 
 
 def _assumptions(rec) -> list[str]:
