@@ -16,7 +16,7 @@ folder. A package that the import system finds outside this popkin's package and
 Examples
 --------
 >>> sorted(p.name for p in folder("models").iterdir() if p.name.endswith(".toml"))[:2]
-['phenobarbital.toml', 'tacrolimus_woillard.toml']
+['phenobarbital.toml', 'tacrolimus_andrews.toml']
 """
 
 from __future__ import annotations
