@@ -305,6 +305,8 @@ class PatientStudy:
         self.calls: list[tuple[str, float]] = []     # (call kind, seconds) for the timings
 
     def patient_seed(self, pid: int) -> int:
+        """The posterior seed of a patient: the same under every truth and approach, so that
+        a priori recommendations can be shared and approaches differ only by their models."""
         return self.seed * 100_003 + pid
 
     def single(self, model: str, records, pid: int, n_levels: int):
@@ -506,12 +508,14 @@ def paired_difference(results: pd.DataFrame, a: str, b: str,
 
 
 def approach_order(names) -> list[str]:
+    """Table order: standard, average, select, hindsight, single models, reference."""
     order = {"standard 1000 mg q12h": 0, "average": 1, "select": 2,
              "best single (hindsight)": 3, "worst single (hindsight)": 4}
     return sorted(set(names), key=lambda a: (order.get(a, 5 if a.startswith("single") else 6), a))
 
 
 def fmt(x, spec=".1f", pct=False) -> str:
+    """A number for a table (``pct``: a fraction shown in %); a dash when missing."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
     return f"{100 * x:{spec}}" if pct else f"{x:{spec}}"
@@ -662,6 +666,7 @@ def weights_table(results: pd.DataFrame) -> str:
 
 
 def timing_lines(calls: list[tuple[str, float]]) -> list[str]:
+    """Calls, median and total seconds per kind of recommendation call."""
     frame = pd.DataFrame(calls, columns=["call", "seconds"])
     out = []
     for call, group in frame.groupby("call", sort=True):
@@ -672,6 +677,8 @@ def timing_lines(calls: list[tuple[str, float]]) -> list[str]:
 
 def summary_markdown(results: pd.DataFrame, patients: pd.DataFrame, checks: list[str],
                      settings: dict, calls, wall: float, seed: int) -> str:
+    """The study's markdown summary: PTA per truth and approach, averaging against the single
+    models, the full metrics pooled and per truth, reliability, model weights, timings."""
     with_hindsight = pd.concat([results, hindsight(results)], ignore_index=True)
     comparison, _ = comparison_table(with_hindsight, seed)
     recs = results[results["kind"] != "standard"]
@@ -718,6 +725,8 @@ def summary_markdown(results: pd.DataFrame, patients: pd.DataFrame, checks: list
 # -- the study -----------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
+    """Draw the patients, run the self-checks, every truth and approach; print and write the
+    summary."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=100, help="virtual patients per truth")
     parser.add_argument("--levels", default="1,2", help="level counts to study (1, 2 or both)")
@@ -781,24 +790,30 @@ def main(argv=None) -> int:
         print(f"\ntruth {truth.name}: dosed with {', '.join(short(m) for m in truth.dosing)}; "
               f"true CL median {np.median(params['CL']):.2f} L/h; standard regimen PTA "
               f"{np.mean((standard >= TARGET[0]) & (standard <= TARGET[1])):.0%}", flush=True)
-        truth_began = time.perf_counter()
         for i in range(n):
-            patient = cov.iloc[i]
-            rows.append({"truth": truth.name, "ID": int(patient["ID"]), "levels": -1,
+            rows.append({"truth": truth.name, "ID": int(cov["ID"].iloc[i]), "levels": -1,
                          "approach": "standard 1000 mg q12h", "kind": "standard",
                          "true_CL": params["CL"][i], "amount": STANDARD_AMOUNT,
                          "interval": STANDARD_INTERVAL, "daily_dose": 2 * STANDARD_AMOUNT,
                          "true_auc24": standard[i],
                          "in_target": bool(TARGET[0] <= standard[i] <= TARGET[1]), "error": ""})
-            for n_levels in level_counts:
-                rows.extend(study.run(truth, patient, list(levels[i, :n_levels]),
+        truth_began = time.perf_counter()
+        # level counts outside, patients inside: records without levels and with levels compile
+        # to different patient models, and popkin keeps 8 compiled models; alternating the two
+        # shapes over 5 models (Revilla's patients: 4 dosing models and the reference) would
+        # recompile every model for every patient (about 3 times slower)
+        for step, n_levels in enumerate(level_counts):
+            for i in range(n):
+                rows.extend(study.run(truth, cov.iloc[i], list(levels[i, :n_levels]),
                                       float(params["CL"][i])))
-            if (i + 1) % 10 == 0 or i + 1 == n:
-                spent = time.perf_counter() - truth_began
-                left = spent / (i + 1) * (n - i - 1)
-                total = time.perf_counter() - began
-                print(f"  {truth.name}: {i + 1}/{n} patients, {spent:.0f} s for this truth, "
-                      f"~{left:.0f} s left for it; {total / 60:.1f} min in all", flush=True)
+                done = step * n + i + 1
+                if done % 25 == 0 or done == n * len(level_counts):
+                    spent = time.perf_counter() - truth_began
+                    left = spent / done * (n * len(level_counts) - done)
+                    total = time.perf_counter() - began
+                    print(f"  {truth.name}: {n_levels} level(s), {i + 1}/{n} patients; "
+                          f"{spent:.0f} s for this truth, ~{left:.0f} s left for it; "
+                          f"{total / 60:.1f} min in all", flush=True)
         if args.out:            # a checkpoint: the rows so far survive an interrupted run
             Path(args.out).mkdir(parents=True, exist_ok=True)
             pd.DataFrame(rows).to_csv(Path(args.out) / "results_partial.csv", index=False,

@@ -53,7 +53,11 @@ __all__ = ["IndividualPosterior", "sample_individual", "sample_mixture", "compil
 
 _MIN_PAIRS, _MIN_POINTS = 64, 16
 _CACHE: "OrderedDict[tuple, _Compiled]" = OrderedDict()
-_CACHE_SIZE = 8
+# compiled patient models kept per process: a model average over a drug's library models
+# (popkin.dosing.averaging) keeps each model warm, with room for a second data layout each
+_CACHE_SIZE = 16
+# the MAP search's cost where the model has no density
+_FAR = 1e100
 _COUNTS = {"compilations": 0}
 
 
@@ -316,14 +320,23 @@ def _draw(compiled: _Compiled, values: dict, method: str, draws: int, chains: in
             diagnostics["max_r_hat"] = float(np.nanmax(np.asarray(az.rhat(post["z"].values))))
         return np.hstack([u, z]), diagnostics
     if method == "map":
+        from pymc.logprob.utils import ParameterValueError
         from scipy.optimize import minimize
 
         value_and_grad = _map_functions(compiled)
         dim = compiled.n_u + compiled.n_z
 
         def negative(x):
-            lp, g = value_and_grad(x)
-            return -float(lp), -np.asarray(g)
+            try:
+                lp, g = value_and_grad(x)
+            except ParameterValueError:
+                # a trial point far out (a prediction underflowing to 0 under a proportional
+                # error) has no density: a cost the line search backs away from
+                return _FAR, np.zeros_like(x)
+            lp = float(lp)
+            if not np.isfinite(lp):
+                return _FAR, np.zeros_like(x)
+            return -lp, -np.asarray(g)
 
         result = minimize(negative, np.zeros(dim), jac=True, method="L-BFGS-B",
                           options={"maxiter": 500, "gtol": 1e-8})

@@ -574,9 +574,11 @@ def recommend(
     if model_weights is not None and not several:
         raise SpecError("model weights need several models (a drug name or a list)")
     states = [_patient_state(source, patient, patient_id, several) for source in sources]
+    sources_names = [s.spec.name for s in states]
     first = states[0]
     if several:
         _check_comparable(states)
+        av.prior_weights([s.spec for s in states], model_weights)     # checked before sampling
     data, spec = first.data, first.spec
     current = rg.current_regimen(spec, data)
     loads = () if loading_dose is None else tuple(np.atleast_1d(np.asarray(loading_dose, float)))
@@ -613,17 +615,37 @@ def recommend(
     n_levels = int(((data.records["EVID"] == 0) & (data.records["MDV"] == 0)).sum())
     timings: dict = {}
     tick = time.perf_counter()
+    failed = []
     for state in states:
         # the same seed for every model: each model's draws are those of its own
         # recommendation, and the models' Monte-Carlo errors are alike
-        _sample_state(state, method=method, draws=draws, chains=chains, tune=tune,
-                      seed=seed or 0, occasion=occasion, evidence=several)
+        if not several:
+            _sample_state(state, method=method, draws=draws, chains=chains, tune=tune,
+                          seed=seed or 0, occasion=occasion, evidence=False)
+            continue
+        try:
+            _sample_state(state, method=method, draws=draws, chains=chains, tune=tune,
+                          seed=seed or 0, occasion=occasion, evidence=True)
+        except (RuntimeError, ValueError, FloatingPointError) as exc:
+            # one model that cannot be fitted to these levels does not stop the others
+            failed.append((state.spec.name, f"{type(exc).__name__}: {exc}"))
+    if failed:
+        if len(failed) == len(states):
+            raise SpecError("no model could be fitted to the patient's levels: "
+                            + "; ".join(f"{name}: {text}" for name, text in failed))
+        states = [s for s in states if s.posterior is not None]
     timings["posterior_s"] = round(time.perf_counter() - tick, 3)
     timings["compiled"] = any(s.posterior.compiled for s in states)
-    flags: list[str] = []
+    flags: list[str] = [f"Model {name} could not be fitted to this patient's levels "
+                        f"({text[:200]}); it is left out of the models' average."
+                        for name, text in failed]
     weights = np.ones(1)
     table_rows = None
     if several:
+        if failed and model_weights is not None:
+            kept = {s.spec.name for s in states}
+            model_weights = [w for w, name in zip(model_weights, sources_names)
+                             if name in kept]
         weights, table_rows, model_flags = _model_weights(states, model_weights, n_levels)
         flags.extend(model_flags)
         if models == "select":

@@ -235,3 +235,30 @@ def test_cli_averages_the_library_models_of_a_drug(tmp_path, capsys):
                "--out", str(tmp_path / "bad")])
     assert rc == 2 and not (tmp_path / "bad").exists()
     assert "one per model" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_be_fitted_is_left_out_with_a_flag(monkeypatch):
+    import importlib
+
+    module = importlib.import_module("popkin.dosing.recommend")
+    original = module._sample_state
+
+    def failing(state, **options):
+        if state.spec.name == "fast":
+            raise RuntimeError("the optimiser found no finite density")
+        return original(state, **options)
+
+    monkeypatch.setattr(module, "_sample_state", failing)
+    frame = patient(3.5, (23.0, 35.5))
+    rec = recommend([SLOW, FAST], frame, method="map", model_weights=[1, 3])
+    assert [row["model"] for row in rec.models] == ["slow"]
+    assert rec.models[0]["weight"] == pytest.approx(1.0)
+    assert any("Model fast could not be fitted" in f for f in rec.flags)
+    alone = recommend(SLOW, frame, method="map")
+    assert rec.regimen == alone.regimen
+    def always(state, **options):
+        raise RuntimeError("no finite density")
+
+    monkeypatch.setattr(module, "_sample_state", always)
+    with pytest.raises(SpecError, match="no model could be fitted"):
+        recommend([SLOW, FAST], frame, method="map")
