@@ -568,13 +568,15 @@ def _refuse_overwriting_inputs(args) -> None:
     by its simulation, a patient file by a report) is refused before any work."""
     from pathlib import Path
 
+    from .population.spec import is_existing
+
     from .inference.result import FIT_FILES
 
     out = getattr(args, "out", None)
     if not out:
         return
     inputs = [getattr(args, name, None) for name in ("model", "design", "data", "patient")]
-    inputs = {Path(p).resolve() for p in inputs if isinstance(p, str) and Path(p).is_file()}
+    inputs = {Path(p).resolve() for p in inputs if isinstance(p, str) and is_existing(p)}
     target = Path(out).resolve()
     names = ((*FIT_FILES, "report.html") if args.command == "fit"
              else _FOLDER_OUTPUTS.get(args.command, ()))

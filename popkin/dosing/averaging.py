@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -50,17 +49,11 @@ def drug_models(drug: str) -> list[str]:
 
 
 def _is_single(text: str) -> bool:
-    """A library model, a file or folder, or spec text (TOML: lines, tables, ``=``)."""
-    from ..population.spec import library_models
+    """One model: spec text, a library model, or an existing file or folder."""
+    from ..population.spec import is_existing, is_spec_text, library_models
 
-    if any(mark in text for mark in ("\n", "=", "[")):
-        return True
-    if text in library_models():
-        return True
-    try:
-        return Path(text).exists()
-    except (OSError, ValueError):       # not a possible path (too long, a NUL byte)
-        return False
+    return (is_spec_text(text) or text in library_models() or is_existing(text)
+            or is_existing(text, "dir"))
 
 
 def model_sources(model) -> list:
@@ -75,10 +68,10 @@ def model_sources(model) -> list:
             sources = [part.strip() for part in text.split(",")]
             if any(not part for part in sources):
                 raise SpecError(f"model list {text!r}: an empty name between commas")
-        elif drug_models(text):
-            sources = drug_models(text)
         else:
-            return [model]
+            sources = drug_models(text)
+            if not sources:
+                return [model]
     else:
         return [model]
     if not sources:

@@ -27,7 +27,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
@@ -37,7 +36,7 @@ from ..data.events import build_event_table
 from ..data.reader import Dataset, read_dataset
 from ..data.schema import DatasetError, Problem
 from ..population.covariates import SpecError
-from ..population.spec import ModelSpec, load_model
+from ..population.spec import ModelSpec, is_existing, load_model
 from . import averaging as av
 from . import sampling as smp
 from . import regimens as rg
@@ -177,7 +176,7 @@ def load_source(model):
 
     if isinstance(model, Fit):
         return model.spec, model
-    if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
+    if isinstance(model, (str, os.PathLike)) and is_existing(model, "dir"):
         return (fit := Fit.load(model)).spec, fit
     return load_model(model), None
 

@@ -76,11 +76,12 @@ def informative_spec(model, *, typical_rse: float = TYPICAL_RSE,
 def _previous_fit(model):
     """The Fit ``model`` names (a Fit or a fit folder), else None."""
     import os
-    from pathlib import Path
+
+    from ..population.spec import is_existing
 
     if isinstance(model, Fit):
         return model
-    if isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
+    if isinstance(model, (str, os.PathLike)) and is_existing(model, "dir"):
         return Fit.load(model)
     return None
 

@@ -353,7 +353,7 @@ def load_model(source: "str | os.PathLike | ModelSpec") -> ModelSpec:
     if isinstance(source, ModelSpec):
         return source
     text = os.fspath(source)
-    if "\n" in text or text.lstrip().startswith("["):
+    if is_spec_text(text):
         return _parse(text, "<string>")
     path = Path(text)
     if _is_file(path):
@@ -363,6 +363,20 @@ def load_model(source: "str | os.PathLike | ModelSpec") -> ModelSpec:
         return _parse(_read_text(shipped), f"models/{shipped.name}")
     raise SpecError(f"model {text[:200]!r} is neither a TOML file nor a library model (library: "
                     f"{', '.join(library_models()) or 'empty'})")
+
+
+def is_spec_text(text: str) -> bool:
+    """Whether ``text`` is a spec's TOML itself rather than a file or library name."""
+    return "\n" in text or text.lstrip().startswith("[")
+
+
+def is_existing(path, kind: str = "file") -> bool:
+    """Whether ``path`` is an existing file (or ``kind="dir"``: folder); False for a name no
+    file system can hold (too long, a NUL byte) instead of an error."""
+    try:
+        return Path(path).is_dir() if kind == "dir" else Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _is_file(path: Path) -> bool:
