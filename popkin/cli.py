@@ -274,6 +274,47 @@ def _models(args) -> int:
     return 0
 
 
+def _import(args) -> int:
+    from pathlib import Path
+
+    from .interop import MissingExtraError, check_import, import_nonmem
+
+    try:
+        imported = import_nonmem(args.model)
+        check = check_import(args.model) if args.check else None
+    except MissingExtraError as exc:
+        print(f"popkin import: error: {exc}", file=sys.stderr)
+        return 2
+    inputs = {Path(args.model).resolve(): "the control stream"}
+    outputs = [("--out", args.out)] + ([("--data", args.data_out)] if args.data_out else [])
+    for option, path in outputs:
+        clash = inputs.get(Path(path).resolve())
+        if clash:
+            raise InputError(f"{option} {path} would overwrite {clash}; choose another output")
+    if args.data_out and Path(args.data_out).resolve() == Path(args.out).resolve():
+        raise InputError("--out and --data name the same file")
+    for message in imported.warnings:
+        print(f"warning: {message}")
+    if check is not None:
+        print(f"check: {check.note()}")
+    with staged_file(args.out) as spec_tmp:
+        spec_tmp.write_text(imported.text, encoding="utf-8")
+        if args.data_out:
+            with staged_file(args.data_out) as data_tmp:
+                imported.data.to_csv(data_tmp, index=False, na_rep=".")
+    spec = imported.spec
+    print(f"wrote {args.out}: {spec.name} ({spec.structure.name}, parameters "
+          f"{', '.join(p.name for p in spec.parameters)}, {spec.errors[0].model} error)")
+    if args.data_out:
+        print(f"wrote {args.data_out}: {len(imported.data)} records of "
+              f"{imported.data['ID'].nunique()} subjects")
+    if check is not None and not check.passed:
+        print("popkin import: the imported model does not reproduce NONMEM's predictions at "
+              "every record (see the check above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _gof(args) -> int:
     from .diagnostics.residuals import npde, residual_figure
     from ._plotting import pyplot as _pyplot
@@ -553,7 +594,122 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the models in the library")
     p.set_defaults(func=_models)
+
+    p = sub.add_parser("import", help="a NONMEM control stream as a popkin spec (needs the "
+                                      "nonmem extra: pip install \"popkin[nonmem]\")")
+    p.add_argument("model", metavar="MODEL",
+                   help="NONMEM control stream (.ctl or .mod); its $DATA file is read "
+                                 "from the control stream's folder")
+    p.add_argument("--out", required=True, type=_output("file", suffixes=(".toml",)),
+                   metavar="SPEC.toml", help="the spec to write (.toml)")
+    p.add_argument("--data", dest="data_out", default=None, metavar="OUT.csv",
+                   type=_output("file", suffixes=(".csv",)),
+                   help="also write the dataset as NONMEM reads it ($INPUT names, DROP, "
+                        "IGNORE/ACCEPT applied) to this CSV file")
+    p.add_argument("--check", action="store_true",
+                   help="evaluate the imported model at the run's final estimates (.ext, .phi "
+                        "beside the control stream) and compare PRED and IPRED with its $TABLE "
+                        "file; exit status 1 if a record differs beyond NONMEM's printed digits")
+    p.set_defaults(func=_import)
+
+    p = sub.add_parser("serve", help="the dosing web service and its JSON API (on 127.0.0.1)")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="database: sqlite:///FILE (default: sqlite:///popkin-service.db in the "
+                        "current folder) or postgresql://USER@HOST/DATABASE")
+    p.add_argument("--port", type=_whole(1, 65535), default=8000, help="port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; the service speaks plain "
+                        "HTTP: put a TLS proxy in front of anything wider)")
+    p.add_argument("--workers", type=_whole(1, 32), default=2,
+                   help="processes computing recommendations (default 2)")
+    p.add_argument("--admin", default=None, metavar="NAME",
+                   help="create this admin account first if it does not exist (password from "
+                        "POPKIN_ADMIN_PASSWORD, or made and printed once)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("users", help="accounts of the dosing service")
+    users = p.add_subparsers(dest="action", required=True)
+    q = users.add_parser("add", help="create an account (the password is asked for, or read "
+                                     "from standard input with --password-stdin)")
+    q.add_argument("name")
+    q.add_argument("--role", required=True, choices=("pharmacist", "viewer", "admin"))
+    q.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of standard input")
+    q = users.add_parser("password", help="set an account's password (ends its sessions)")
+    q.add_argument("name")
+    q.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of standard input")
+    q = users.add_parser("revoke", help="revoke every API token of an account")
+    q.add_argument("name")
+    q = users.add_parser("token", help="make an API token for scripts (printed once)")
+    q.add_argument("name")
+    q.add_argument("--label", default="", help="what the token is for")
+    users.add_parser("list", help="list the accounts")
+    for q in users.choices.values():
+        q.add_argument("--db", default=None, metavar="URL",
+                       help="database (default: sqlite:///popkin-service.db)")
+    p.set_defaults(func=_users)
     return parser
+
+
+def _service_db(args) -> str:
+    from .service.database import DEFAULT_URL, normalise_url
+
+    url = args.db or DEFAULT_URL
+    normalise_url(url)
+    return url
+
+
+def _serve(args) -> int:
+    import os
+
+    from .service.server import check_host, ensure_admin, serve
+
+    url = _service_db(args)
+    if not check_host(args.host):
+        print(f"popkin serve: warning: listening on {args.host}, beyond this machine, over "
+              "plain HTTP; put a TLS proxy in front", file=sys.stderr)
+    if args.admin is not None:
+        made = ensure_admin(url, args.admin, os.environ.get("POPKIN_ADMIN_PASSWORD") or None)
+        if made is not None:
+            print(f"created admin {args.admin!r} with password {made} (shown once: change it "
+                  "or keep it safe)")
+    print(f"popkin serve: http://{args.host}:{args.port}/ on {url.split('@')[-1]} with "
+          f"{args.workers} worker(s); Ctrl-C stops it", flush=True)
+    serve(url, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def _users(args) -> int:
+    import getpass
+
+    from .service.server import (add_account, list_accounts, make_token, reset_password,
+                                 revoke_tokens)
+
+    url = _service_db(args)
+    if args.action in ("add", "password"):
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            if not sys.stdin.isatty():
+                raise InputError("no terminal to ask for the password: use --password-stdin")
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                raise InputError("the two passwords differ")
+        if args.action == "add":
+            add_account(url, args.name, args.role, password)
+            print(f"added {args.name} ({args.role})")
+        else:
+            reset_password(url, args.name, password)
+            print(f"new password for {args.name}; their sessions were ended")
+    elif args.action == "revoke":
+        print(f"revoked {revoke_tokens(url, args.name)} API token(s) of {args.name}")
+    elif args.action == "token":
+        print(make_token(url, args.name, args.label))
+    else:
+        for name, role, active in list_accounts(url):
+            print(f"{name}\t{role}\t{'active' if active else 'inactive'}")
+    return 0
 
 
 #: The files a command writes into its --out folder (besides per-patient folders).
@@ -597,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     from .diagnostics._replicates import ReplicateLimitError
     from .inference.fit import ApproximationError
     from .simulation.distributed import SchedulerError
+    from .service import ServiceError
 
     try:
         args = build_parser().parse_args(argv)
@@ -606,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         _refuse_overwriting_inputs(args)
         return args.func(args)
     except (DatasetError, SpecError, InputError, ApproximationError, SchedulerError,
-            ReplicateLimitError) as exc:
+            ReplicateLimitError, ServiceError) as exc:
         print(f"popkin {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

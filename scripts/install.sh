@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up popkin in a virtual environment. No root and no system packages: pip brings
-# everything, SUNDIALS CVODES included (inside the sundials4py wheel).
+# Set up popkin in a virtual environment. popkin needs no root and no system packages: pip
+# brings everything, SUNDIALS CVODES included (inside the sundials4py wheel). The tests of the
+# dosing service also need Chromium and PostgreSQL: scripts/system_test_tools.sh installs them
+# from the system's packages when this runs as root, and otherwise says what to install.
 #
 #   bash scripts/install.sh            .venv: the tested versions (constraints.txt)
 #   bash scripts/install.sh --newest   .venv-newest: the newest versions pyproject.toml allows,
@@ -95,4 +97,5 @@ else
 fi
 cvodes=$("$venv/bin/python" -c 'from popkin.ode._sundials import DESCRIPTION; print(DESCRIPTION)')
 echo "popkin installed in $venv with $("$venv/bin/python" --version); CVODES: $cvodes"
+bash scripts/system_test_tools.sh
 echo "run: $venv/bin/popkin --help"

@@ -15,8 +15,8 @@ from pathlib import Path
 import popkin
 
 PACKAGE = Path(popkin.__file__).parent
-LAYERS = ("data", "structural", "ode", "population", "inference", "diagnostics", "simulation",
-          "dosing", "report")
+LAYERS = ("data", "structural", "ode", "population", "interop", "inference", "diagnostics",
+          "simulation", "dosing", "report", "service")
 TOP = ("cli", "demo")
 
 

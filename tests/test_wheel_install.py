@@ -28,6 +28,9 @@ DATASETS = sorted(p.name for p in (ROOT / "datasets").glob("*.csv"))
 DEMO_FILES = ("theophylline_nonmem.csv", "regimen_simulation.csv", "demo_regimen.png",
               "summary.txt", "fit/summary.csv", "fit/posterior.nc", "fit/report.html",
               "dose/recommendation.json", "dose/report.html", "dose/report.pdf")
+SERVICE_FILES = ("templates/login.html", "templates/recommendation.html",
+                 "migrations/env.py", "migrations/script.py.mako",
+                 "migrations/versions/0001_initial.py")
 # what a build leaves in a source tree, and what is not the project's: none of it goes into the copy
 _NOT_SOURCE = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__",
                                      "popkin-demo", "*.tmp")
@@ -64,9 +67,9 @@ def _without_the_source_tree() -> dict:
     return env
 
 
-def _run(command, *, cwd, env, timeout=900) -> subprocess.CompletedProcess:
+def _run(command, *, cwd, env, timeout=900, input=None) -> subprocess.CompletedProcess:
     result = subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+                            text=True, timeout=timeout, input=input)
     assert result.returncode == 0, (f"{' '.join(map(str, command))} exited with {result.returncode}"
                                     f":\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
@@ -158,3 +161,46 @@ def test_the_installed_wheel_has_its_library_and_runs_the_demo(tmp_path):
     _run([bin_dir / "popkin", "demo", "--out", out], cwd=work, env=env, timeout=1800)
     missing = [f for f in DEMO_FILES if not (out / f).is_file() or (out / f).stat().st_size == 0]
     assert not missing, f"popkin demo did not write {missing}"
+
+    # the service from the wheel: its migrations and page templates are package data
+    service = [f for f in SERVICE_FILES if f"popkin/service/{f}" not in in_wheel]
+    assert not service, f"not in the wheel: {service}"
+    db = f"sqlite:///{work / 'service.db'}"
+    _run([bin_dir / "popkin", "users", "add", "admin", "--role", "admin", "--password-stdin",
+          "--db", db], cwd=work, env=env, input="a long enough password\n")
+    assert "admin\tadmin\tactive" in _run([bin_dir / "popkin", "users", "list", "--db", db],
+                                           cwd=work, env=env).stdout
+    _serve_login_page(bin_dir / "popkin", db, work, env)
+
+
+def _serve_login_page(popkin, db: str, work: Path, env: dict) -> None:
+    """``popkin serve`` from the wheel answers with its login page and asks for a login
+    everywhere else."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(popkin), "serve", "--db", db, "--port", str(port)],
+                              cwd=work, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "popkin serve did not answer"
+                time.sleep(0.3)
+        assert page.status == 200 and b'name="password"' in page.read()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/patients", timeout=5)
+        assert refused.value.code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -12,12 +12,13 @@ import io
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Mapping
 
 import numpy as np
 import pandas as pd
 
 from .._names import label_problem
+from .adppk import adppk_columns, is_adppk, with_adppk_names
 from .schema import (
     CENSORING_FLAG_ALIASES, DOSE, KNOWN_EVID, OBSERVATION, RATE_FROM_DURATION, REQUIRED_COLUMNS,
     RESET, RESET_DOSE, STANDARD_COLUMNS, DatasetError, Problem,
@@ -50,6 +51,8 @@ class Dataset:
     time_varying: frozenset[str] = field(default_factory=frozenset)
     covariate_fill: str = "nocb"
     given_columns: tuple[str, ...] = ()     # canonical names of the columns the source had
+    # CDISC ADPPK columns read as popkin's items (ADPPK name -> popkin name); empty otherwise
+    column_map: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def subjects(self) -> list:
@@ -64,6 +67,14 @@ class Dataset:
         """Observation records (EVID 0) that carry a value (MDV 0)."""
         r = self.records
         return r[(r["EVID"] == OBSERVATION) & (r["MDV"] == 0)]
+
+    @property
+    def column_note(self) -> str:
+        """Which ADPPK columns were read as which items (empty for a NONMEM-format source)."""
+        if not self.column_map:
+            return ""
+        return ("ADPPK columns read as " +
+                ", ".join(f"{a} as {b}" for a, b in self.column_map.items()))
 
     def require_covariates(self, names: Iterable[str], *, needed_by: str = "the model") -> None:
         """Raise a :class:`DatasetError` if any covariate in ``names`` is absent."""
@@ -103,6 +114,12 @@ def read_dataset(
         Map from the data's column names to popkin's names, applied before anything else
         (e.g. ``{"conc": "DV", "Subject": "ID"}``).
 
+    A CDISC ADaM ADPPK dataset (``USUBJID`` without ``ID``, or ``AFRLT``/``NFRLT`` without
+    ``TIME``) is read through its own names (:mod:`popkin.data.adppk`): ``USUBJID`` as ``ID``,
+    ``AFRLT`` (else ``NFRLT``) as ``TIME``, ``AVAL`` as ``DV``, ``ALLOQ`` as ``LLOQ``,
+    ``BLQFN``/``BLQFL`` as ``BLQ`` and baseline covariates such as ``WTBL`` as ``WT``. The
+    dataset's ``column_map`` (and ``column_note``) say which columns were used.
+
     Examples
     --------
     >>> import pandas as pd
@@ -118,6 +135,16 @@ def read_dataset(
     if rename:
         raw = raw.rename(columns=rename)
     raw = raw.reset_index(drop=True)
+    if is_adppk(raw.columns):
+        raw, column_map = adppk_columns(raw)
+        try:
+            return _validated(raw, name, covariate_fill, column_map)
+        except DatasetError as exc:
+            raise with_adppk_names(exc, column_map) from None
+    return _validated(raw, name, covariate_fill, {})
+
+
+def _validated(raw: pd.DataFrame, name: str, covariate_fill: str, column_map: dict) -> Dataset:
     raw = _canonical_names(raw, name)
     problems: list[Problem] = []
     records = _convert(raw, problems)
@@ -133,7 +160,8 @@ def read_dataset(
     covariates = tuple(c for c in records.columns if c not in STANDARD_COLUMNS and c != "row")
     time_varying = _fill_covariates(records, covariates, covariate_fill)
     given = tuple(c for c in raw.columns)
-    return Dataset(records, name, covariates, frozenset(time_varying), covariate_fill, given)
+    return Dataset(records, name, covariates, frozenset(time_varying), covariate_fill, given,
+                   column_map)
 
 
 def _load(source) -> tuple[str, pd.DataFrame]:

@@ -404,7 +404,9 @@ def _assumptions(rec) -> list[str]:
 
 # -- documents ------------------------------------------------------------------------------
 
-def _figures(rec) -> dict[str, bytes]:
+def report_figures(rec) -> dict[str, bytes]:
+    """The report's figures as PNG bytes (``concentration``, ``candidates``, ``parameters``):
+    drawn once, then given to both :func:`dose_report_html` and :func:`dose_report_pdf`."""
     return {"concentration": figure_png(concentration_figure(rec), dpi=110),
             "candidates": figure_png(candidate_figure(rec), dpi=110),
             "parameters": figure_png(parameter_figure(rec), dpi=110)}
@@ -425,7 +427,9 @@ def _captions(rec) -> dict[str, str]:
     }
 
 
-def dose_report_html(rec) -> str:
+def dose_report_html(rec, figures: dict[str, bytes] | None = None) -> str:
+    """The report as one HTML page (figures embedded); ``figures`` from
+    :func:`report_figures`, drawn here when not given."""
     units = rec.spec.units
     doc = HtmlDocument(f"Dose recommendation: patient {rec.patient_id}, {rec.spec.name}")
     doc.paragraph(f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by popkin; model "
@@ -449,7 +453,7 @@ def dose_report_html(rec) -> str:
     else:
         doc.notes(["None: covariates inside the model's range, records consistent, a candidate "
                    "meets the limit bound."], css="ok")
-    figures, captions = _figures(rec), _captions(rec)
+    figures, captions = figures or report_figures(rec), _captions(rec)
     doc.heading("Predicted concentrations")
     doc.figure(figures["concentration"], caption=captions["concentration"])
     doc.heading("Patient")
@@ -480,8 +484,8 @@ def dose_report_html(rec) -> str:
     return doc.render()
 
 
-def dose_report_pdf(rec) -> bytes:
-    """The report as PDF bytes (reportlab)."""
+def dose_report_pdf(rec, figures: dict[str, bytes] | None = None) -> bytes:
+    """The report as PDF bytes (reportlab); ``figures`` as for :func:`dose_report_html`."""
     from reportlab.lib import colors
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
@@ -532,7 +536,7 @@ def dose_report_pdf(rec) -> bytes:
         scale = max_width / w
         return Image(io.BytesIO(png), width=w * scale, height=h * scale)
 
-    figures, captions = _figures(rec), _captions(rec)
+    figures, captions = figures or report_figures(rec), _captions(rec)
     story = [Paragraph(esc(f"Dose recommendation: patient {rec.patient_id}"), h1),
              Paragraph(esc(f"Model {rec.spec.name} ({rec.spec.source}). Generated "
                            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by popkin. Units: "
@@ -602,9 +606,10 @@ def dose_report_pdf(rec) -> bytes:
 def recommendation_files(rec) -> dict[str, bytes]:
     """``recommendation.json``, ``report.html`` and ``report.pdf`` of a recommendation, as
     ``{file name: content}``."""
+    figures = report_figures(rec)
     return {"recommendation.json": rec.to_json().encode("utf-8"),
-            "report.html": dose_report_html(rec).encode("utf-8"),
-            "report.pdf": dose_report_pdf(rec)}
+            "report.html": dose_report_html(rec, figures).encode("utf-8"),
+            "report.pdf": dose_report_pdf(rec, figures)}
 
 
 def write_recommendation(rec, directory: str | os.PathLike) -> Path:

@@ -1,0 +1,20 @@
+$PROBLEM Three compartments, IV: volume larger from age 65, a fixed intercompartmental clearance
+$INPUT ID TIME AMT DV CMT=DROP EVID MDV WT CRCL SEX AGE SITE
+$DATA study.csv IGNORE=#
+$SUBROUTINE ADVAN11 TRANS4
+$PK
+CL = THETA(1) * EXP(ETA(1))
+TVV1 = THETA(2)
+IF (AGE.GE.65) TVV1 = TVV1 * (1 + THETA(7))
+V1 = TVV1 * EXP(ETA(2))
+Q2 = THETA(3)
+V2 = THETA(4)
+Q3 = THETA(5)
+V3 = THETA(6)
+S1 = V1
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 4.5) (0, 20) (0, 2) (0, 30) 0.5 FIX (0, 50) (-1, 0.2)
+$OMEGA 0.09 0.04
+$SIGMA 0.0225
+$ESTIMATION METHOD=1 INTERACTION

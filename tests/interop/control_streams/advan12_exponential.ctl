@@ -1,0 +1,21 @@
+$PROBLEM Three compartments, oral: exponential age effect on CL, lag time and bioavailability
+$INPUT ID TIME AMT DV CMT EVID MDV WT CRCL SEX AGE SITE
+$DATA study.csv IGNORE=#
+$SUBROUTINE ADVAN12 TRANS4
+$PK
+CL = THETA(1) * EXP(THETA(9) * (AGE - 40)) * EXP(ETA(1))
+V2 = THETA(2) * EXP(ETA(2))
+Q3 = THETA(3)
+V3 = THETA(4)
+Q4 = THETA(5)
+V4 = THETA(6)
+KA = THETA(7) * EXP(ETA(3))
+ALAG1 = THETA(8)
+F1 = 0.8
+S2 = V2
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 4.5) (0, 20) (0, 2) (0, 30) (0, 0.5) (0, 50) (0, 1.2) (0, 0.25) -0.01
+$OMEGA 0.09 0.04 0.25
+$SIGMA 0.0225
+$ESTIMATION METHOD=1 INTERACTION

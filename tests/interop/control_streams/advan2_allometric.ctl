@@ -1,0 +1,16 @@
+$PROBLEM One compartment, first-order absorption: fixed allometry, additive error, ACCEPT filter
+$INPUT ID TIME AMT DV CMT EVID MDV WT CRCL=DROP SEX AGE SITE
+$DATA study.csv IGNORE=# ACCEPT=(ID.LT.4)
+$SUBROUTINE ADVAN2 TRANS2
+$PK
+CL = THETA(1) * (WT/70)**0.75 * EXP(ETA(1))
+V  = THETA(2) * (WT/70) * EXP(ETA(2))
+KA = THETA(3) * EXP(ETA(3))
+S2 = V
+$ERROR
+Y = F + EPS(1)
+$THETA (0, 4.5) (0, 40) (0, 1.2)
+$OMEGA 0.09 0.04 0.25
+$SIGMA 0.04
+$ESTIMATION METHOD=1 MAXEVAL=9999
+$COVARIANCE

@@ -1,0 +1,19 @@
+$PROBLEM Two compartments, oral: sex (IF block) and linear creatinine clearance on CL
+$INPUT ID TIME AMT DV CMT EVID MDV WT CRCL SEX AGE SITE
+$DATA study.csv IGNORE=#
+$SUBROUTINE ADVAN4 TRANS4
+$PK
+TVCL = THETA(1) * (1 + THETA(6) * (CRCL - 100))
+IF (SEX.EQ.1) TVCL = TVCL * THETA(7)
+CL = TVCL * EXP(ETA(1))
+V2 = THETA(2) * EXP(ETA(2))
+Q  = THETA(3)
+V3 = THETA(4)
+KA = THETA(5)
+S2 = V2
+$ERROR
+Y = F * EXP(EPS(1))
+$THETA (0, 4.5) (0, 20) (0, 2) (0, 30) (0, 1.2) 0.005 (0, 0.8)
+$OMEGA 0.09 0.04
+$SIGMA 0.04
+$ESTIMATION METHOD=1 INTERACTION

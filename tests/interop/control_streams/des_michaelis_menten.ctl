@@ -1,0 +1,21 @@
+$PROBLEM Michaelis-Menten elimination after an oral dose, written as differential equations
+$INPUT ID TIME AMT DV CMT EVID MDV WT CRCL SEX AGE SITE
+$DATA study.csv IGNORE=#
+$SUBROUTINE ADVAN13 TOL=9
+$MODEL COMP=(DEPOT, DEFDOSE) COMP=(CENTRAL, DEFOBS)
+$PK
+KA = THETA(1) * EXP(ETA(1))
+VM = THETA(2) * (WT/70)**0.75 * EXP(ETA(2))
+KM = THETA(3)
+V  = THETA(4) * EXP(ETA(3))
+S2 = V
+$DES
+C2 = A(2)/V
+DADT(1) = -KA*A(1)
+DADT(2) = KA*A(1) - VM*C2/(KM + C2)
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 1.2) (0, 10) (0, 2) (0, 40)
+$OMEGA 0.25 0.09 0.04
+$SIGMA 0.0225
+$ESTIMATION METHOD=1 INTERACTION

@@ -1,0 +1,12 @@
+$PROBLEM A $PRED model: the prediction written out, no compartments
+$INPUT ID TIME AMT DV CMT EVID MDV WT CRCL SEX AGE SITE
+$DATA study.csv IGNORE=#
+$PRED
+CL = THETA(1) * EXP(ETA(1))
+V = THETA(2)
+IPRED = 100 / V * EXP(-CL / V * TIME)
+Y = IPRED + EPS(1)
+$THETA (0, 4.5) (0, 40)
+$OMEGA 0.09
+$SIGMA 0.04
+$ESTIMATION METHOD=0
