@@ -622,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "HTTP: put a TLS proxy in front of anything wider)")
     p.add_argument("--workers", type=_whole(1, 32), default=2,
                    help="processes computing recommendations (default 2)")
+    p.add_argument("--fits", default=None, metavar="DIR",
+                   help="offer the fit folders inside DIR (of popkin fit or popkin update) as "
+                        "models, by their folder names")
     p.add_argument("--admin", default=None, metavar="NAME",
                    help="create this admin account first if it does not exist (password from "
                         "POPKIN_ADMIN_PASSWORD, or made and printed once)")
@@ -666,6 +669,8 @@ def _serve(args) -> int:
     from .service.server import check_host, ensure_admin, serve
 
     url = _service_db(args)
+    if args.fits is not None and not os.path.isdir(args.fits):
+        raise InputError(f"--fits {args.fits[:200]}: no such folder")
     if not check_host(args.host):
         print(f"popkin serve: warning: listening on {args.host}, beyond this machine, over "
               "plain HTTP; put a TLS proxy in front", file=sys.stderr)
@@ -676,7 +681,7 @@ def _serve(args) -> int:
                   "or keep it safe)")
     print(f"popkin serve: http://{args.host}:{args.port}/ on {url.split('@')[-1]} with "
           f"{args.workers} worker(s); Ctrl-C stops it", flush=True)
-    serve(url, host=args.host, port=args.port, workers=args.workers)
+    serve(url, host=args.host, port=args.port, workers=args.workers, fits=args.fits)
     return 0
 
 

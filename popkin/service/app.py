@@ -13,6 +13,7 @@ password hashes; uvicorn to serve. All are widely used and maintained.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import threading
@@ -20,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from importlib import resources
+from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -30,6 +32,7 @@ from sqlalchemy import func, select, update
 from starlette.datastructures import UploadFile
 
 from .. import __version__
+from . import ServiceError
 from . import records as rec
 from .database import connect, migrate, sessions, transaction
 from .forms import RequestError, model_choices, recommendation_request
@@ -79,9 +82,14 @@ class Identity:
         return may(self.role, needed)
 
 
-def create_app(db_url: str, *, workers: int = 2) -> FastAPI:
+def create_app(db_url: str, *, workers: int = 2, fits: str | os.PathLike | None = None
+               ) -> FastAPI:
     """The application on the database ``db_url``, with ``workers`` recommendation
-    processes."""
+    processes; the complete fit folders inside ``fits`` are offered as models
+    (``fit:NAME``)."""
+    fits = None if fits is None else Path(fits)
+    if fits is not None and not fits.is_dir():
+        raise ServiceError(f"--fits {str(fits)[:200]}: no such folder")
     engine = connect(db_url)
     factory = sessions(engine)
     templates = Jinja2Templates(directory=str(resources.files("popkin.service") / "templates"))
@@ -101,7 +109,7 @@ def create_app(db_url: str, *, workers: int = 2) -> FastAPI:
             if stale:
                 audit(db, None, "jobs interrupted", ", ".join(str(j.id) for j in stale))
         state["pool"] = pool(workers)
-        state["choices"] = model_choices()
+        state["choices"] = model_choices(fits)
         yield
         with pool_lock:
             state["pool"].shutdown(wait=False, cancel_futures=True)
@@ -443,7 +451,7 @@ def create_app(db_url: str, *, workers: int = 2) -> FastAPI:
     def _queue(form: dict, patient_id: int, me: Identity, rerun_of: Recommendation | None = None
                ) -> int:
         if rerun_of is None:
-            models, options, seed, method = recommendation_request(form)
+            models, options, seed, method = recommendation_request(form, fits)
             with transaction(factory) as db:
                 patient = _patient(db, patient_id)
                 frame = rec.records_frame(patient)
@@ -456,7 +464,7 @@ def create_app(db_url: str, *, workers: int = 2) -> FastAPI:
                                            and k != "csrf_token"})
         else:
             payload = job_payload(
-                [{k: m[k] for k in ("name", "source", "spec_text")}
+                [{k: v for k, v in m.items() if k != "spec_hash"}
                  for m in json.loads(rerun_of.models)], rerun_of.records_csv,
                 json.loads(rerun_of.request)["options"], rerun_of.seed, rerun_of.method)
             request_text = json.dumps({"rerun_of": rerun_of.id})

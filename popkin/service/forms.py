@@ -9,8 +9,10 @@ with its bounds. What comes out is the keyword arguments of
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from pathlib import Path
 
 from ..dosing.averaging import MAX_MODELS, drug_models
 from ..dosing.targets import parse_target
@@ -27,22 +29,67 @@ class RequestError(ServiceError):
     """A field of a recommendation request that cannot be used, named."""
 
 
-def model_choices() -> dict[str, list[str]]:
-    """``{"drugs": [...], "models": [...]}``: what the form offers."""
+FIT_PREFIX = "fit:"
+_FIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def fit_folders(fits: Path | None) -> list[str]:
+    """The fit folders the service offers: the folders directly inside ``fits`` (the
+    ``--fits`` folder) that hold a complete fit (:data:`popkin.inference.result.FIT_FILES`)."""
+    from ..inference.result import FIT_FILES
+
+    if fits is None:
+        return []
+    return sorted(p.name for p in fits.iterdir()
+                  if _FIT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+                  and all((p / f).is_file() for f in FIT_FILES))
+
+
+def fit_hash(folder: Path) -> str:
+    """SHA-256 over a fit folder's files: a re-run refuses a fit that changed since."""
+    from ..inference.result import FIT_FILES
+
+    digest = hashlib.sha256()
+    for name in FIT_FILES:
+        digest.update(name.encode() + b"\0")
+        with open(folder / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def model_choices(fits: Path | None = None) -> dict[str, list[str]]:
+    """``{"drugs": [...], "models": [...], "fits": [...]}``: what the form offers."""
     models = library_models()
     drugs = sorted({load_model(m).drug for m in models} - {""})
-    return {"drugs": [d for d in drugs if len(drug_models(d)) > 1], "models": models}
+    return {"drugs": [d for d in drugs if len(drug_models(d)) > 1], "models": models,
+            "fits": [FIT_PREFIX + name for name in fit_folders(fits)]}
 
 
-def resolve_models(choice: str) -> list[dict]:
-    """The specs a choice names: a library model, a drug (its library models), or several
-    library models separated by commas; each as ``{"name", "source", "spec_text"}``."""
+def _fit_model(name: str, fits: Path | None) -> dict:
+    """A fit folder of the ``--fits`` folder as a model: only a name the service lists, never
+    a path the user wrote."""
+    if name not in fit_folders(fits):
+        raise RequestError(f"model: {FIT_PREFIX}{name[:60]!r} is not one of the service's fit "
+                           "folders")
+    folder = fits / name
+    return {"name": FIT_PREFIX + name, "source": f"fit folder {name}",
+            "spec_text": (folder / "model.toml").read_text(encoding="utf-8"),
+            "fit_path": str(folder.resolve()), "fit_hash": fit_hash(folder)}
+
+
+def resolve_models(choice: str, fits: Path | None = None) -> list[dict]:
+    """The models a choice names: a library model, a drug (its library models), a fit folder
+    of the service (``fit:NAME``), or several of these separated by commas; each as
+    ``{"name", "source", "spec_text"}`` (and ``fit_path``, ``fit_hash`` for a fit)."""
     from ..population.spec import _library_specs, _read_text
 
     text = str(choice or "").strip()
     if not text or len(text) > 1000:
-        raise RequestError("model: choose a library model or a drug")
+        raise RequestError("model: choose a library model, a drug or a fit")
     shipped = _library_specs()
+    if text.startswith(FIT_PREFIX) and "," not in text:
+        return [_fit_model(text[len(FIT_PREFIX):], fits)]
     if text in shipped:
         names = [text]
     elif "," in text:
@@ -52,15 +99,16 @@ def resolve_models(choice: str) -> list[dict]:
         if not names:
             raise RequestError(f"model: {text[:60]!r} is neither a library model nor a drug "
                                f"with library models (models: {', '.join(sorted(shipped))})")
-    unknown = [n for n in names if n not in shipped]
+    unknown = [n for n in names if n not in shipped and not n.startswith(FIT_PREFIX)]
     if unknown:
         raise RequestError(f"model: {unknown[0][:60]!r} is not a library model")
     if len(set(names)) != len(names):
         raise RequestError("model: a model is named twice")
     if len(names) > MAX_MODELS:
         raise RequestError(f"model: at most {MAX_MODELS} models can be averaged")
-    return [{"name": n, "source": f"models/{shipped[n].name}", "spec_text": _read_text(shipped[n])}
-            for n in names]
+    return [_fit_model(n[len(FIT_PREFIX):], fits) if n.startswith(FIT_PREFIX) else
+            {"name": n, "source": f"models/{shipped[n].name}",
+             "spec_text": _read_text(shipped[n])} for n in names]
 
 
 def _text(form: dict, key: str) -> str:
@@ -131,9 +179,10 @@ def _criteria(form: dict, key: str, required: bool) -> list[str]:
     return items
 
 
-def recommendation_request(form: dict) -> tuple[list[dict], dict, int, str]:
+def recommendation_request(form: dict, fits: Path | None = None
+                           ) -> tuple[list[dict], dict, int, str]:
     """``(models, options, seed, method)`` from a form or a JSON body."""
-    models = resolve_models(_text(form, "model"))
+    models = resolve_models(_text(form, "model"), fits)
     method = _text(form, "method") or "nuts"
     if method not in METHODS:
         raise RequestError(f"method: {method[:20]!r} is not one of {', '.join(METHODS)}")

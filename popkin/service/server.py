@@ -111,7 +111,8 @@ def check_host(host: str) -> bool:
         raise ServiceError(f"--host {host[:60]!r} is not an IP address") from None
 
 
-def serve(db_url: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 2) -> None:
+def serve(db_url: str, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 2,
+          fits: str | None = None) -> None:
     """Run the service until interrupted."""
     import uvicorn
 
@@ -119,6 +120,6 @@ def serve(db_url: str, *, host: str = "127.0.0.1", port: int = 8000, workers: in
 
     if not 1 <= workers <= MAX_WORKERS:
         raise ServiceError(f"--workers must be between 1 and {MAX_WORKERS}")
-    app = create_app(db_url, workers=workers)
+    app = create_app(db_url, workers=workers, fits=fits)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 proxy_headers=False, server_header=False)

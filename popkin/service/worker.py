@@ -67,7 +67,8 @@ def run(payload: dict) -> dict:
             if spec_hash(model["spec_text"]) != model["spec_hash"]:
                 raise SpecError(f"model {model['name']}: its stored text does not match its "
                                 "hash; the record was altered")
-        specs = [replace(load_model(m["spec_text"]), source=m["source"])
+        specs = [_fit_source(m) if "fit_path" in m
+                 else replace(load_model(m["spec_text"]), source=m["source"])
                  for m in payload["models"]]
         records = read_dataset(pd.read_csv(io.StringIO(payload["records_csv"]),
                                            keep_default_na=True))
@@ -81,6 +82,24 @@ def run(payload: dict) -> dict:
         return {"error": str(error)}
     outputs["seconds"] = time.perf_counter() - started
     return outputs
+
+
+def _fit_source(model: dict) -> str:
+    """A fit folder, checked to be the one the recommendation was asked with."""
+    from pathlib import Path
+
+    from ..population.spec import SpecError
+    from .forms import fit_hash
+
+    folder = Path(model["fit_path"])
+    try:
+        same = fit_hash(folder) == model["fit_hash"]
+    except OSError:
+        same = False
+    if not same:
+        raise SpecError(f"{model['name']}: the fit folder is gone or changed since this "
+                        "recommendation was asked; it cannot be re-run from it")
+    return str(folder)
 
 
 def _start_worker() -> None:
