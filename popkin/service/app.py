@@ -221,11 +221,15 @@ def create_app(db_url: str, *, workers: int = 2, fits: str | os.PathLike | None 
                                           {"me": me, "csrf": me.csrf, **context},
                                           status_code=status)
 
-    def _patient(db, patient_id: int) -> Patient:
-        patient = db.get(Patient, patient_id)
-        if patient is None:
+    def _row(db, table, key: int):
+        """The row of ``table`` with primary key ``key``, or a 404."""
+        row = db.get(table, key)
+        if row is None:
             raise NotFound()
-        return patient
+        return row
+
+    def _patient(db, patient_id: int) -> Patient:
+        return _row(db, Patient, patient_id)
 
     # -- login ------------------------------------------------------------------------------
 
@@ -533,9 +537,7 @@ def create_app(db_url: str, *, workers: int = 2, fits: str | os.PathLike | None 
     async def job_page(request: Request, job_id: int):
         me = _identity(request)
         with transaction(factory) as db:
-            job = db.get(Job, job_id)
-            if job is None:
-                raise NotFound()
+            job = _row(db, Job, job_id)
             ahead = db.scalar(select(func.count()).select_from(Job).where(
                 Job.status == "running", Job.id < job.id))
         if job.status == "done":
@@ -548,9 +550,7 @@ def create_app(db_url: str, *, workers: int = 2, fits: str | os.PathLike | None 
     async def recommendation_page(request: Request, rid: int):
         me = _identity(request)
         with transaction(factory) as db:
-            row = db.get(Recommendation, rid)
-            if row is None:
-                raise NotFound()
+            row = _row(db, Recommendation, rid)
             patient = db.get(Patient, row.patient_id)
             who = db.get(User, row.user_id)
         return _page(request, "recommendation.html", me, row=row, patient=patient, who=who,
@@ -564,9 +564,7 @@ def create_app(db_url: str, *, workers: int = 2, fits: str | os.PathLike | None 
         if name not in kinds:
             raise NotFound()
         with transaction(factory) as db:
-            row = db.get(Recommendation, rid)
-            if row is None:
-                raise NotFound()
+            row = _row(db, Recommendation, rid)
         content = {"report.pdf": row.report_pdf, "report.html": row.report_html,
                    "recommendation.json": row.result_json, "figure.png": row.figure_png}[name]
         disposition = "inline" if name == "figure.png" else "attachment"
@@ -578,9 +576,7 @@ def create_app(db_url: str, *, workers: int = 2, fits: str | os.PathLike | None 
     async def recommendation_rerun(request: Request, rid: int):
         me, _form_data = await _writer(request)
         with transaction(factory) as db:
-            row = db.get(Recommendation, rid)
-            if row is None:
-                raise NotFound()
+            row = _row(db, Recommendation, rid)
         job_id = _queue({}, row.patient_id, me, rerun_of=row)
         if _is_api(request):
             return JSONResponse({"job": job_id}, status_code=202)
@@ -616,9 +612,7 @@ def create_app(db_url: str, *, workers: int = 2, fits: str | os.PathLike | None 
     async def users_active(request: Request, user_id: int):
         me, form = await _writer(request, "admin")
         with transaction(factory) as db:
-            user = db.get(User, user_id)
-            if user is None:
-                raise NotFound()
+            user = _row(db, User, user_id)
             if user.id == me.id:
                 raise Forbidden("an admin cannot deactivate their own account")
             user.active = form.get("active") in ("1", "on", "true")
@@ -742,9 +736,7 @@ def create_app(db_url: str, *, workers: int = 2, fits: str | os.PathLike | None 
     async def api_job(request: Request, job_id: int):
         _identity(request)
         with transaction(factory) as db:
-            job = db.get(Job, job_id)
-            if job is None:
-                raise NotFound()
+            job = _row(db, Job, job_id)
             return {"job": job.id, "status": job.status, "error": job.error or None,
                     "recommendation": job.recommendation_id,
                     "created_at": job.created_at.isoformat(),
@@ -754,9 +746,7 @@ def create_app(db_url: str, *, workers: int = 2, fits: str | os.PathLike | None 
     async def api_recommendation(request: Request, rid: int):
         _identity(request)
         with transaction(factory) as db:
-            row = db.get(Recommendation, rid)
-            if row is None:
-                raise NotFound()
+            row = _row(db, Recommendation, rid)
             who = db.get(User, row.user_id)
             return {"id": row.id, "patient": row.patient_id, "asked_by": who.name,
                     "created_at": row.created_at.isoformat(), "seed": row.seed,

@@ -151,7 +151,8 @@ class TooManyAttempts(Exception):
         self.retry_after = retry_after
 
 
-def _recent_failures(db: DbSession, column, value: str, since: datetime) -> tuple[int, datetime | None]:
+def _recent_failures(db: DbSession, column, value: str, since: datetime
+                     ) -> tuple[int, datetime | None]:
     count, first = db.execute(
         select(func.count(), func.min(LoginAttempt.at))
         .where(column == value, LoginAttempt.at >= since,

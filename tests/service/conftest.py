@@ -173,6 +173,18 @@ def browser_login(client: httpx.Client, name: str, password: str) -> str:
     return csrf_of(response.text)
 
 
+def wait_for_job(client, job: int, timeout: float = 300) -> dict:
+    """Poll ``/api/v1/jobs/JOB`` until the job is no longer queued or running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client.get(f"/api/v1/jobs/{job}").json()
+        if state["status"] not in ("queued", "running"):
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job} still {state['status']} after {timeout} s")
+        time.sleep(0.2)
+
+
 def csrf_of(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 

@@ -15,22 +15,12 @@ from sqlalchemy import text
 
 from popkin.service.database import connect, migrate, revision
 
-from .conftest import PATIENT_CSV, PHARMACIST, Server, add_users, browser_login
+from .conftest import PATIENT_CSV, PHARMACIST, Server, add_users, browser_login, wait_for_job
 
 QUICK = {"model": "vancomycin_goti", "target": "auc24:400-600", "method": "map"}
 # long enough to be killed in the middle: the full posterior with many draws, four models
 SLOW = {"model": "vancomycin", "target": "auc24:400-600", "method": "nuts", "draws": "20000",
         "suggest_sample": "1"}
-
-
-def _wait(client: httpx.Client, job: int, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = client.get(f"/api/v1/jobs/{job}").json()
-        if state["status"] not in ("queued", "running"):
-            return state
-        time.sleep(0.3)
-    raise AssertionError(f"job {job} still {state['status']} after {timeout} s")
 
 
 def _snapshot(url: str) -> dict:
@@ -65,7 +55,7 @@ def test_a_kill_during_a_recommendation_loses_nothing_recorded(db_url):
             assert r.status_code == 201, r.text
             first = client.post(f"/api/v1/patients/{pid}/recommendations", json=QUICK,
                                 headers=headers).json()["job"]
-            assert _wait(client, first)["status"] == "done"
+            assert wait_for_job(client, first)["status"] == "done"
             slow = client.post(f"/api/v1/patients/{pid}/recommendations", json=SLOW,
                                headers=headers).json()["job"]
             assert client.get(f"/api/v1/jobs/{slow}").json()["status"] == "running"

@@ -4,7 +4,6 @@ once the folder changed."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -15,7 +14,7 @@ import popkin
 from popkin.service.app import create_app
 from popkin.service.forms import RequestError, resolve_models
 
-from .conftest import PATIENT_CSV, PHARMACIST, add_users
+from .conftest import PATIENT_CSV, PHARMACIST, add_users, wait_for_job
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +65,13 @@ def test_a_recommendation_from_a_fit_and_its_re_run_after_the_fit_changed(fits, 
         c.post(f"/api/v1/patients/{pid}/upload", data={"format": "csv"},
                files={"file": ("p.csv", PATIENT_CSV)})
 
-        def finished(job):
-            for _ in range(900):
-                state = c.get(f"/api/v1/jobs/{job}").json()
-                if state["status"] not in ("queued", "running"):
-                    return state
-                time.sleep(0.2)
-            raise AssertionError("no answer")
-
         job = c.post(f"/api/v1/patients/{pid}/recommendations", json={
             "model": "fit:centre", "target": "auc24:400-600", "method": "map"}).json()["job"]
-        state = finished(job)
+        state = wait_for_job(c, job)
         assert state["status"] == "done", state
         rec = c.get(f"/api/v1/recommendations/{state['recommendation']}").json()
         assert rec["result"]["posterior_source"] == "population fit"
         (fits / "centre" / "fit.json").write_text(
             (fits / "centre" / "fit.json").read_text() + " ")
-        state = finished(c.post(f"/api/v1/recommendations/{rec['id']}/rerun").json()["job"])
+        state = wait_for_job(c, c.post(f"/api/v1/recommendations/{rec['id']}/rerun").json()["job"])
         assert state["status"] == "failed" and "changed since" in state["error"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import pandas as pd
 import pytest
@@ -16,7 +15,7 @@ from popkin.data import read_dataset
 from popkin.service.app import create_app
 from popkin.service.records import RecordError, entries_from_csv
 
-from .conftest import PATIENT_CSV, PHARMACIST, add_users
+from .conftest import PATIENT_CSV, PHARMACIST, add_users, wait_for_job
 
 FHIR_BUNDLE = {
     "resourceType": "Bundle", "type": "collection", "entry": [
@@ -148,24 +147,16 @@ def test_a_stored_recommendation_re_runs_to_the_same_answer(client):
     client.post(f"/api/v1/patients/{pid}/upload", data={"format": "csv"},
                 files={"file": ("p.csv", PATIENT_CSV)})
 
-    def finished(job: int) -> dict:
-        for _ in range(600):
-            state = client.get(f"/api/v1/jobs/{job}").json()
-            if state["status"] not in ("queued", "running"):
-                return state
-            time.sleep(0.2)
-        raise AssertionError("no answer in 120 s")
-
     job = client.post(f"/api/v1/patients/{pid}/recommendations", json={
         "model": "vancomycin_goti", "target": "auc24:400-600", "method": "map",
         "suggest_sample": "1"}).json()["job"]
-    first = finished(job)
+    first = wait_for_job(client, job)
     assert first["status"] == "done", first
     # the record changes after the recommendation; the re-run uses the records as they were
     client.post(f"/api/v1/patients/{pid}/entries", json={"levels": [{"time": 35.5,
                                                                       "value": 20.0}]})
     rerun = client.post(f"/api/v1/recommendations/{first['recommendation']}/rerun").json()["job"]
-    second = finished(rerun)
+    second = wait_for_job(client, rerun)
     original = client.get(f"/api/v1/recommendations/{first['recommendation']}").json()
     again = client.get(f"/api/v1/recommendations/{second['recommendation']}").json()
     assert again["rerun_of"] == original["id"] and again["same_as_original"] is True

@@ -265,3 +265,15 @@ def test_a_password_change_ends_other_sessions_and_revoked_tokens_stop_working(c
     assert api.get("/api/v1/patients").status_code == 200
     assert revoke_tokens(app_url, PHARMACIST[0]) == 1
     assert api.get("/api/v1/patients").status_code == 401
+
+
+def test_a_missing_record_is_a_404_after_login(client):
+    login(client, *VIEWER)
+    for url in ("/patients/999", "/jobs/999", "/recommendations/999",
+                "/recommendations/999/report.pdf", "/recommendations/1/nothing"):
+        r = client.get(url, follow_redirects=False)
+        assert r.status_code == 404 and "no such page or record" in r.text, url
+    for url in ("/api/v1/patients/999", "/api/v1/jobs/999", "/api/v1/recommendations/999"):
+        r = client.get(url)
+        assert r.status_code == 404 and r.json() == {"error": "no such page or record"}, url
+
