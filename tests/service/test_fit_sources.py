@@ -14,7 +14,7 @@ import popkin
 from popkin.service.app import create_app
 from popkin.service.forms import RequestError, resolve_models
 
-from .conftest import PATIENT_CSV, PHARMACIST, add_users, wait_for_job
+from .conftest import PATIENT_CSV, PHARMACIST, add_users, browser_login, wait_for_job
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +54,7 @@ def test_a_recommendation_from_a_fit_and_its_re_run_after_the_fit_changed(fits, 
     url = f"sqlite:///{tmp_path / 's.db'}"
     add_users(url)
     with TestClient(create_app(url, workers=1, fits=fits)) as c:
-        page = c.get("/login")
-        token = page.text.split('name="login_token" value="')[1].split('"')[0]
-        c.post("/login", data={"name": PHARMACIST[0], "password": PHARMACIST[1],
-                               "login_token": token, "next": "/"})
-        c.headers["X-CSRF-Token"] = c.get("/").text.split(
-            'name="csrf_token" value="')[1].split('"')[0]
+        c.headers["X-CSRF-Token"] = browser_login(c, *PHARMACIST)
         assert "fit:centre" in c.get("/api/v1/models").json()["fits"]
         pid = c.post("/api/v1/patients", json={"identifier": "F-1"}).json()["id"]
         c.post(f"/api/v1/patients/{pid}/upload", data={"format": "csv"},

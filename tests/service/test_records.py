@@ -15,7 +15,7 @@ from popkin.data import read_dataset
 from popkin.service.app import create_app
 from popkin.service.records import RecordError, entries_from_csv
 
-from .conftest import PATIENT_CSV, PHARMACIST, add_users, wait_for_job
+from .conftest import PATIENT_CSV, PHARMACIST, add_users, browser_login, wait_for_job
 
 FHIR_BUNDLE = {
     "resourceType": "Bundle", "type": "collection", "entry": [
@@ -48,12 +48,7 @@ FHIR_BUNDLE = {
 def client(db_url):
     add_users(db_url)
     with TestClient(create_app(db_url, workers=1)) as c:
-        page = c.get("/login")
-        token = page.text.split('name="login_token" value="')[1].split('"')[0]
-        c.post("/login", data={"name": PHARMACIST[0], "password": PHARMACIST[1],
-                               "login_token": token, "next": "/"})
-        c.headers["X-CSRF-Token"] = c.get("/").text.split(
-            'name="csrf_token" value="')[1].split('"')[0]
+        c.headers["X-CSRF-Token"] = browser_login(c, *PHARMACIST)
         yield c
 
 
