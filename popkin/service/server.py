@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from . import ServiceError
 from .database import connect, migrate, sessions, transaction
-from .security import (AccountError, add_user, check_name, new_api_token, revoke_api_tokens,
-                       set_password)
+from .security import (AccountError, add_user, check_name, check_password, check_role,
+                       new_api_token, revoke_api_tokens, set_password)
 from .tables import User
 
 MAX_WORKERS = 32
@@ -45,6 +45,8 @@ def ensure_admin(db_url: str, name: str, password: str | None) -> str | None:
 
 
 def add_account(db_url: str, name: str, role: str, password: str) -> None:
+    # refused before the database is created or touched
+    check_name(name), check_role(role), check_password(password)
     engine, factory = _database(db_url)
     try:
         with transaction(factory) as db:
