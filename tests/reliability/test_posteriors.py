@@ -5,7 +5,7 @@ patient's data swapped in. If the swap is lost (nutpie 0.16.9 changed what its `
 is keyed by, and a filter on it dropped every update without a word), every patient after the
 first is sampled with the first one's levels. The reference for "the right posterior" is the
 one the same call gives in a fresh process, where the model is compiled with that patient's
-own data: draws from one process must equal it exactly (same seed).
+own data: the posterior from one process must be that one (same seed).
 
 Also here: a fit whose sampler puts attributes into the InferenceData that netCDF cannot hold
 (nutpie 0.16.9 and later) is saved and loads again, and a report that fails does not lose the
@@ -107,21 +107,19 @@ def fresh(tmp_path_factory):
 
 
 def _same_posterior(got: np.ndarray, expected: np.ndarray, what: str) -> None:
-    """The draws of a sampler given the same data as a fresh process's: equal up to rounding.
+    """The draws of a sampler given the same data as a fresh process's: the same posterior.
 
     A sampler compiled for one patient and given another's data evaluates the same log
-    density as one compiled for the second patient, but not always bit for bit (PyTensor 3
-    may order a sum differently): draws then agree to about 1e-10 at first, and NUTS, being
-    chaotic, amplifies the difference over later draws. So: the first draws of every chain to
-    1e-6 (another patient's data would move them at once), and the posterior's quantiles to
-    a fraction of its width.
+    density as one compiled for the second patient, but not always bit for bit (PyTensor may
+    order a sum differently, BLAS may split one over another number of threads): the draws
+    then agree to about 1e-10 at first, and NUTS, being chaotic, amplifies the difference
+    within the tuning steps, so no single draw can be required to match. What must match is
+    the posterior: its 5 %, 50 % and 95 % quantiles to 0.15 of its 90 % width (about half a
+    posterior SD). The data of the other patient would move them by several widths: B's
+    levels are 2.5 times A's.
     """
     got, expected = np.asarray(got, dtype=float), np.asarray(expected, dtype=float)
     assert got.shape == expected.shape, what
-    chains = 4                                  # recommend's default (OPTIONS keeps it)
-    per_chain = len(got) // chains
-    firsts = np.concatenate([np.arange(c * per_chain, c * per_chain + 3) for c in range(chains)])
-    np.testing.assert_allclose(got[firsts], expected[firsts], rtol=1e-6, err_msg=what)
     q = [0.05, 0.5, 0.95]
     width = np.quantile(expected, 0.95) - np.quantile(expected, 0.05)
     np.testing.assert_allclose(np.quantile(got, q), np.quantile(expected, q), rtol=0,
