@@ -280,11 +280,15 @@ def _convert(raw: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
     for i in np.flatnonzero(id_missing.to_numpy()):
         problems.append(Problem("ID is missing", row=i + 1, column="ID"))
     id_numeric = pd.to_numeric(ids.where(~id_missing), errors="coerce")
-    if id_numeric[~id_missing].notna().all():
+    id_texts = ids[~id_missing].map(lambda v: str(v).strip())
+    # a leading zero ("0012", a hospital number) is part of the identifier: read as a number it
+    # would be reported as 12, and collide with an ID "12"
+    if id_numeric[~id_missing].notna().all() and not id_texts.str.match(_LEADING_ZERO).any():
         out["ID"] = id_numeric
         for i in np.flatnonzero(np.isinf(id_numeric.astype(float).to_numpy())):
             problems.append(Problem(f"ID {raw['ID'].iloc[i]!r} is not a finite number", row=i + 1,
                                     column="ID"))
+        _same_number_ids(id_texts, id_numeric[~id_missing], out["row"], problems)
     else:
         out["ID"] = ids.map(lambda v: str(v).strip() if not _missing_value(v) else v)
         # a text ID reaches messages, reports, file names and the terminal: printable text only
@@ -323,6 +327,23 @@ def _convert(raw: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
             _flag_mixed(raw[col], missing, numeric, out["ID"], col, problems)
             out[col] = raw[col].where(~missing).map(lambda v: v.strip() if isinstance(v, str) else v)
     return out
+
+
+_LEADING_ZERO = r"^[+-]?0\d"
+
+
+def _same_number_ids(texts: pd.Series, numbers: pd.Series, rows: pd.Series,
+                     problems: list[Problem]) -> None:
+    """Two different IDs that are the same number ("1" and "1.0", "12" and "1.2e1") would be
+    read as one subject: refused, with both written as the file has them."""
+    pairs = pd.DataFrame({"text": texts, "number": numbers}).drop_duplicates("text")
+    clashing = pairs[pairs.duplicated("number", keep=False)]
+    for number, group in clashing.groupby("number", sort=False):
+        shown = " and ".join(repr(t) for t in group["text"][:3])
+        problems.append(Problem(
+            f"the IDs {shown} are different texts for the same number {number:g}, so their "
+            "records would be one subject: write each subject's ID the same way throughout",
+            row=int(rows.loc[group.index[1]]), column="ID"))
 
 
 def _missing_value(v) -> bool:

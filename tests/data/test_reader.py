@@ -254,6 +254,25 @@ def test_string_ids_are_kept():
     assert ds.subjects == ["a", "b"]
 
 
+def test_ids_with_a_leading_zero_stay_as_written_and_do_not_merge(tmp_path):
+    # "012" and "12" are two patients; read as numbers they were one subject, silently, since
+    # their times happen to increase
+    path = write(tmp_path, "ID,TIME,AMT,DV\n012,0,100,.\n012,1,0,5\n12,2,100,.\n12,3,0,9\n")
+    ds = read_dataset(path)
+    assert ds.subjects == ["012", "12"]
+    assert read_dataset(write(tmp_path, "ID,TIME\n0012,0\n", "b.csv")).subjects == ["0012"]
+    # plain numbers stay numbers, and zero itself is not a leading zero
+    assert read_dataset(write(tmp_path, "ID,TIME\n0,0\n1,0\n10,0\n", "c.csv")).subjects == [0, 1, 10]
+
+
+def test_two_spellings_of_one_number_are_refused(tmp_path):
+    path = write(tmp_path, "ID,TIME,AMT,DV\n1,0,100,.\n1,1,0,5\n1.0,2,100,.\n1.0,3,0,9\n")
+    with pytest.raises(DatasetError) as excinfo:
+        read_dataset(path)
+    assert_problem(excinfo, row=3, column="ID",
+                   text="the IDs '1' and '1.0' are different texts for the same number 1")
+
+
 def test_row_numbers_count_data_rows_from_one(tmp_path):
     ds = read_dataset(write(tmp_path, "ID,TIME\n1,0\n1,1\n2,0\n"))
     assert ds.records["row"].tolist() == [1, 2, 3]
