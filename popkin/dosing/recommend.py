@@ -245,8 +245,10 @@ def _range_flags(spec: ModelSpec, fit, data: Dataset) -> list[str]:
         values = pd.to_numeric(data.records[column], errors="coerce").dropna()
         outside = values[(values < low) | (values > high)]
         if len(outside):
+            span = (f"at least {low:g}" if high == np.inf else
+                    f"at most {high:g}" if low == -np.inf else f"{low:g}-{high:g}")
             flags.append(f"Covariate {column} = {outside.iloc[0]:g} is outside the range of "
-                         f"{origin} ({low:g}-{high:g}): the model extrapolates; interpret the "
+                         f"{origin} ({span}): the model extrapolates; interpret the "
                          "recommendation with care.")
     return flags
 

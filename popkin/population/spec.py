@@ -491,7 +491,9 @@ def _plain(value):
 
 
 def _covariate_ranges(value, source) -> dict[str, tuple[float, float]]:
-    """``{ WT = [40, 120], ... }``: the covariate range of the data a model was built on."""
+    """``{ WT = [40, 120], ... }``: the covariate range of the data a model was built on; a bound
+    the paper does not give is ``inf`` or ``-inf`` (``{ AGE = [65, inf] }``: an inclusion
+    criterion of 65 years and older)."""
     where = f"{source}: [model].covariate_ranges"
     if not isinstance(value, dict):
         raise SpecError(f"{where}: must be a table of [low, high] pairs, e.g. {{ WT = [40, 120] }}")
@@ -500,7 +502,8 @@ def _covariate_ranges(value, source) -> dict[str, tuple[float, float]]:
         check_identifier(column, where, "covariate")
         ok = (isinstance(pair, list) and len(pair) == 2
               and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
-              and pair[0] <= pair[1])
+              and not any(np.isnan(v) for v in pair) and pair[0] <= pair[1]
+              and not (np.isinf(pair[0]) and np.isinf(pair[1])))
         if not ok:
             raise SpecError(f"{where}.{column}: must be [low, high] with low <= high, not {pair!r}")
         ranges[str(column)] = (float(pair[0]), float(pair[1]))

@@ -18,6 +18,7 @@ import pytest
 import popkin
 from popkin.cli import main
 from popkin.data import read_dataset
+from popkin.dosing import recommend
 from popkin.population.spec import library_models
 
 NEW = ["vancomycin_buelga", "vancomycin_staatz", "vancomycin_zhou"]
@@ -198,6 +199,29 @@ def test_zhou_clearance_is_a_power_of_creatinine_clearance_and_volume_is_fixed()
     assert p["CL"][1] == pytest.approx(2.45) and p["V"][1] == pytest.approx(154.0)
     # weight was not retained: the model reads no weight column
     assert "WT" not in popkin.load_model("vancomycin_zhou").covariate_columns
+
+
+def _patient_file(**covariates) -> pd.DataFrame:
+    """Two 1-g infusions every 12 h and a trough, with the covariates every model reads."""
+    values = dict(CRCL=60.0, WT=70.0, AGE=70.0, DIAL=0) | covariates
+    rows = [dict(ID=1, TIME=0.0, AMT=1000.0, RATE=1000.0, DV=np.nan, EVID=1),
+            dict(ID=1, TIME=12.0, AMT=1000.0, RATE=1000.0, DV=np.nan, EVID=1),
+            dict(ID=1, TIME=23.5, AMT=0.0, RATE=0.0, DV=12.5, EVID=0)]
+    return pd.DataFrame([row | values for row in rows])
+
+
+def test_zhou_is_for_patients_of_65_and_older():
+    # the inclusion criterion; Table 1 gives no other range (means and SDs only)
+    assert dict(popkin.load_model("vancomycin_zhou").covariate_ranges) == {"AGE": (65.0, math.inf)}
+    younger = _patient_file(AGE=40.0)
+    rec = recommend("vancomycin", younger, method="map", seed=1)
+    assert any("vancomycin_zhou: Covariate AGE = 40 is outside the range of the model's data "
+               "(at least 65)" in f for f in rec.flags)
+    weights = {m["model"]: m for m in rec.to_dict()["model_averaging"]["models"]}
+    assert weights["vancomycin_zhou"]["out_of_range"] is True
+    assert not any(m["out_of_range"] for name, m in weights.items() if name != "vancomycin_zhou")
+    older = recommend("vancomycin", _patient_file(AGE=70.0), method="map", seed=1)
+    assert not any("AGE" in f for f in older.flags)
 
 
 def test_zhou_half_life_and_variability():

@@ -175,6 +175,12 @@ def test_published_uncertainty_ranges_and_dosing_defaults():
         load_model(PLAIN.replace("[model]", "[model]\ncovariate_ranges = { WT = [120, 40] }"))
     with pytest.raises(SpecError, match=r"\[parameters.CL\]: rse"):
         load_model(PLAIN.replace("typical = 3.0", "typical = 3.0\nrse = -1"))
+    # a bound the paper does not give: an inclusion criterion of 65 years and older
+    open_ended = load_model(PLAIN.replace("[model]", "[model]\ncovariate_ranges = { AGE = [65, inf] }"))
+    assert open_ended.covariate_ranges == {"AGE": (65.0, math.inf)}
+    for pair in ("[-inf, inf]", "[nan, 70]", "[40, nan]"):
+        with pytest.raises(SpecError, match=r"covariate_ranges\.WT: must be \[low, high\]"):
+            load_model(PLAIN.replace("[model]", f"[model]\ncovariate_ranges = {{ WT = {pair} }}"))
 
 
 def test_with_methods_keep_the_text_in_step():
