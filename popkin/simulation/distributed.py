@@ -97,14 +97,19 @@ def dask_client(scheduler, *, workers: int | None = None) -> Iterator[Any]:
         # one single-threaded process per worker: the simulation and sampling code is CPU-bound
         # Python/numpy that threads would serialise on the GIL. A failing task's error is raised
         # in the caller, so the workers' own logs of it would only repeat it.
+        # set_as_default=False here and below: popkin uses its client explicitly, and a default
+        # client rewrites dask's global config ("scheduler": "dask.distributed") until it
+        # closes; a client closed out of order (a generator of iter_tasks collected late, after
+        # the caller's own client) restores the wrong value, and every later dask computation in
+        # the process, xarray's netCDF writer among them, asks for a client that is gone.
         with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                       dashboard_address=":0",
                                       silence_logs=logging.CRITICAL) as cluster, \
-                distributed.Client(cluster) as client:
+                distributed.Client(cluster, set_as_default=False) as client:
             yield client
         return
     try:
-        client = distributed.Client(scheduler, timeout=_CONNECT_TIMEOUT)
+        client = distributed.Client(scheduler, timeout=_CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, ValueError, TimeoutError) as exc:
         raise SchedulerError(
             f"could not connect to the Dask scheduler at {scheduler!r}: {exc}. Start one there "
