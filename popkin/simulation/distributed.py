@@ -175,7 +175,8 @@ def run_tasks(func: Callable[[Any], Any], items: Iterable, *, scheduler=None,
     with dask_client(scheduler, workers=workers) as client:
         futures = client.map(_Portable(func), items, pure=False)
         try:
-            for future in distributed.as_completed(futures):
+            # the client is not the default (dask_client): as_completed is given its loop
+            for future in distributed.as_completed(futures, loop=client.loop):
                 if future.status == "error":
                     future.result()         # raises the task's own exception
                 tracker.advance()
